@@ -1,0 +1,142 @@
+"""Command line: `receiver serve`, `receiver simulate`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from receiver.app import create_app
+    from receiver.settings import Settings, SettingsError
+
+    env = dict(os.environ)
+    if args.host is not None:
+        env["RECEIVER_HOST"] = args.host
+    if args.port is not None:
+        env["RECEIVER_PORT"] = str(args.port)
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        print(f"receiver: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.simulated:
+        logging.getLogger("receiver").info(
+            "no RECEIVER_PROVIDER_URL: using the built-in simulated provider"
+        )
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False,
+                log_level="warning", lifespan="on")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from receiver.simulator import SimConfig, Simulator
+
+    config = SimConfig(
+        secret=args.secret or os.environ.get("RECEIVER_SIMULATOR_SECRET", ""),
+        api_key=args.api_key,
+        duration_median=args.duration,
+        duration_sigma=args.duration_sigma,
+        time_scale=args.time_scale,
+        payload=args.payload,
+        fail_rate=args.fail_rate,
+        drop_rate=args.drop_rate,
+        duplicate_rate=args.duplicate_rate,
+        reorder_rate=args.reorder_rate,
+        delivery_delay=args.delay,
+        bad_signature_rate=args.bad_signature_rate,
+        get_error_rate=args.get_error_rate,
+        get_throttle_rate=args.get_throttle_rate,
+        retry_after=args.retry_after,
+        answer_delay=args.answer_delay,
+        seed=args.seed,
+    )
+    if config.secret:
+        from receiver.signatures import SecretFormatError, parse_key
+
+        try:
+            parse_key(config.secret)
+        except SecretFormatError as exc:
+            print(f"receiver simulate: --secret: {exc}", file=sys.stderr)
+            return 2
+    simulator = Simulator(config)
+    uvicorn.run(simulator.app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    return 0
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="receiver", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the whole service: API, webhooks, poller",
+        description="Run the API, the webhook endpoints and the poller in one process. With no "
+        "RECEIVER_PROVIDER_URL it also runs the simulated provider and submits to it.",
+    )
+    serve.add_argument("--host", help="listen address (default RECEIVER_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default RECEIVER_PORT or 8000)")
+    serve.set_defaults(run=_serve)
+
+    sim = commands.add_parser(
+        "simulate", help="run the simulated provider on its own, with faults",
+        description="Serve POST/GET /v1/videos like a provider and deliver signed webhooks to "
+        "each task's callback_url, with the faults asked for.",
+    )
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=9000)
+    sim.add_argument("--secret", help="whsec_ secret that signs deliveries (default "
+                     "RECEIVER_SIMULATOR_SECRET; none: deliveries are unsigned)")
+    sim.add_argument("--api-key", help="bearer key the simulator requires")
+    sim.add_argument("--duration", type=_positive, default=3.0, help="median task duration, provider seconds")
+    sim.add_argument("--duration-sigma", type=float, default=0.3, help="log-normal sigma of durations")
+    sim.add_argument("--time-scale", type=_positive, default=1.0, help="provider seconds per real second")
+    sim.add_argument("--payload", choices=["full", "thin", "bare"], default="full")
+    sim.add_argument("--fail-rate", type=_rate, default=0.0, help="share of tasks that fail")
+    sim.add_argument("--drop-rate", type=_rate, default=0.0, help="share of deliveries never sent")
+    sim.add_argument("--duplicate-rate", type=_rate, default=0.0, help="share of deliveries sent twice")
+    sim.add_argument("--reorder-rate", type=_rate, default=0.0,
+                     help="share of tasks that also send a stale in_progress after the terminal one")
+    sim.add_argument("--delay", type=float, default=0.0, help="provider seconds before delivering")
+    sim.add_argument("--bad-signature-rate", type=_rate, default=0.0)
+    sim.add_argument("--get-error-rate", type=_rate, default=0.0, help="share of GETs answering 500")
+    sim.add_argument("--get-throttle-rate", type=_rate, default=0.0, help="share of GETs answering 429")
+    sim.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds on 429")
+    sim.add_argument("--answer-delay", type=float, default=0.0, help="seconds before POST answers")
+    sim.add_argument("--seed", type=int)
+    sim.set_defaults(run=_simulate)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""/v1 routes: submit, read, list, inspect and replay deliveries."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import logging
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from receiver.context import Context
+from receiver.errors import Conflict, InvalidRequest, NotFound, Unavailable, UpstreamError
+from receiver.http import authorize, json_response, page_params, read_json_object
+from receiver.ingest import reprocess
+from receiver.payloads import STATUSES, PayloadError, normalise_status
+from receiver.provider import ProviderError
+from receiver.settings import Settings
+from store import DeliveryRow, NewTask, StoreUnavailable, TaskRow, UnknownCursor, WrongVideo
+
+__all__ = ["routes", "task_view"]
+
+log = logging.getLogger("receiver.api")
+
+RESOLUTIONS = ("360p", "480p", "540p", "720p", "1080p", "1K", "2K", "4K")
+ASPECT_RATIOS = ("adaptive", "16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "9:21")
+_MAX_INT = 2**63 - 1
+
+
+def _string(body: dict[str, Any], name: str, *, required: bool = False, limit: int = 200) -> None:
+    if name not in body:
+        if required:
+            raise InvalidRequest(f"{name} is required", param=name, code="missing_field")
+        return
+    value = body[name]
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string", param=name)
+    if required and not value.strip():
+        raise InvalidRequest(f"{name} must not be empty", param=name)
+    if len(value) > limit:
+        raise InvalidRequest(f"{name} is longer than {limit} characters", param=name)
+
+
+def _integer(body: dict[str, Any], name: str, low: int, high: int) -> None:
+    if name not in body:
+        return
+    value = body[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{name} must be an integer", param=name)
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low} and {high}", param=name)
+
+
+def _boolean(body: dict[str, Any], name: str) -> None:
+    if name in body and not isinstance(body[name], bool):
+        raise InvalidRequest(f"{name} must be true or false", param=name)
+
+
+def _choice(body: dict[str, Any], name: str, options: tuple[str, ...]) -> None:
+    if name in body and body[name] not in options:
+        raise InvalidRequest(f"{name} must be one of {', '.join(options)}", param=name)
+
+
+def check_outbound_url(settings: Settings, url: object, param: str) -> str:
+    """A URL we may POST to: https, or http/private only inside RECEIVER_OUTBOUND_ALLOW."""
+    if not isinstance(url, str) or len(url) > 2048:
+        raise InvalidRequest(f"{param} must be a URL string", param=param)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port
+    except ValueError:
+        raise InvalidRequest(f"{param} is not a valid URL", param=param) from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise InvalidRequest(f"{param} must be an https URL", param=param)
+    if parts.username or parts.password:
+        raise InvalidRequest(f"{param} must not carry credentials", param=param)
+    allowed = settings.outbound_allowed(host)
+    if parts.scheme == "http" and not allowed:
+        raise InvalidRequest(
+            f"{param} must be https (plain http only inside RECEIVER_OUTBOUND_ALLOW)", param=param
+        )
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    private = host == "localhost" or (
+        address is not None and (
+            address.is_private or address.is_loopback or address.is_link_local
+            or address.is_reserved or address.is_multicast or address.is_unspecified
+        )
+    )
+    if private and not allowed:
+        raise InvalidRequest(
+            f"{param} points at a private or loopback address", param=param, code="url_not_allowed"
+        )
+    return url
+
+
+def validate_submit(body: dict[str, Any], settings: Settings) -> None:
+    allowed = {
+        "model", "prompt", "duration", "resolution", "aspect_ratio", "generate_audio", "seed",
+        "watermark", "return_last_frame", "execution_expires_after", "safety_identifier",
+        "callback_url", "metadata", "frame_images", "input_references",
+    }
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
+            param=unknown[0], code="unknown_parameter",
+        )
+    _string(body, "model", required=True)
+    _string(body, "prompt", required=True, limit=32_000)
+    _integer(body, "duration", 1, 3600)
+    _choice(body, "resolution", RESOLUTIONS)
+    _choice(body, "aspect_ratio", ASPECT_RATIOS)
+    for name in ("generate_audio", "watermark", "return_last_frame"):
+        _boolean(body, name)
+    _integer(body, "seed", -_MAX_INT - 1, _MAX_INT)
+    _integer(body, "execution_expires_after", 1, 30 * 86_400)
+    _string(body, "safety_identifier", limit=256)
+    if "metadata" in body:
+        metadata = body["metadata"]
+        if not isinstance(metadata, dict):
+            raise InvalidRequest("metadata must be an object", param="metadata")
+        if len(json.dumps(metadata)) > 16_384:
+            raise InvalidRequest("metadata is larger than 16 KiB", param="metadata")
+    for name in ("frame_images", "input_references"):
+        if name in body and not isinstance(body[name], list):
+            raise InvalidRequest(f"{name} must be a list", param=name)
+    if "callback_url" in body:
+        check_outbound_url(settings, body["callback_url"], "callback_url")
+        if settings.callback_secret is None:
+            raise InvalidRequest(
+                "callback_url needs RECEIVER_CALLBACK_SECRET to be set on the receiver "
+                "(it signs the events sent to it)",
+                param="callback_url", code="callback_secret_unset",
+            )
+
+
+def task_view(task: TaskRow, request: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The video object we answer with: the provider's fields plus our `receiver` block."""
+    video = dict(task.video)
+    video.pop("provider_status", None)
+    video.update(id=task.video_id, object="video", status=task.status, model=video.get("model") or task.model)
+    if request is not None and "prompt" not in video:
+        video["prompt"] = request.get("prompt")
+    video.setdefault("created_at", int(task.created_at))
+    video["receiver"] = {
+        "resolved_by": task.resolved_by,
+        "deliveries": task.deliveries,
+        "duplicates": task.duplicates,
+        "polls": task.polls,
+        "anomalies": task.anomalies,
+        "submitted_at": int(task.created_at),
+        "terminal_at": int(task.terminal_at) if task.terminal_at is not None else None,
+        "next_poll_at": int(task.next_poll_at) if task.next_poll_at is not None else None,
+    }
+    return video
+
+
+def delivery_view(row: DeliveryRow) -> dict[str, Any]:
+    try:
+        body: Any = json.loads(row.body)
+        encoding = "json"
+    except (ValueError, UnicodeDecodeError):
+        body = base64.b64encode(row.body).decode()
+        encoding = "base64"
+    return {
+        "id": row.id,
+        "object": "delivery",
+        "video_id": row.video_id,
+        "route": row.route,
+        "received_at": int(row.received_at),
+        "last_seen_at": int(row.last_seen_at),
+        "verified_by": row.verified_by,
+        "dedupe_key": row.dedupe_key,
+        "event_type": row.event_type,
+        "status": row.status,
+        "outcome": row.outcome,
+        "repeats": row.repeats,
+        "headers": row.headers,
+        "body": body,
+        "body_encoding": encoding,
+    }
+
+
+def _ctx(request: Request) -> Context:
+    ctx: Context = request.app.state.ctx
+    return ctx
+
+
+def _provider_failure(exc: ProviderError) -> UpstreamError | InvalidRequest:
+    if exc.timeout:
+        return UpstreamError("the provider did not answer in time", status=504, code="provider_timeout")
+    if exc.status in (400, 404, 409, 422):
+        return InvalidRequest(f"the provider rejected the request: {exc.message}",
+                              code="provider_rejected")
+    if exc.status == 429:
+        headers = {"retry-after": str(int(exc.retry_after))} if exc.retry_after is not None else None
+        return UpstreamError("the provider is rate limiting us; retry later", status=429,
+                             code="provider_rate_limited", headers=headers)
+    if exc.status in (401, 403):
+        return UpstreamError("the provider refused our credentials (RECEIVER_PROVIDER_API_KEY)",
+                             code="provider_auth")
+    return UpstreamError(f"the provider failed: {exc.message}")
+
+
+async def submit(request: Request) -> Response:
+    ctx = _ctx(request)
+    scope = authorize(request, ctx.settings.api_keys)
+    body = await read_json_object(request, ctx.settings.max_body_bytes)
+    validate_submit(body, ctx.settings)
+    idem_key = request.headers.get("idempotency-key")
+    if idem_key is not None and not 1 <= len(idem_key) <= 255:
+        raise InvalidRequest("Idempotency-Key must be 1 to 255 characters", param="Idempotency-Key")
+    request_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    now = ctx.clock()
+    token = secrets.token_urlsafe(32)
+    expires_after = body.get("execution_expires_after")
+    created = await _store(ctx.store.create_task(NewTask(
+        token_hash=hashlib.sha256(token.encode()).hexdigest(),
+        model=body["model"],
+        request=body,
+        callback_url=body.get("callback_url"),
+        idem_scope=scope if idem_key is not None else None,
+        idem_key=idem_key,
+        request_hash=request_hash if idem_key is not None else None,
+        created_at=now,
+        expires_at=now + expires_after if isinstance(expires_after, int) else None,
+    )))
+    if created.state == "mismatch":
+        raise InvalidRequest(
+            "Idempotency-Key was already used with a different request body",
+            param="Idempotency-Key", code="idempotency_key_reused",
+        )
+    if created.state == "in_flight":
+        raise Conflict("a request with this Idempotency-Key is still being processed; retry later",
+                       code="idempotency_in_flight")
+    if created.state == "exists":
+        assert created.task is not None
+        return json_response(task_view(created.task, body), headers={"idempotent-replayed": "true"})
+    assert created.pk is not None
+    outbound = {k: v for k, v in body.items() if k != "callback_url"}
+    outbound["callback_url"] = f"{ctx.settings.public_url}/webhooks/{token}"
+    try:
+        answer = await ctx.provider.create(outbound)
+        status = normalise_status(answer.get("status", "queued"))
+    except (ProviderError, PayloadError) as exc:
+        kept = not await _store(ctx.store.abandon_submit(created.pk))
+        if kept:
+            log.warning("submit failed after the provider called back; task kept")
+        if isinstance(exc, PayloadError):
+            raise UpstreamError(f"the provider's answer is unusable: {exc}") from None
+        raise _provider_failure(exc) from None
+    video = {k: v for k, v in answer.items() if k not in ("status", "object")}
+    video.pop("callback_url", None)  # our minted URL is a credential: never echo it
+    now = ctx.clock()
+    try:
+        task = await _store(ctx.store.finish_submit(
+            created.pk, answer["id"], status, video, now, now + ctx.settings.poll_after
+        ))
+    except WrongVideo:
+        raise UpstreamError("the provider answered with a video id that belongs to another task") from None
+    # Workspace-wide deliveries that arrived before we knew this video id.
+    for delivery in await ctx.store.unmatched_deliveries(answer["id"]):
+        await reprocess(ctx, delivery)
+    ctx.wake_poller()  # a new schedule exists: let the poller recompute its next wake-up
+    fresh = await ctx.store.task_by_pk(created.pk)
+    return json_response(task_view(fresh or task, body))
+
+
+async def _store(awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except StoreUnavailable:
+        raise Unavailable("the store cannot take writes right now; retry", code="store_unavailable") from None
+
+
+async def get_video(request: Request) -> Response:
+    ctx = _ctx(request)
+    authorize(request, ctx.settings.api_keys)
+    task = await ctx.store.task_by_video(request.path_params["video_id"])
+    if task is None:
+        raise NotFound("no such video", param="id")
+    return json_response(task_view(task))
+
+
+async def list_videos(request: Request) -> Response:
+    ctx = _ctx(request)
+    authorize(request, ctx.settings.api_keys)
+    limit, after = page_params(request)
+    status = request.query_params.get("status")
+    if status is not None and status not in STATUSES:
+        raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
+    try:
+        page = await ctx.store.list_tasks(status, limit, after)
+    except UnknownCursor:
+        raise InvalidRequest("after names no video", param="after") from None
+    return json_response(
+        {"object": "list", "data": [task_view(t) for t in page.rows], "has_more": page.has_more}
+    )
+
+
+async def list_deliveries(request: Request) -> Response:
+    ctx = _ctx(request)
+    authorize(request, ctx.settings.api_keys)
+    limit, after = page_params(request)
+    video_id = request.query_params.get("video_id") or None
+    try:
+        page = await ctx.store.list_deliveries(video_id, limit, after)
+    except UnknownCursor:
+        raise InvalidRequest("after names no delivery", param="after") from None
+    return json_response(
+        {"object": "list", "data": [delivery_view(d) for d in page.rows], "has_more": page.has_more}
+    )
+
+
+async def replay_delivery(request: Request) -> Response:
+    ctx = _ctx(request)
+    authorize(request, ctx.settings.api_keys)
+    delivery = await ctx.store.get_delivery(request.path_params["delivery_id"])
+    if delivery is None:
+        raise NotFound("no such delivery", param="id")
+    result = await _store(reprocess(ctx, delivery))
+    fresh = await ctx.store.get_delivery(delivery.id)
+    view = delivery_view(fresh or delivery)
+    view["replay_outcome"] = result
+    return json_response(view)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/videos", submit, methods=["POST"]),
+        Route("/v1/videos", list_videos, methods=["GET"]),
+        Route("/v1/videos/{video_id:str}", get_video, methods=["GET"]),
+        Route("/v1/deliveries", list_deliveries, methods=["GET"]),
+        Route("/v1/deliveries/{delivery_id:str}/replay", replay_delivery, methods=["POST"]),
+    ]

@@ -1,0 +1,168 @@
+"""create_app(): the routes, the middleware-free error mapping, and a lifespan that owns resources."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+
+from receiver import api, ingest
+from receiver.context import Context
+from receiver.errors import ApiError
+from receiver.http import json_response
+from receiver.poller import Poller
+from receiver.provider import Provider
+from receiver.settings import Settings
+from receiver.simulator import SimConfig, Simulator, dev_secret
+from receiver.signatures import parse_key
+from receiver.tasks import transition
+from store import Store, open_store
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("receiver")
+
+SIMULATOR_PATH = "/simulator"
+_STOP_GRACE = 10.0
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return json_response(exc.body(), exc.status, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    body = {"error": {"type": "invalid_request_error", "code": code,
+                      "message": str(exc.detail), "param": None}}
+    return json_response(body, exc.status_code, dict(exc.headers or {}))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    body = {"error": {"type": "api_error", "code": "internal_error",
+                      "message": "internal error", "param": None}}
+    return json_response(body, 500)
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    problems = []
+    try:
+        await asyncio.wait_for(ctx.store.ping(), timeout=2.0)
+    except Exception:
+        problems.append("store not writable")
+    if not ctx.workers or any(w.done() for w in ctx.workers):
+        problems.append("workers not running")
+    if problems:
+        return json_response({"status": "unavailable", "problems": problems}, 503)
+    return json_response({"status": "ready"})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    http: httpx.AsyncClient | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """The whole service. A store or http client passed in belongs to the caller; anything the
+    app makes itself it also closes. With no provider configured, the built-in simulator is
+    mounted at /simulator and used as the provider."""
+    # httpx logs every request URL at INFO; our callback URLs are credentials.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    keys = settings.webhook_keys
+    simulator: Simulator | None = None
+    if settings.simulated:
+        secret = next((k for k in keys if k.scheme == "whsec"), None)
+        if secret is None:
+            text = dev_secret()
+            keys = (*keys, parse_key(text))
+            simulator = Simulator(SimConfig(secret=text, duration_median=2.0), clock=clock)
+        else:
+            import base64
+
+            simulator = Simulator(
+                SimConfig(secret="whsec_" + base64.b64encode(secret.material).decode(),
+                          duration_median=2.0),
+                clock=clock,
+            )
+    elif not keys:
+        log.warning("RECEIVER_WEBHOOK_SECRETS is unset: deliveries cannot be verified, "
+                    "results will come by polling alone")
+    if not settings.api_keys:
+        log.warning("RECEIVER_API_KEYS is unset: /v1 is open to anyone who can reach it")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            own_store = store is None
+            the_store = store or open_store(settings.database_url, decide=transition)
+            if own_store:
+                await the_store.open()
+                stack.push_async_callback(the_store.close)
+            client = http
+            if client is None:
+                client = httpx.AsyncClient(
+                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
+                )
+                stack.push_async_callback(client.aclose)
+            if simulator is not None:
+                await simulator.start()
+                stack.push_async_callback(simulator.stop)
+                host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+                base = f"http://{host}:{settings.port}{SIMULATOR_PATH}"
+            else:
+                assert settings.provider_url is not None
+                base = settings.provider_url
+            provider = Provider(client, base, settings.provider_api_key)
+            ctx = Context(settings=settings, store=the_store, provider=provider, clock=clock,
+                          webhook_keys=keys)
+            app.state.ctx = ctx
+            stop = asyncio.Event()
+            poller = Poller(ctx)
+            ctx.workers.append(asyncio.create_task(poller.run(stop), name="poller"))
+            app.state.poller = poller
+
+            async def stop_workers() -> None:
+                stop.set()
+                done, pending = await asyncio.wait(ctx.workers, timeout=_STOP_GRACE)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*ctx.workers, return_exceptions=True)
+
+            stack.push_async_callback(stop_workers)
+            yield
+
+    routes: list[Route | Mount] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        *api.routes(),
+        *ingest.routes(),
+    ]
+    if simulator is not None:
+        routes.append(Mount(SIMULATOR_PATH, app=simulator.app))
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _server_error,
+        },
+    )

@@ -1,0 +1,28 @@
+"""What every route and worker shares: settings, store, provider, clock, and wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from receiver.provider import Provider
+from receiver.settings import Settings
+from receiver.signatures import Key
+from store import Store
+
+__all__ = ["Context"]
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: Store
+    provider: Provider
+    clock: Callable[[], float]
+    webhook_keys: tuple[Key, ...] = field(repr=False)
+    poll_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def wake_poller(self) -> None:
+        self.poll_wakeup.set()

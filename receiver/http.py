@@ -1,0 +1,86 @@
+"""Small HTTP helpers shared by the routes: bounded body reads, JSON answers, auth, paging."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from receiver.errors import InvalidRequest, PayloadTooLarge, Unauthorized
+
+__all__ = ["authorize", "json_response", "page_params", "read_body", "read_json_object"]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")).encode(),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The whole body, or 413 as soon as it passes `cap` (whatever Content-Length claims)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest("Content-Length is not a number", code="bad_content_length")
+        if int(declared) > cap:
+            raise PayloadTooLarge(f"body larger than {cap} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise PayloadTooLarge(f"body larger than {cap} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise InvalidRequest("client disconnected before the body ended") from None
+    return b"".join(chunks)
+
+
+async def read_json_object(request: Request, cap: int) -> dict[str, Any]:
+    body = await read_body(request, cap)
+    if not body.strip():
+        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
+    return value
+
+
+def authorize(request: Request, api_keys: tuple[str, ...]) -> str:
+    """Check the bearer key when keys are configured; return the idempotency scope."""
+    if not api_keys:
+        return ""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("missing bearer API key", code="missing_api_key")
+    matched = False
+    for key in api_keys:
+        # Compare against every key so the time taken says nothing about which one matched.
+        matched |= hmac.compare_digest(token.encode(), key.encode())
+    if not matched:
+        raise Unauthorized("invalid API key", code="invalid_api_key")
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def page_params(request: Request) -> tuple[int, str | None]:
+    raw = request.query_params.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise InvalidRequest("limit must be a whole number from 1 to 100", param="limit")
+    after = request.query_params.get("after")
+    if after is not None and not after:
+        raise InvalidRequest("after must not be empty", param="after")
+    return int(raw), after

@@ -1,0 +1,143 @@
+"""Due-task loop: fetch the results whose deliveries never came, confirm thin ones, end stale tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+from receiver.context import Context
+from receiver.payloads import PayloadError, normalise_status
+from receiver.provider import ProviderError
+from store import StoreError, TaskRow
+
+__all__ = ["Poller"]
+
+log = logging.getLogger("receiver.poller")
+
+EXPIRY_GRACE = 60.0  # seconds past execution_expires_after before we give up on a task
+NOT_FOUND_CONFIRMATIONS = 3  # consecutive 404s before a task is failed as not_found
+
+
+class Poller:
+    """Polls due tasks with bounded concurrency and a requests-per-second budget.
+
+    Every schedule lives in the store (tasks.next_poll_at), so a restart resumes it.
+    """
+
+    def __init__(self, ctx: Context, *, concurrency: int = 8, rate: float = 20.0,
+                 rng: random.Random | None = None) -> None:
+        self._ctx = ctx
+        self._concurrency = asyncio.Semaphore(concurrency)
+        self._batch = concurrency * 4
+        self._spacing = 1.0 / rate if rate > 0 else 0.0
+        self._next_start = 0.0
+        self._rng = rng or random.Random()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        wakeup = self._ctx.poll_wakeup
+        while not stop.is_set():
+            try:
+                handled = await self.run_once()
+            except StoreError as exc:
+                log.warning("poller: store unavailable (%s)", type(exc).__name__)
+                handled = 0
+            if handled:
+                continue
+            due = await self._ctx.store.next_due()
+            delay = 5.0 if due is None else min(5.0, max(0.0, due - self._ctx.clock()))
+            wakeup.clear()
+            waiters = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def run_until_idle(self) -> int:
+        """Poll until nothing is due (tests use this instead of waiting on timers)."""
+        total = 0
+        while handled := await self.run_once():
+            total += handled
+        return total
+
+    async def run_once(self) -> int:
+        tasks = await self._ctx.store.due_tasks(self._ctx.clock(), self._batch)
+        if tasks:
+            await asyncio.gather(*(self._guarded(task) for task in tasks))
+        return len(tasks)
+
+    async def _guarded(self, task: TaskRow) -> None:
+        async with self._concurrency:
+            await self._pace()
+            try:
+                await self.poll(task)
+            except StoreError as exc:
+                log.warning("poller: could not record poll of %s (%s)", task.video_id, type(exc).__name__)
+
+    async def _pace(self) -> None:
+        """Keep GETs at or under the configured rate, so polling never hammers the provider."""
+        if not self._spacing:
+            return
+        now = time.monotonic()
+        start = max(now, self._next_start)
+        self._next_start = start + self._spacing
+        if start > now:
+            await asyncio.sleep(start - now)
+
+    def deadline(self, task: TaskRow) -> float:
+        limit = task.created_at + self._ctx.settings.task_max_age
+        if task.expires_at is not None:
+            limit = min(limit, task.expires_at + EXPIRY_GRACE)
+        return limit
+
+    def next_interval(self, task: TaskRow) -> float:
+        settings = self._ctx.settings
+        if task.confirm_pending:
+            base = min(float(settings.poll_after), 2.0 ** min(task.polls, 6))
+        else:
+            base = min(float(settings.poll_max_interval), settings.poll_after * 2.0 ** min(task.polls, 16))
+        # Full jitter on the upper half keeps many tasks from polling in lockstep.
+        return base * (0.5 + 0.5 * self._rng.random())
+
+    async def poll(self, task: TaskRow) -> None:
+        ctx = self._ctx
+        assert task.video_id is not None
+        past_deadline = ctx.clock() >= self.deadline(task)
+        try:
+            answer = await ctx.provider.retrieve(task.video_id)
+            status = normalise_status(answer.get("status"))
+        except ProviderError as exc:
+            await self._failed_poll(task, exc, past_deadline)
+            return
+        except PayloadError:
+            await self._failed_poll(task, ProviderError("unusable answer", status=200), past_deadline)
+            return
+        now = ctx.clock()
+        video: dict[str, Any] = {k: v for k, v in answer.items() if k not in ("object", "callback_url")}
+        if status not in ("completed", "failed") and past_deadline:
+            await self._expire(task, now)
+            return
+        await ctx.store.record_poll(task.pk, status, video, now, now + self.next_interval(task))
+
+    async def _failed_poll(self, task: TaskRow, exc: ProviderError, past_deadline: bool) -> None:
+        ctx = self._ctx
+        now = ctx.clock()
+        if past_deadline:
+            await self._expire(task, now)
+            return
+        if exc.status == 404 and task.poll_failures + 1 >= NOT_FOUND_CONFIRMATIONS:
+            error = {"code": "not_found", "message": "the provider no longer knows this video"}
+            await ctx.store.record_poll(task.pk, "failed", {"error": error}, now, None)
+            return
+        backoff = min(float(ctx.settings.poll_max_interval), 2.0 ** min(task.poll_failures + 1, 12))
+        delay = backoff * (0.5 + 0.5 * self._rng.random())
+        if exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        await ctx.store.record_poll(task.pk, None, None, now, now + delay, failed=True)
+
+    async def _expire(self, task: TaskRow, now: float) -> None:
+        error = {"code": "expired", "message": "no result before the task's deadline"}
+        await self._ctx.store.record_poll(
+            task.pk, "failed", {"error": error}, now, None, resolved_by="deadline"
+        )

@@ -1,0 +1,101 @@
+"""httpx client for the provider's video API: create and retrieve, errors mapped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+__all__ = ["Provider", "ProviderError"]
+
+_MAX_ANSWER = 4 * 1024 * 1024
+
+
+class ProviderError(Exception):
+    """The provider did not give us a usable video object.
+
+    `status` is the provider's HTTP status (None for timeouts and connection failures);
+    `retry_after` its Retry-After in seconds when it sent one.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 retry_after: float | None = None, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        self.timeout = timeout
+
+    @property
+    def retryable(self) -> bool:
+        return self.status is None or self.status in (408, 409, 425, 429) or self.status >= 500
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _provider_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"provider answered {response.status_code}"
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = body["error"].get("message")
+        if isinstance(message, str) and message:
+            return message[:500]
+    return f"provider answered {response.status_code}"
+
+
+@dataclass
+class Provider:
+    """The provider at base_url (we call {base_url}/v1/videos)."""
+
+    http: httpx.AsyncClient
+    base_url: str
+    api_key: str | None = None
+    timeout: float = 30.0
+
+    def _headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    async def _call(self, method: str, path: str, json: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            response = await self.http.request(
+                method, f"{self.base_url}{path}", json=json, headers=self._headers(),
+                timeout=self.timeout, follow_redirects=False,
+            )
+        except httpx.TimeoutException:
+            raise ProviderError("provider timed out", timeout=True) from None
+        except httpx.HTTPError as exc:
+            raise ProviderError(f"provider unreachable ({type(exc).__name__})") from None
+        if len(response.content) > _MAX_ANSWER:
+            raise ProviderError("provider answer too large", status=response.status_code)
+        if response.status_code != 200 and not 200 <= response.status_code < 300:
+            raise ProviderError(
+                _provider_message(response), status=response.status_code,
+                retry_after=_retry_after(response),
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            raise ProviderError("provider answered with something that is not JSON",
+                                status=response.status_code) from None
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"]:
+            raise ProviderError("provider answer is not a video object", status=response.status_code)
+        return body
+
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", "/v1/videos", body)
+
+    async def retrieve(self, video_id: str) -> dict[str, Any]:
+        from urllib.parse import quote
+
+        return await self._call("GET", f"/v1/videos/{quote(video_id, safe='')}")

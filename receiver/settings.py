@@ -1,0 +1,202 @@
+"""Parse and validate every RECEIVER_* setting once, at start."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from receiver.signatures import Key, SecretFormatError, parse_key
+
+__all__ = ["Settings", "SettingsError"]
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use; the message names the variable."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{name}: expected true or false, got {raw!r}")
+
+
+def _url(name: str, raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{name}: expected an http(s) URL, got {raw!r}")
+    if parts.query or parts.fragment:
+        raise SettingsError(f"{name}: must not carry a query or fragment")
+    return raw.strip().rstrip("/")
+
+
+def is_loopback_host(host: str) -> bool:
+    if host in ("localhost", "localhost.") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = "sqlite:///receiver.db"
+    public_url: str = "http://127.0.0.1:8000"
+    provider_url: str | None = None
+    provider_api_key: str | None = field(default=None, repr=False)
+    webhook_keys: tuple[Key, ...] = field(default=(), repr=False)
+    signature_tolerance: int = 300
+    allow_unsigned: bool = False
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    max_body_bytes: int = 1_048_576
+    poll_after: int = 60
+    poll_max_interval: int = 600
+    task_max_age: int = 86_400
+    fanout_retry_schedule: tuple[int, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    fanout_timeout: int = 15
+    callback_secret: str | None = field(default=None, repr=False)
+    outbound_allow: tuple[Network, ...] = ()
+
+    @property
+    def simulated(self) -> bool:
+        """No provider configured: serve runs the built-in simulator."""
+        return self.provider_url is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        host = env.get("RECEIVER_HOST", "127.0.0.1").strip() or "127.0.0.1"
+        port = _int(env, "RECEIVER_PORT", 8000, low=0, high=65535)
+
+        database_url = env.get("RECEIVER_DATABASE_URL", "sqlite:///receiver.db").strip()
+        if not database_url.startswith("sqlite://"):
+            raise SettingsError(
+                f"RECEIVER_DATABASE_URL: unsupported store {database_url.split(':', 1)[0]!r}; "
+                "use sqlite:///path.db"
+            )
+
+        url_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        if ":" in url_host and not url_host.startswith("["):
+            url_host = f"[{url_host}]"
+        public_url = _url(
+            "RECEIVER_PUBLIC_URL", env.get("RECEIVER_PUBLIC_URL") or f"http://{url_host}:{port}"
+        )
+        provider_raw = env.get("RECEIVER_PROVIDER_URL", "").strip()
+        provider_url = _url("RECEIVER_PROVIDER_URL", provider_raw) if provider_raw else None
+        if provider_url is not None:
+            provider_host = urlsplit(provider_url).hostname or ""
+            if not is_loopback_host(provider_host) and not public_url.startswith("https://"):
+                raise SettingsError(
+                    "RECEIVER_PUBLIC_URL: must be https when RECEIVER_PROVIDER_URL is not on "
+                    "loopback (providers refuse http callbacks)"
+                )
+
+        keys: list[Key] = []
+        for token in re.split(r"[\s,]+", env.get("RECEIVER_WEBHOOK_SECRETS", "").strip()):
+            if not token:
+                continue
+            try:
+                keys.append(parse_key(token))
+            except SecretFormatError as exc:
+                raise SettingsError(f"RECEIVER_WEBHOOK_SECRETS: {exc}") from None
+
+        api_keys = tuple(k for k in re.split(r"[\s,]+", env.get("RECEIVER_API_KEYS", "")) if k)
+
+        schedule_raw = env.get("RECEIVER_FANOUT_RETRY_SCHEDULE")
+        schedule = cls.fanout_retry_schedule
+        if schedule_raw is not None and schedule_raw.strip():
+            try:
+                schedule = tuple(int(p) for p in schedule_raw.split(",") if p.strip())
+            except ValueError:
+                raise SettingsError(
+                    "RECEIVER_FANOUT_RETRY_SCHEDULE: expected comma-separated whole seconds"
+                ) from None
+            if not schedule or any(s < 0 or s > 7 * 86400 for s in schedule):
+                raise SettingsError(
+                    "RECEIVER_FANOUT_RETRY_SCHEDULE: each delay must be 0 to 604800 seconds"
+                )
+
+        callback_secret = env.get("RECEIVER_CALLBACK_SECRET", "").strip() or None
+        if callback_secret is not None:
+            try:
+                key = parse_key(callback_secret)
+            except SecretFormatError as exc:
+                raise SettingsError(f"RECEIVER_CALLBACK_SECRET: {exc}") from None
+            if key.scheme != "whsec":
+                raise SettingsError("RECEIVER_CALLBACK_SECRET: must be a whsec_ secret")
+
+        networks: list[Network] = []
+        for token in env.get("RECEIVER_OUTBOUND_ALLOW", "").split(","):
+            if token.strip():
+                try:
+                    networks.append(ipaddress.ip_network(token.strip(), strict=False))
+                except ValueError:
+                    raise SettingsError(
+                        f"RECEIVER_OUTBOUND_ALLOW: {token.strip()!r} is not a CIDR"
+                    ) from None
+
+        poll_after = _int(env, "RECEIVER_POLL_AFTER", 60, low=1, high=86_400)
+        poll_max = _int(env, "RECEIVER_POLL_MAX_INTERVAL", 600, low=1, high=86_400)
+        if poll_max < 1:
+            raise SettingsError("RECEIVER_POLL_MAX_INTERVAL: must be at least 1")
+
+        return cls(
+            host=host,
+            port=port,
+            database_url=database_url,
+            public_url=public_url,
+            provider_url=provider_url,
+            provider_api_key=env.get("RECEIVER_PROVIDER_API_KEY", "").strip() or None,
+            webhook_keys=tuple(keys),
+            signature_tolerance=_int(env, "RECEIVER_SIGNATURE_TOLERANCE", 300, low=0, high=86_400),
+            allow_unsigned=_bool(env, "RECEIVER_ALLOW_UNSIGNED", False),
+            api_keys=api_keys,
+            max_body_bytes=_int(env, "RECEIVER_MAX_BODY_BYTES", 1_048_576, low=1024, high=1 << 28),
+            poll_after=poll_after,
+            poll_max_interval=poll_max,
+            task_max_age=_int(env, "RECEIVER_TASK_MAX_AGE", 86_400, low=60, high=90 * 86_400),
+            fanout_retry_schedule=schedule,
+            fanout_timeout=_int(env, "RECEIVER_FANOUT_TIMEOUT", 15, low=1, high=300),
+            callback_secret=callback_secret,
+            outbound_allow=tuple(networks),
+        )
+
+    def outbound_allowed(self, host: str) -> bool:
+        """True when host is a literal IP inside RECEIVER_OUTBOUND_ALLOW."""
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            if is_loopback_host(host):
+                address = ipaddress.ip_address("127.0.0.1")
+            else:
+                return False
+        return any(address in net for net in self.outbound_allow)

@@ -1,0 +1,281 @@
+"""The simulated provider: the video API of the contract, signed deliveries, and faults on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import heapq
+import itertools
+import json
+import logging
+import math
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from receiver.signatures import parse_key, sign_v1
+
+__all__ = ["SimConfig", "SimTask", "Simulator"]
+
+log = logging.getLogger("receiver.simulator")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """How the simulated provider behaves. Durations are in provider seconds; `time_scale`
+    runs that many provider seconds per real second (60: an hour of provider time in a minute)."""
+
+    secret: str = field(default="", repr=False)  # whsec_... that signs deliveries; "" = unsigned
+    api_key: str | None = field(default=None, repr=False)  # required bearer key, if any
+    duration_median: float = 3.0  # log-normal task durations
+    duration_sigma: float = 0.3
+    time_scale: float = 1.0
+    payload: str = "full"  # full (event with the whole video), thin (event with the id), bare
+    fail_rate: float = 0.0  # share of tasks that end failed
+    drop_rate: float = 0.0  # share of terminal deliveries never sent
+    duplicate_rate: float = 0.0  # share sent twice
+    reorder_rate: float = 0.0  # share followed by a stale in_progress delivery
+    delivery_delay: float = 0.0  # provider seconds between finishing and the first delivery
+    bad_signature_rate: float = 0.0  # share of attempts signed with a wrong key
+    get_error_rate: float = 0.0  # share of GETs answering 500
+    get_throttle_rate: float = 0.0  # share of GETs answering 429 with Retry-After
+    retry_after: int = 1
+    answer_delay: float = 0.0  # real seconds before POST /v1/videos answers
+    send_attempts: int = 5  # delivery attempts per message before the provider gives up
+    seed: int | None = None
+
+
+@dataclass
+class SimTask:
+    id: str
+    body: dict[str, Any]
+    created_at: float  # real time
+    duration: float  # real seconds until terminal
+    final: str  # completed or failed
+    callback_url: str | None
+
+    def status_at(self, now: float) -> str:
+        elapsed = now - self.created_at
+        if elapsed >= self.duration:
+            return self.final
+        return "in_progress" if elapsed >= 0.1 * self.duration else "queued"
+
+
+class Simulator:
+    """A provider in a box. `app` serves the API; `start()`/`stop()` run the delivery sender."""
+
+    def __init__(self, config: SimConfig, *, http: httpx.AsyncClient | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.tasks: dict[str, SimTask] = {}
+        self.gets = 0
+        self.deliveries_sent = 0
+        self._rng = random.Random(config.seed)
+        self._key = parse_key(config.secret).material if config.secret else None
+        self._http = http
+        self._own_http = http is None
+        self._queue: list[tuple[float, int, str, str, str, int]] = []
+        self._seq = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._bodies: dict[str, bytes] = {}  # a retried message carries the same bytes
+        self.app = Starlette(routes=[
+            Route("/v1/videos", self._create, methods=["POST"]),
+            Route("/v1/videos/{video_id:str}", self._retrieve, methods=["GET"]),
+        ], lifespan=self._lifespan)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    async def start(self) -> None:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=10.0)
+        self._sender = asyncio.create_task(self._send_loop(), name="simulator-sender")
+
+    async def stop(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
+        for sending in list(self._in_flight):
+            sending.cancel()
+        if self._own_http and self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    # -- the provider API --------------------------------------------------------------------
+
+    def _authorized(self, request: Request) -> bool:
+        if self.config.api_key is None:
+            return True
+        return bool(request.headers.get("authorization") == f"Bearer {self.config.api_key}")
+
+    @staticmethod
+    def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+        body = {"error": {"type": "invalid_request_error", "message": message}}
+        return Response(json.dumps(body), status, media_type="application/json", headers=headers)
+
+    def video(self, task: SimTask, status: str | None = None) -> dict[str, Any]:
+        status = status or task.status_at(self.clock())
+        body = task.body
+        video: dict[str, Any] = {
+            "id": task.id,
+            "object": "video",
+            "status": status,
+            "model": body.get("model"),
+            "prompt": body.get("prompt"),
+            "created_at": int(task.created_at),
+            "parameters": {k: body[k] for k in ("duration", "resolution", "aspect_ratio", "seed")
+                           if k in body},
+            "content": {},
+        }
+        if status == "completed":
+            video["content"] = {"video_url": f"https://cdn.example.invalid/{task.id}.mp4"}
+            if body.get("return_last_frame"):
+                video["content"]["last_frame_url"] = f"https://cdn.example.invalid/{task.id}.png"
+        elif status == "failed":
+            video["error"] = {"code": "generation_failed", "message": "the model could not render this prompt"}
+        return video
+
+    async def _create(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return self._error(401, "invalid API key")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return self._error(400, "body is not JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str) \
+                or not isinstance(body.get("prompt"), str):
+            return self._error(400, "model and prompt are required")
+        config = self.config
+        duration = config.duration_median * math.exp(self._rng.gauss(0.0, config.duration_sigma))
+        task = SimTask(
+            id="video_" + secrets.token_hex(12),
+            body=body,
+            created_at=self.clock(),
+            duration=duration / config.time_scale,
+            final="failed" if self._rng.random() < config.fail_rate else "completed",
+            callback_url=body.get("callback_url"),
+        )
+        self.tasks[task.id] = task
+        if task.callback_url:
+            self._plan_deliveries(task)
+        if config.answer_delay:
+            await asyncio.sleep(config.answer_delay)
+        return Response(json.dumps(self.video(task)), 200, media_type="application/json")
+
+    async def _retrieve(self, request: Request) -> Response:
+        self.gets += 1
+        if not self._authorized(request):
+            return self._error(401, "invalid API key")
+        if self._rng.random() < self.config.get_error_rate:
+            return self._error(500, "internal error")
+        if self._rng.random() < self.config.get_throttle_rate:
+            return self._error(429, "slow down", {"retry-after": str(self.config.retry_after)})
+        task = self.tasks.get(request.path_params["video_id"])
+        if task is None:
+            return self._error(404, "no such video")
+        return Response(json.dumps(self.video(task)), 200, media_type="application/json")
+
+    # -- deliveries --------------------------------------------------------------------------
+
+    def _plan_deliveries(self, task: SimTask) -> None:
+        config = self.config
+        if self._rng.random() < config.drop_rate:
+            return
+        due = task.created_at + task.duration + config.delivery_delay / config.time_scale
+        message = "msg_" + secrets.token_hex(12)
+        self._push(due, task.id, message, task.final)
+        if self._rng.random() < config.duplicate_rate:
+            self._push(due + 0.05, task.id, message, task.final)
+        if self._rng.random() < config.reorder_rate:
+            self._push(due + 0.1, task.id, "msg_" + secrets.token_hex(12), "in_progress")
+
+    def _push(self, due: float, video_id: str, message: str, status: str, attempt: int = 1) -> None:
+        heapq.heappush(self._queue, (due, next(self._seq), video_id, message, status, attempt))
+        self._wakeup.set()
+
+    def payload(self, task: SimTask, status: str) -> bytes:
+        video = self.video(task, status)
+        if self.config.payload == "bare":
+            return json.dumps(video).encode()
+        kind = "video.failed" if status == "failed" else "video.completed"
+        if status not in ("completed", "failed"):
+            return json.dumps(video).encode()  # progress updates travel as bare objects
+        data = {"id": task.id} if self.config.payload == "thin" else video
+        event = {"id": "evt_" + secrets.token_hex(12), "object": "event", "type": kind,
+                 "created_at": int(self.clock()), "data": data}
+        return json.dumps(event).encode()
+
+    def signed_headers(self, message: str, body: bytes) -> dict[str, str]:
+        headers = {"content-type": "application/json"}
+        if self._key is None:
+            return headers
+        key = self._key
+        if self._rng.random() < self.config.bad_signature_rate:
+            key = secrets.token_bytes(24)
+        timestamp = str(int(self.clock()))
+        headers.update({
+            "webhook-id": message,
+            "webhook-timestamp": timestamp,
+            "webhook-signature": sign_v1(key, message, timestamp, body),
+        })
+        return headers
+
+    async def _send_loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            due = self._queue[0][0]
+            delay = due - self.clock()
+            if delay > 0:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=min(delay, 1.0))
+                continue
+            _, _, video_id, message, status, attempt = heapq.heappop(self._queue)
+            sending = asyncio.create_task(self._send(video_id, message, status, attempt))
+            self._in_flight.add(sending)
+            sending.add_done_callback(self._in_flight.discard)
+
+    async def _send(self, video_id: str, message: str, status: str, attempt: int) -> None:
+        task = self.tasks[video_id]
+        assert task.callback_url is not None and self._http is not None
+        body = self._bodies.get(message)
+        if body is None:
+            body = self._bodies[message] = self.payload(task, status)
+        try:
+            response = await self._http.post(task.callback_url, content=body,
+                                             headers=self.signed_headers(message, body))
+            ok = 200 <= response.status_code < 300
+        except httpx.HTTPError:
+            ok = False
+        self.deliveries_sent += 1
+        if not ok and attempt < self.config.send_attempts:
+            backoff = 0.5 * 2 ** (attempt - 1)
+            self._push(self.clock() + backoff, video_id, message, status, attempt + 1)
+
+
+def dev_secret() -> str:
+    """A fresh whsec_ secret for the in-process simulator."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()

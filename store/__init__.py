@@ -1,0 +1,197 @@
+"""Persistence behind one interface: the Store protocol, its records, and open_store(url)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "CreateResult",
+    "Decide",
+    "DeliveryResult",
+    "DeliveryRow",
+    "NewDelivery",
+    "NewTask",
+    "Page",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "TaskRow",
+    "UnknownCursor",
+    "UnknownToken",
+    "WrongVideo",
+    "open_store",
+]
+
+
+class StoreError(Exception):
+    """Base of every error the store raises on purpose."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot take writes right now (disk full, locked, closed)."""
+
+
+class UnknownToken(StoreError):
+    """No task owns this callback token."""
+
+
+class WrongVideo(StoreError):
+    """A per-task delivery names a video other than the task's."""
+
+
+class UnknownCursor(StoreError):
+    """A list's `after` names no row."""
+
+
+class TransitionLike(Protocol):
+    outcome: str
+    status: str
+    video: dict[str, Any]
+    became_terminal: bool
+
+
+# The one transition function (receiver.tasks.transition), handed to the store so that every
+# write path (submit answer, delivery, poll, replay) applies the same rules inside its transaction.
+Decide = Callable[[str, dict[str, Any], str, dict[str, Any]], TransitionLike]
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    pk: int
+    video_id: str | None
+    status: str
+    model: str
+    video: dict[str, Any]
+    callback_url: str | None
+    created_at: float
+    updated_at: float
+    terminal_at: float | None
+    resolved_by: str | None
+    deliveries: int
+    duplicates: int
+    polls: int
+    anomalies: int
+    last_delivery_at: float | None
+    next_poll_at: float | None
+    poll_failures: int
+    confirm_pending: bool
+    expires_at: float | None
+
+
+@dataclass(frozen=True)
+class NewTask:
+    token_hash: str
+    model: str
+    request: dict[str, Any]
+    callback_url: str | None
+    idem_scope: str | None
+    idem_key: str | None
+    request_hash: str | None
+    created_at: float
+    expires_at: float | None
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    state: str  # created, exists, in_flight, mismatch
+    pk: int | None = None
+    task: TaskRow | None = None
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """An authentic delivery, ready to store. `status`/`video` are its normalised update."""
+
+    dedupe_key: str
+    route: str  # task or workspace
+    token_hash: str | None
+    video_id: str | None
+    verified_by: str
+    headers: dict[str, str]
+    body: bytes = field(repr=False)
+    event_type: str | None
+    status: str | None
+    video: dict[str, Any] | None
+    actionable: bool
+    needs_confirm: bool  # thin or unsigned: only our own GET may settle it
+    received_at: float
+    next_poll_at: float | None  # where an in_progress delivery pushes the task's next poll
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    id: str
+    duplicate: bool
+    outcome: str
+    task: TaskRow | None
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    pk: int
+    id: str
+    dedupe_key: str
+    task_pk: int | None
+    video_id: str | None
+    route: str
+    verified_by: str
+    headers: dict[str, str]
+    body: bytes
+    event_type: str | None
+    status: str | None
+    outcome: str
+    repeats: int
+    received_at: float
+    last_seen_at: float
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[Any]
+    has_more: bool
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    async def create_task(self, new: NewTask) -> CreateResult: ...
+    async def finish_submit(
+        self, pk: int, video_id: str, status: str, video: dict[str, Any], now: float,
+        next_poll_at: float,
+    ) -> TaskRow: ...
+    async def abandon_submit(self, pk: int) -> bool: ...
+
+    async def record_delivery(self, delivery: NewDelivery) -> DeliveryResult: ...
+    async def reapply_delivery(
+        self, delivery_id: str, status: str | None, video: dict[str, Any] | None,
+        needs_confirm: bool, now: float,
+    ) -> DeliveryResult: ...
+    async def record_poll(
+        self, pk: int, status: str | None, video: dict[str, Any] | None, now: float,
+        next_poll_at: float | None, *, resolved_by: str | None = None, failed: bool = False,
+    ) -> TaskRow: ...
+
+    async def task_by_video(self, video_id: str) -> TaskRow | None: ...
+    async def task_by_pk(self, pk: int) -> TaskRow | None: ...
+    async def list_tasks(self, status: str | None, limit: int, after: str | None) -> Page: ...
+    async def list_deliveries(self, video_id: str | None, limit: int, after: str | None) -> Page: ...
+    async def get_delivery(self, delivery_id: str) -> DeliveryRow | None: ...
+    async def unmatched_deliveries(self, video_id: str) -> list[DeliveryRow]: ...
+    async def due_tasks(self, now: float, limit: int) -> list[TaskRow]: ...
+    async def next_due(self) -> float | None: ...
+
+
+def open_store(url: str, *, decide: Decide) -> Store:
+    """The store for a RECEIVER_DATABASE_URL (call `await store.open()` before use)."""
+    if url.startswith("sqlite://"):
+        from store.sqlite import SQLiteStore
+
+        path = url[len("sqlite://") :]
+        if path.startswith("/"):
+            path = path[1:]  # sqlite:///rel.db -> rel.db; sqlite:////abs.db -> /abs.db
+        return SQLiteStore(path or ":memory:", decide=decide)
+    raise ValueError(f"unsupported store URL scheme: {url.split(':', 1)[0]!r}")

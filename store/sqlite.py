@@ -1,0 +1,611 @@
+"""SQLite store: WAL, one writer thread that groups concurrent commits, aiosqlite for reads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from store import (
+    CreateResult,
+    Decide,
+    DeliveryResult,
+    DeliveryRow,
+    NewDelivery,
+    NewTask,
+    Page,
+    StoreError,
+    StoreUnavailable,
+    TaskRow,
+    TransitionLike,
+    UnknownCursor,
+    UnknownToken,
+    WrongVideo,
+)
+
+__all__ = ["SQLiteStore"]
+
+log = logging.getLogger("receiver.store")
+
+T = TypeVar("T")
+Unit = Callable[[sqlite3.Connection], Any]
+
+_MAX_BATCH = 256
+_TERMINAL = ("completed", "failed")
+
+
+def _migrations() -> list[str]:
+    return [resources.files("store").joinpath("schema.sql").read_text("utf-8")]
+
+
+def _task(row: sqlite3.Row | aiosqlite.Row) -> TaskRow:
+    return TaskRow(
+        pk=row["pk"],
+        video_id=row["video_id"],
+        status=row["status"],
+        model=row["model"],
+        video=json.loads(row["video"]),
+        callback_url=row["callback_url"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        terminal_at=row["terminal_at"],
+        resolved_by=row["resolved_by"],
+        deliveries=row["deliveries"],
+        duplicates=row["duplicates"],
+        polls=row["polls"],
+        anomalies=row["anomalies"],
+        last_delivery_at=row["last_delivery_at"],
+        next_poll_at=row["next_poll_at"],
+        poll_failures=row["poll_failures"],
+        confirm_pending=bool(row["confirm_pending"]),
+        expires_at=row["expires_at"],
+    )
+
+
+def _delivery(row: sqlite3.Row | aiosqlite.Row) -> DeliveryRow:
+    return DeliveryRow(
+        pk=row["pk"],
+        id=row["id"],
+        dedupe_key=row["dedupe_key"],
+        task_pk=row["task_pk"],
+        video_id=row["video_id"],
+        route=row["route"],
+        verified_by=row["verified_by"],
+        headers=json.loads(row["headers"]),
+        body=bytes(row["body"]),
+        event_type=row["event_type"],
+        status=row["status"],
+        outcome=row["outcome"],
+        repeats=row["repeats"],
+        received_at=row["received_at"],
+        last_seen_at=row["last_seen_at"],
+    )
+
+
+class SQLiteStore:
+    """The embedded store. Writes go through one thread in batches: one commit (one fsync)
+    covers every write queued while the previous commit was in flight, and each write runs in
+    its own savepoint so that one failing write never undoes another."""
+
+    def __init__(self, path: str, *, decide: Decide) -> None:
+        if path == ":memory:":
+            raise ValueError("the SQLite store needs a file path (WAL is shared between connections)")
+        self._path = path
+        self._decide = decide
+        self._queue: asyncio.Queue[tuple[Unit, asyncio.Future[Any]] | None] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._conn: sqlite3.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        parent = Path(self._path).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._open_writer)
+        self._reader = await aiosqlite.connect(self._path)
+        self._reader.row_factory = aiosqlite.Row
+        await self._reader.execute("PRAGMA query_only = ON")
+        self._writer_task = asyncio.create_task(self._writer_loop(), name="store-writer")
+
+    def _open_writer(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: the commit that precedes an acknowledgement survives power loss, not only a crash.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        migrations = _migrations()
+        for number, script in enumerate(migrations[version:], start=version + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in script.split(";\n"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._writer_task is not None:
+            await self._queue.put(None)
+            await self._writer_task
+            self._writer_task = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+        loop = asyncio.get_running_loop()
+        if self._conn is not None:
+            await loop.run_in_executor(self._executor, self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._write(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # -- the writer --------------------------------------------------------------------------
+
+    async def _write(self, unit: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer_task is None or self._writer_task.done():
+            raise StoreUnavailable("the store is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((unit, future))
+        return await future
+
+    async def _writer_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            item = await self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            # No timer: take what queued up while the last commit ran, so an idle store
+            # commits at once and a busy one commits many writes per fsync.
+            while len(batch) < _MAX_BATCH and not self._queue.empty():
+                extra = self._queue.get_nowait()
+                if extra is None:
+                    stopping = True
+                    break
+                batch.append(extra)
+            units = [unit for unit, _ in batch]
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_batch, units)
+            except Exception as exc:
+                log.error("store commit failed: %s", type(exc).__name__)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(StoreUnavailable("the store could not commit"))
+                continue
+            for (_, future), (ok, value) in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def _run_batch(self, units: list[Unit]) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        assert conn is not None
+        results: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for unit in units:
+                conn.execute("SAVEPOINT unit")
+                try:
+                    value = unit(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO unit")
+                    conn.execute("RELEASE unit")
+                    if not isinstance(exc, StoreError):
+                        log.exception("store write failed")
+                        exc = StoreUnavailable("the store could not apply a write")
+                    results.append((False, exc))
+                else:
+                    conn.execute("RELEASE unit")
+                    results.append((True, value))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def _fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
+        if self._reader is None:
+            raise StoreUnavailable("the store is not open")
+        async with self._reader.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def task_by_video(self, video_id: str) -> TaskRow | None:
+        rows = await self._fetchall("SELECT * FROM tasks WHERE video_id = ?", (video_id,))
+        return _task(rows[0]) if rows else None
+
+    async def task_by_pk(self, pk: int) -> TaskRow | None:
+        rows = await self._fetchall("SELECT * FROM tasks WHERE pk = ?", (pk,))
+        return _task(rows[0]) if rows else None
+
+    async def list_tasks(self, status: str | None, limit: int, after: str | None) -> Page:
+        where = ["video_id IS NOT NULL"]
+        params: list[Any] = []
+        if after is not None:
+            found = await self._fetchall("SELECT pk FROM tasks WHERE video_id = ?", (after,))
+            if not found:
+                raise UnknownCursor(after)
+            where.append("pk < ?")
+            params.append(found[0]["pk"])
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        rows = await self._fetchall(
+            f"SELECT * FROM tasks WHERE {' AND '.join(where)} ORDER BY pk DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+        return Page([_task(r) for r in rows[:limit]], len(rows) > limit)
+
+    async def list_deliveries(self, video_id: str | None, limit: int, after: str | None) -> Page:
+        where: list[str] = []
+        params: list[Any] = []
+        if after is not None:
+            found = await self._fetchall("SELECT pk FROM deliveries WHERE id = ?", (after,))
+            if not found:
+                raise UnknownCursor(after)
+            where.append("pk < ?")
+            params.append(found[0]["pk"])
+        if video_id is not None:
+            where.append("video_id = ?")
+            params.append(video_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._fetchall(
+            f"SELECT * FROM deliveries {clause} ORDER BY pk DESC LIMIT ?", (*params, limit + 1)
+        )
+        return Page([_delivery(r) for r in rows[:limit]], len(rows) > limit)
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRow | None:
+        rows = await self._fetchall("SELECT * FROM deliveries WHERE id = ?", (delivery_id,))
+        return _delivery(rows[0]) if rows else None
+
+    async def unmatched_deliveries(self, video_id: str) -> list[DeliveryRow]:
+        rows = await self._fetchall(
+            "SELECT * FROM deliveries WHERE video_id = ? AND outcome = 'unmatched' ORDER BY pk",
+            (video_id,),
+        )
+        return [_delivery(r) for r in rows]
+
+    async def due_tasks(self, now: float, limit: int) -> list[TaskRow]:
+        rows = await self._fetchall(
+            "SELECT * FROM tasks WHERE next_poll_at <= ? AND video_id IS NOT NULL"
+            " ORDER BY next_poll_at LIMIT ?",
+            (now, limit),
+        )
+        return [_task(r) for r in rows]
+
+    async def next_due(self) -> float | None:
+        rows = await self._fetchall(
+            "SELECT min(next_poll_at) AS due FROM tasks"
+            " WHERE next_poll_at IS NOT NULL AND video_id IS NOT NULL"
+        )
+        due = rows[0]["due"] if rows else None
+        return float(due) if due is not None else None
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def create_task(self, new: NewTask) -> CreateResult:
+        def unit(conn: sqlite3.Connection) -> CreateResult:
+            if new.idem_key is not None:
+                row = conn.execute(
+                    "SELECT * FROM tasks WHERE idem_scope = ? AND idem_key = ?",
+                    (new.idem_scope, new.idem_key),
+                ).fetchone()
+                if row is not None:
+                    if row["request_hash"] != new.request_hash:
+                        return CreateResult("mismatch")
+                    if row["status"] == "submitting":
+                        return CreateResult("in_flight")
+                    return CreateResult("exists", row["pk"], _task(row))
+            cursor = conn.execute(
+                "INSERT INTO tasks (token_hash, status, model, video, request, callback_url,"
+                " idem_scope, idem_key, request_hash, created_at, updated_at, expires_at)"
+                " VALUES (?, 'submitting', ?, '{}', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    new.token_hash,
+                    new.model,
+                    json.dumps(new.request),
+                    new.callback_url,
+                    new.idem_scope,
+                    new.idem_key,
+                    new.request_hash,
+                    new.created_at,
+                    new.created_at,
+                    new.expires_at,
+                ),
+            )
+            return CreateResult("created", cursor.lastrowid)
+
+        return await self._write(unit)
+
+    async def finish_submit(
+        self,
+        pk: int,
+        video_id: str,
+        status: str,
+        video: dict[str, Any],
+        now: float,
+        next_poll_at: float,
+    ) -> TaskRow:
+        def unit(conn: sqlite3.Connection) -> TaskRow:
+            task = _task(conn.execute("SELECT * FROM tasks WHERE pk = ?", (pk,)).fetchone())
+            if task.video_id is not None and task.video_id != video_id:
+                raise WrongVideo(video_id)
+            other = conn.execute(
+                "SELECT pk FROM tasks WHERE video_id = ? AND pk != ?", (video_id, pk)
+            ).fetchone()
+            if other is not None:
+                raise WrongVideo(video_id)
+            conn.execute(
+                "UPDATE tasks SET video_id = ?, updated_at = ? WHERE pk = ?", (video_id, now, pk)
+            )
+            current = task.status if task.status != "submitting" else "submitting"
+            result = self._decide(current, task.video, status, video)
+            if result.outcome != "applied":
+                # A delivery overtook our submit: keep its state, fill in what only the
+                # submit answer carries (prompt, parameters...).
+                merged = {**video, **task.video}
+                conn.execute("UPDATE tasks SET video = ? WHERE pk = ?", (json.dumps(merged), pk))
+            else:
+                self._store_transition(conn, task, result, now, "poll", next_poll_at)
+            if task.status == "submitting" and not result.became_terminal:
+                conn.execute(
+                    "UPDATE tasks SET next_poll_at = coalesce(next_poll_at, ?) WHERE pk = ?"
+                    " AND status NOT IN ('completed', 'failed')",
+                    (next_poll_at, pk),
+                )
+            return _task(conn.execute("SELECT * FROM tasks WHERE pk = ?", (pk,)).fetchone())
+
+        return await self._write(unit)
+
+    async def abandon_submit(self, pk: int) -> bool:
+        def unit(conn: sqlite3.Connection) -> bool:
+            heard = conn.execute("SELECT 1 FROM deliveries WHERE task_pk = ? LIMIT 1", (pk,)).fetchone()
+            if heard is not None:
+                # The provider called back, so the task exists there: keep it.
+                return False
+            conn.execute("DELETE FROM tasks WHERE pk = ? AND status = 'submitting'", (pk,))
+            return True
+
+        return await self._write(unit)
+
+    async def record_delivery(self, delivery: NewDelivery) -> DeliveryResult:
+        d = delivery
+
+        def unit(conn: sqlite3.Connection) -> DeliveryResult:
+            task: TaskRow | None = None
+            if d.token_hash is not None:
+                row = conn.execute(
+                    "SELECT * FROM tasks WHERE token_hash = ?", (d.token_hash,)
+                ).fetchone()
+                if row is None:
+                    raise UnknownToken()
+                task = _task(row)
+                if d.video_id is not None and task.video_id not in (None, d.video_id):
+                    raise WrongVideo(d.video_id)
+            delivery_id = "dlv_" + secrets.token_hex(12)
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO deliveries (id, dedupe_key, task_pk, video_id, route,"
+                " verified_by, headers, body, event_type, status, outcome, received_at,"
+                " last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?)",
+                (
+                    delivery_id,
+                    d.dedupe_key,
+                    task.pk if task else None,
+                    d.video_id or (task.video_id if task else None),
+                    d.route,
+                    d.verified_by,
+                    json.dumps(d.headers),
+                    d.body,
+                    d.event_type,
+                    d.status,
+                    d.received_at,
+                    d.received_at,
+                ),
+            )
+            if cursor.rowcount == 0:
+                first = conn.execute(
+                    "SELECT pk, id, task_pk, outcome FROM deliveries WHERE dedupe_key = ?",
+                    (d.dedupe_key,),
+                ).fetchone()
+                conn.execute(
+                    "UPDATE deliveries SET repeats = repeats + 1, last_seen_at = ? WHERE pk = ?",
+                    (d.received_at, first["pk"]),
+                )
+                if first["task_pk"] is not None:
+                    conn.execute(
+                        "UPDATE tasks SET deliveries = deliveries + 1, duplicates = duplicates + 1,"
+                        " last_delivery_at = ? WHERE pk = ?",
+                        (d.received_at, first["task_pk"]),
+                    )
+                return DeliveryResult(first["id"], True, first["outcome"], None)
+            delivery_pk = cursor.lastrowid
+            if task is None and d.video_id is not None:
+                row = conn.execute("SELECT * FROM tasks WHERE video_id = ?", (d.video_id,)).fetchone()
+                task = _task(row) if row else None
+            if task is None:
+                outcome = "unmatched" if d.actionable else "ignored"
+                conn.execute("UPDATE deliveries SET outcome = ? WHERE pk = ?", (outcome, delivery_pk))
+                return DeliveryResult(delivery_id, False, outcome, None)
+            task = self._attach(conn, task, d.video_id, d.received_at)
+            outcome = self._settle(
+                conn, task, d.status, d.video, d.actionable, d.needs_confirm, d.received_at,
+                d.next_poll_at,
+            )
+            conn.execute(
+                "UPDATE deliveries SET outcome = ?, task_pk = ? WHERE pk = ?",
+                (outcome, task.pk, delivery_pk),
+            )
+            return DeliveryResult(delivery_id, False, outcome, None)
+
+        return await self._write(unit)
+
+    async def reapply_delivery(
+        self,
+        delivery_id: str,
+        status: str | None,
+        video: dict[str, Any] | None,
+        needs_confirm: bool,
+        now: float,
+    ) -> DeliveryResult:
+        def unit(conn: sqlite3.Connection) -> DeliveryResult:
+            row = conn.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            if row is None:
+                raise UnknownCursor(delivery_id)
+            delivery = _delivery(row)
+            task_row = None
+            if delivery.task_pk is not None:
+                task_row = conn.execute(
+                    "SELECT * FROM tasks WHERE pk = ?", (delivery.task_pk,)
+                ).fetchone()
+            elif delivery.video_id is not None:
+                task_row = conn.execute(
+                    "SELECT * FROM tasks WHERE video_id = ?", (delivery.video_id,)
+                ).fetchone()
+            if task_row is None:
+                return DeliveryResult(delivery.id, False, delivery.outcome, None)
+            task = _task(task_row)
+            if delivery.task_pk is None:
+                task = self._attach(conn, task, delivery.video_id, delivery.received_at)
+            outcome = self._settle(conn, task, status, video, True, needs_confirm, now, None)
+            if delivery.outcome == "unmatched":
+                # First time this delivery meets its task; a replay of a settled one only
+                # reports what it would do now, and leaves the record of what it did.
+                conn.execute(
+                    "UPDATE deliveries SET outcome = ?, task_pk = ? WHERE pk = ?",
+                    (outcome, task.pk, delivery.pk),
+                )
+            return DeliveryResult(delivery.id, False, outcome, None)
+
+        return await self._write(unit)
+
+    async def record_poll(
+        self,
+        pk: int,
+        status: str | None,
+        video: dict[str, Any] | None,
+        now: float,
+        next_poll_at: float | None,
+        *,
+        resolved_by: str | None = None,
+        failed: bool = False,
+    ) -> TaskRow:
+        def unit(conn: sqlite3.Connection) -> TaskRow:
+            task = _task(conn.execute("SELECT * FROM tasks WHERE pk = ?", (pk,)).fetchone())
+            terminal = task.status in _TERMINAL
+            if resolved_by != "deadline":
+                conn.execute("UPDATE tasks SET polls = polls + 1 WHERE pk = ?", (pk,))
+            if failed or status is None or video is None:
+                conn.execute(
+                    "UPDATE tasks SET poll_failures = poll_failures + 1, next_poll_at = ?"
+                    " WHERE pk = ?",
+                    (None if terminal else next_poll_at, pk),
+                )
+            else:
+                result = self._decide(task.status, task.video, status, video)
+                source = resolved_by or ("webhook" if task.confirm_pending else "poll")
+                self._store_transition(conn, task, result, now, source, next_poll_at)
+                if not result.became_terminal and not terminal:
+                    conn.execute(
+                        "UPDATE tasks SET next_poll_at = ?, poll_failures = 0 WHERE pk = ?",
+                        (next_poll_at, pk),
+                    )
+            return _task(conn.execute("SELECT * FROM tasks WHERE pk = ?", (pk,)).fetchone())
+
+        return await self._write(unit)
+
+    # -- shared pieces of the write paths (run inside the writer's transaction) ---------------
+
+    @staticmethod
+    def _attach(
+        conn: sqlite3.Connection, task: TaskRow, video_id: str | None, now: float
+    ) -> TaskRow:
+        """Count a delivery on its task; claim the video id if our submit has not answered yet."""
+        if task.video_id is None and video_id is not None:
+            taken = conn.execute("SELECT 1 FROM tasks WHERE video_id = ?", (video_id,)).fetchone()
+            if taken is None:
+                conn.execute("UPDATE tasks SET video_id = ? WHERE pk = ?", (video_id, task.pk))
+        conn.execute(
+            "UPDATE tasks SET deliveries = deliveries + 1, last_delivery_at = ? WHERE pk = ?",
+            (now, task.pk),
+        )
+        return _task(conn.execute("SELECT * FROM tasks WHERE pk = ?", (task.pk,)).fetchone())
+
+    def _settle(
+        self,
+        conn: sqlite3.Connection,
+        task: TaskRow,
+        status: str | None,
+        video: dict[str, Any] | None,
+        actionable: bool,
+        needs_confirm: bool,
+        now: float,
+        next_poll_at: float | None,
+    ) -> str:
+        """Apply one delivery's update to its task; return the delivery's outcome."""
+        if not actionable:
+            return "ignored"
+        if needs_confirm or status is None or video is None:
+            if task.status in _TERMINAL:
+                return "duplicate" if status in (None, task.status) else "anomaly"
+            # Only our own GET may settle it: poll this task now.
+            conn.execute(
+                "UPDATE tasks SET confirm_pending = 1, next_poll_at = ? WHERE pk = ?",
+                (now, task.pk),
+            )
+            return "pending_confirm"
+        result = self._decide(task.status, task.video, status, video)
+        self._store_transition(conn, task, result, now, "webhook", next_poll_at)
+        return result.outcome
+
+    @staticmethod
+    def _store_transition(
+        conn: sqlite3.Connection,
+        task: TaskRow,
+        result: TransitionLike,
+        now: float,
+        resolved_by: str,
+        next_poll_at: float | None,
+    ) -> None:
+        if result.outcome == "anomaly":
+            conn.execute("UPDATE tasks SET anomalies = anomalies + 1 WHERE pk = ?", (task.pk,))
+            return
+        if result.outcome != "applied":
+            return
+        if result.became_terminal:
+            conn.execute(
+                "UPDATE tasks SET status = ?, video = ?, updated_at = ?, terminal_at = ?,"
+                " resolved_by = ?, next_poll_at = NULL, confirm_pending = 0 WHERE pk = ?",
+                (result.status, json.dumps(result.video), now, now, resolved_by, task.pk),
+            )
+        else:
+            conn.execute(
+                "UPDATE tasks SET status = ?, video = ?, updated_at = ?,"
+                " next_poll_at = coalesce(?, next_poll_at) WHERE pk = ?",
+                (result.status, json.dumps(result.video), now, next_poll_at, task.pk),
+            )
