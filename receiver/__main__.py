@@ -29,12 +29,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.simulated:
-        logging.getLogger("receiver").info(
-            "no RECEIVER_PROVIDER_URL: using the built-in simulated provider"
-        )
+        logging.getLogger("receiver").info("no RECEIVER_PROVIDER_URL: using the built-in simulated provider")
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False,
-                log_level="warning", lifespan="on")
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, access_log=False, log_level="warning", lifespan="on"
+    )
     return 0
 
 
@@ -94,7 +93,8 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(
-        "serve", help="run the whole service: API, webhooks, poller",
+        "serve",
+        help="run the whole service: API, webhooks, poller",
         description="Run the API, the webhook endpoints and the poller in one process. With no "
         "RECEIVER_PROVIDER_URL it also runs the simulated provider and submits to it.",
     )
@@ -103,14 +103,18 @@ def parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     sim = commands.add_parser(
-        "simulate", help="run the simulated provider on its own, with faults",
+        "simulate",
+        help="run the simulated provider on its own, with faults",
         description="Serve POST/GET /v1/videos like a provider and deliver signed webhooks to "
         "each task's callback_url, with the faults asked for.",
     )
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=9000)
-    sim.add_argument("--secret", help="whsec_ secret that signs deliveries (default "
-                     "RECEIVER_SIMULATOR_SECRET; none: deliveries are unsigned)")
+    sim.add_argument(
+        "--secret",
+        help="whsec_ secret that signs deliveries (default "
+        "RECEIVER_SIMULATOR_SECRET; none: deliveries are unsigned)",
+    )
     sim.add_argument("--api-key", help="bearer key the simulator requires")
     sim.add_argument("--duration", type=_positive, default=3.0, help="median task duration, provider seconds")
     sim.add_argument("--duration-sigma", type=float, default=0.3, help="log-normal sigma of durations")
@@ -119,8 +123,12 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--fail-rate", type=_rate, default=0.0, help="share of tasks that fail")
     sim.add_argument("--drop-rate", type=_rate, default=0.0, help="share of deliveries never sent")
     sim.add_argument("--duplicate-rate", type=_rate, default=0.0, help="share of deliveries sent twice")
-    sim.add_argument("--reorder-rate", type=_rate, default=0.0,
-                     help="share of tasks that also send a stale in_progress after the terminal one")
+    sim.add_argument(
+        "--reorder-rate",
+        type=_rate,
+        default=0.0,
+        help="share of tasks that also send a stale in_progress after the terminal one",
+    )
     sim.add_argument("--delay", type=float, default=0.0, help="provider seconds before delivering")
     sim.add_argument("--bad-signature-rate", type=_rate, default=0.0)
     sim.add_argument("--get-error-rate", type=_rate, default=0.0, help="share of GETs answering 500")

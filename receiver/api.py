@@ -91,9 +91,14 @@ def check_outbound_url(settings: Settings, url: object, param: str) -> str:
     except ValueError:
         address = None
     private = host == "localhost" or (
-        address is not None and (
-            address.is_private or address.is_loopback or address.is_link_local
-            or address.is_reserved or address.is_multicast or address.is_unspecified
+        address is not None
+        and (
+            address.is_private
+            or address.is_loopback
+            or address.is_link_local
+            or address.is_reserved
+            or address.is_multicast
+            or address.is_unspecified
         )
     )
     if private and not allowed:
@@ -105,15 +110,28 @@ def check_outbound_url(settings: Settings, url: object, param: str) -> str:
 
 def validate_submit(body: dict[str, Any], settings: Settings) -> None:
     allowed = {
-        "model", "prompt", "duration", "resolution", "aspect_ratio", "generate_audio", "seed",
-        "watermark", "return_last_frame", "execution_expires_after", "safety_identifier",
-        "callback_url", "metadata", "frame_images", "input_references",
+        "model",
+        "prompt",
+        "duration",
+        "resolution",
+        "aspect_ratio",
+        "generate_audio",
+        "seed",
+        "watermark",
+        "return_last_frame",
+        "execution_expires_after",
+        "safety_identifier",
+        "callback_url",
+        "metadata",
+        "frame_images",
+        "input_references",
     }
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidRequest(
             f"unknown parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
-            param=unknown[0], code="unknown_parameter",
+            param=unknown[0],
+            code="unknown_parameter",
         )
     _string(body, "model", required=True)
     _string(body, "prompt", required=True, limit=32_000)
@@ -140,7 +158,8 @@ def validate_submit(body: dict[str, Any], settings: Settings) -> None:
             raise InvalidRequest(
                 "callback_url needs RECEIVER_CALLBACK_SECRET to be set on the receiver "
                 "(it signs the events sent to it)",
-                param="callback_url", code="callback_secret_unset",
+                param="callback_url",
+                code="callback_secret_unset",
             )
 
 
@@ -200,15 +219,19 @@ def _provider_failure(exc: ProviderError) -> UpstreamError | InvalidRequest:
     if exc.timeout:
         return UpstreamError("the provider did not answer in time", status=504, code="provider_timeout")
     if exc.status in (400, 404, 409, 422):
-        return InvalidRequest(f"the provider rejected the request: {exc.message}",
-                              code="provider_rejected")
+        return InvalidRequest(f"the provider rejected the request: {exc.message}", code="provider_rejected")
     if exc.status == 429:
         headers = {"retry-after": str(int(exc.retry_after))} if exc.retry_after is not None else None
-        return UpstreamError("the provider is rate limiting us; retry later", status=429,
-                             code="provider_rate_limited", headers=headers)
+        return UpstreamError(
+            "the provider is rate limiting us; retry later",
+            status=429,
+            code="provider_rate_limited",
+            headers=headers,
+        )
     if exc.status in (401, 403):
-        return UpstreamError("the provider refused our credentials (RECEIVER_PROVIDER_API_KEY)",
-                             code="provider_auth")
+        return UpstreamError(
+            "the provider refused our credentials (RECEIVER_PROVIDER_API_KEY)", code="provider_auth"
+        )
     return UpstreamError(f"the provider failed: {exc.message}")
 
 
@@ -224,25 +247,32 @@ async def submit(request: Request) -> Response:
     now = ctx.clock()
     token = secrets.token_urlsafe(32)
     expires_after = body.get("execution_expires_after")
-    created = await _store(ctx.store.create_task(NewTask(
-        token_hash=hashlib.sha256(token.encode()).hexdigest(),
-        model=body["model"],
-        request=body,
-        callback_url=body.get("callback_url"),
-        idem_scope=scope if idem_key is not None else None,
-        idem_key=idem_key,
-        request_hash=request_hash if idem_key is not None else None,
-        created_at=now,
-        expires_at=now + expires_after if isinstance(expires_after, int) else None,
-    )))
+    created = await _store(
+        ctx.store.create_task(
+            NewTask(
+                token_hash=hashlib.sha256(token.encode()).hexdigest(),
+                model=body["model"],
+                request=body,
+                callback_url=body.get("callback_url"),
+                idem_scope=scope if idem_key is not None else None,
+                idem_key=idem_key,
+                request_hash=request_hash if idem_key is not None else None,
+                created_at=now,
+                expires_at=now + expires_after if isinstance(expires_after, int) else None,
+            )
+        )
+    )
     if created.state == "mismatch":
         raise InvalidRequest(
             "Idempotency-Key was already used with a different request body",
-            param="Idempotency-Key", code="idempotency_key_reused",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
         )
     if created.state == "in_flight":
-        raise Conflict("a request with this Idempotency-Key is still being processed; retry later",
-                       code="idempotency_in_flight")
+        raise Conflict(
+            "a request with this Idempotency-Key is still being processed; retry later",
+            code="idempotency_in_flight",
+        )
     if created.state == "exists":
         assert created.task is not None
         return json_response(task_view(created.task, body), headers={"idempotent-replayed": "true"})
@@ -263,9 +293,11 @@ async def submit(request: Request) -> Response:
     video.pop("callback_url", None)  # our minted URL is a credential: never echo it
     now = ctx.clock()
     try:
-        task = await _store(ctx.store.finish_submit(
-            created.pk, answer["id"], status, video, now, now + ctx.settings.poll_after
-        ))
+        task = await _store(
+            ctx.store.finish_submit(
+                created.pk, answer["id"], status, video, now, now + ctx.settings.poll_after
+            )
+        )
     except WrongVideo:
         raise UpstreamError("the provider answered with a video id that belongs to another task") from None
     # Workspace-wide deliveries that arrived before we knew this video id.

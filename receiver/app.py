@@ -22,8 +22,8 @@ from receiver.http import json_response
 from receiver.poller import Poller
 from receiver.provider import Provider
 from receiver.settings import Settings
-from receiver.simulator import SimConfig, Simulator, dev_secret
 from receiver.signatures import parse_key
+from receiver.simulator import SimConfig, Simulator, dev_secret
 from receiver.tasks import transition
 from store import Store, open_store
 
@@ -43,15 +43,17 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    body = {"error": {"type": "invalid_request_error", "code": code,
-                      "message": str(exc.detail), "param": None}}
+    body = {
+        "error": {"type": "invalid_request_error", "code": code, "message": str(exc.detail), "param": None}
+    }
     return json_response(body, exc.status_code, dict(exc.headers or {}))
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    body = {"error": {"type": "api_error", "code": "internal_error",
-                      "message": "internal error", "param": None}}
+    body = {
+        "error": {"type": "api_error", "code": "internal_error", "message": "internal error", "param": None}
+    }
     return json_response(body, 500)
 
 
@@ -98,13 +100,14 @@ def create_app(
             import base64
 
             simulator = Simulator(
-                SimConfig(secret="whsec_" + base64.b64encode(secret.material).decode(),
-                          duration_median=2.0),
+                SimConfig(secret="whsec_" + base64.b64encode(secret.material).decode(), duration_median=2.0),
                 clock=clock,
             )
     elif not keys:
-        log.warning("RECEIVER_WEBHOOK_SECRETS is unset: deliveries cannot be verified, "
-                    "results will come by polling alone")
+        log.warning(
+            "RECEIVER_WEBHOOK_SECRETS is unset: deliveries cannot be verified, "
+            "results will come by polling alone"
+        )
     if not settings.api_keys:
         log.warning("RECEIVER_API_KEYS is unset: /v1 is open to anyone who can reach it")
 
@@ -131,8 +134,9 @@ def create_app(
                 assert settings.provider_url is not None
                 base = settings.provider_url
             provider = Provider(client, base, settings.provider_api_key)
-            ctx = Context(settings=settings, store=the_store, provider=provider, clock=clock,
-                          webhook_keys=keys)
+            ctx = Context(
+                settings=settings, store=the_store, provider=provider, clock=clock, webhook_keys=keys
+            )
             app.state.ctx = ctx
             stop = asyncio.Event()
             poller = Poller(ctx)
@@ -141,7 +145,7 @@ def create_app(
 
             async def stop_workers() -> None:
                 stop.set()
-                done, pending = await asyncio.wait(ctx.workers, timeout=_STOP_GRACE)
+                _, pending = await asyncio.wait(ctx.workers, timeout=_STOP_GRACE)
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*ctx.workers, return_exceptions=True)

@@ -31,8 +31,15 @@ class ApiError(Exception):
     type = "api_error"
     code = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 status: int | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
@@ -43,9 +50,7 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {
-            "error": {"type": self.type, "code": self.code, "message": self.message, "param": self.param}
-        }
+        return {"error": {"type": self.type, "code": self.code, "message": self.message, "param": self.param}}
 
 
 class InvalidRequest(ApiError):

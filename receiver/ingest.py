@@ -29,17 +29,14 @@ __all__ = ["dedupe_key", "redact", "reprocess", "routes"]
 log = logging.getLogger("receiver.ingest")
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
-_SECRET_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
-)
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
 
 
 def redact(headers: dict[str, str]) -> dict[str, str]:
     return {k: ("[redacted]" if k in _SECRET_HEADERS else v) for k, v in headers.items()}
 
 
-def dedupe_key(headers: dict[str, str], verification: Verification, update: VideoUpdate,
-               body: bytes) -> str:
+def dedupe_key(headers: dict[str, str], verification: Verification, update: VideoUpdate, body: bytes) -> str:
     """webhook-id (or a twin), the OpenRouter idempotency key, the event id, else a body hash."""
     for prefix in STANDARD_HEADER_FAMILIES:
         value = headers.get(prefix + "id")
@@ -132,8 +129,11 @@ async def reprocess(ctx: Context, delivery: DeliveryRow) -> str:
     if not update.actionable:
         return "ignored"
     result = await ctx.store.reapply_delivery(
-        delivery.id, update.status, update.video,
-        delivery.verified_by == "unsigned" or update.thin, ctx.clock(),
+        delivery.id,
+        update.status,
+        update.video,
+        delivery.verified_by == "unsigned" or update.thin,
+        ctx.clock(),
     )
     if result.outcome == "pending_confirm":
         ctx.wake_poller()

@@ -27,8 +27,9 @@ class Poller:
     Every schedule lives in the store (tasks.next_poll_at), so a restart resumes it.
     """
 
-    def __init__(self, ctx: Context, *, concurrency: int = 8, rate: float = 20.0,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self, ctx: Context, *, concurrency: int = 8, rate: float = 20.0, rng: random.Random | None = None
+    ) -> None:
         self._ctx = ctx
         self._concurrency = asyncio.Semaphore(concurrency)
         self._batch = concurrency * 4

@@ -19,8 +19,14 @@ class ProviderError(Exception):
     `retry_after` its Retry-After in seconds when it sent one.
     """
 
-    def __init__(self, message: str, *, status: int | None = None,
-                 retry_after: float | None = None, timeout: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        timeout: bool = False,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -69,8 +75,12 @@ class Provider:
     async def _call(self, method: str, path: str, json: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
             response = await self.http.request(
-                method, f"{self.base_url}{path}", json=json, headers=self._headers(),
-                timeout=self.timeout, follow_redirects=False,
+                method,
+                f"{self.base_url}{path}",
+                json=json,
+                headers=self._headers(),
+                timeout=self.timeout,
+                follow_redirects=False,
             )
         except httpx.TimeoutException:
             raise ProviderError("provider timed out", timeout=True) from None
@@ -80,14 +90,16 @@ class Provider:
             raise ProviderError("provider answer too large", status=response.status_code)
         if response.status_code != 200 and not 200 <= response.status_code < 300:
             raise ProviderError(
-                _provider_message(response), status=response.status_code,
+                _provider_message(response),
+                status=response.status_code,
                 retry_after=_retry_after(response),
             )
         try:
             body = response.json()
         except ValueError:
-            raise ProviderError("provider answered with something that is not JSON",
-                                status=response.status_code) from None
+            raise ProviderError(
+                "provider answered with something that is not JSON", status=response.status_code
+            ) from None
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"]:
             raise ProviderError("provider answer is not a video object", status=response.status_code)
         return body

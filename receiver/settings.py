@@ -141,9 +141,7 @@ class Settings:
                     "RECEIVER_FANOUT_RETRY_SCHEDULE: expected comma-separated whole seconds"
                 ) from None
             if not schedule or any(s < 0 or s > 7 * 86400 for s in schedule):
-                raise SettingsError(
-                    "RECEIVER_FANOUT_RETRY_SCHEDULE: each delay must be 0 to 604800 seconds"
-                )
+                raise SettingsError("RECEIVER_FANOUT_RETRY_SCHEDULE: each delay must be 0 to 604800 seconds")
 
         callback_secret = env.get("RECEIVER_CALLBACK_SECRET", "").strip() or None
         if callback_secret is not None:
@@ -160,9 +158,7 @@ class Settings:
                 try:
                     networks.append(ipaddress.ip_network(token.strip(), strict=False))
                 except ValueError:
-                    raise SettingsError(
-                        f"RECEIVER_OUTBOUND_ALLOW: {token.strip()!r} is not a CIDR"
-                    ) from None
+                    raise SettingsError(f"RECEIVER_OUTBOUND_ALLOW: {token.strip()!r} is not a CIDR") from None
 
         poll_after = _int(env, "RECEIVER_POLL_AFTER", 60, low=1, high=86_400)
         poll_max = _int(env, "RECEIVER_POLL_MAX_INTERVAL", 600, low=1, high=86_400)

@@ -174,9 +174,7 @@ def _verify_openrouter(
     timestamp = _timestamp(raw_ts, now, tolerance)
     signed = f"{raw_ts},".encode() + body
     expected = [
-        hmac.new(k.material, signed, hashlib.sha256).hexdigest().encode()
-        for k in keys
-        if k.scheme == "raw"
+        hmac.new(k.material, signed, hashlib.sha256).hexdigest().encode() for k in keys if k.scheme == "raw"
     ]
     for value in given:
         if not _HEX.match(value):

@@ -74,8 +74,13 @@ class SimTask:
 class Simulator:
     """A provider in a box. `app` serves the API; `start()`/`stop()` run the delivery sender."""
 
-    def __init__(self, config: SimConfig, *, http: httpx.AsyncClient | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: SimConfig,
+        *,
+        http: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.clock = clock
         self.tasks: dict[str, SimTask] = {}
@@ -91,10 +96,13 @@ class Simulator:
         self._sender: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._bodies: dict[str, bytes] = {}  # a retried message carries the same bytes
-        self.app = Starlette(routes=[
-            Route("/v1/videos", self._create, methods=["POST"]),
-            Route("/v1/videos/{video_id:str}", self._retrieve, methods=["GET"]),
-        ], lifespan=self._lifespan)
+        self.app = Starlette(
+            routes=[
+                Route("/v1/videos", self._create, methods=["POST"]),
+                Route("/v1/videos/{video_id:str}", self._retrieve, methods=["GET"]),
+            ],
+            lifespan=self._lifespan,
+        )
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -143,8 +151,9 @@ class Simulator:
             "model": body.get("model"),
             "prompt": body.get("prompt"),
             "created_at": int(task.created_at),
-            "parameters": {k: body[k] for k in ("duration", "resolution", "aspect_ratio", "seed")
-                           if k in body},
+            "parameters": {
+                k: body[k] for k in ("duration", "resolution", "aspect_ratio", "seed") if k in body
+            },
             "content": {},
         }
         if status == "completed":
@@ -152,7 +161,10 @@ class Simulator:
             if body.get("return_last_frame"):
                 video["content"]["last_frame_url"] = f"https://cdn.example.invalid/{task.id}.png"
         elif status == "failed":
-            video["error"] = {"code": "generation_failed", "message": "the model could not render this prompt"}
+            video["error"] = {
+                "code": "generation_failed",
+                "message": "the model could not render this prompt",
+            }
         return video
 
     async def _create(self, request: Request) -> Response:
@@ -162,8 +174,11 @@ class Simulator:
             body = json.loads(await request.body())
         except ValueError:
             return self._error(400, "body is not JSON")
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str) \
-                or not isinstance(body.get("prompt"), str):
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("model"), str)
+            or not isinstance(body.get("prompt"), str)
+        ):
             return self._error(400, "model and prompt are required")
         config = self.config
         duration = config.duration_median * math.exp(self._rng.gauss(0.0, config.duration_sigma))
@@ -221,8 +236,13 @@ class Simulator:
         if status not in ("completed", "failed"):
             return json.dumps(video).encode()  # progress updates travel as bare objects
         data = {"id": task.id} if self.config.payload == "thin" else video
-        event = {"id": "evt_" + secrets.token_hex(12), "object": "event", "type": kind,
-                 "created_at": int(self.clock()), "data": data}
+        event = {
+            "id": "evt_" + secrets.token_hex(12),
+            "object": "event",
+            "type": kind,
+            "created_at": int(self.clock()),
+            "data": data,
+        }
         return json.dumps(event).encode()
 
     def signed_headers(self, message: str, body: bytes) -> dict[str, str]:
@@ -233,11 +253,13 @@ class Simulator:
         if self._rng.random() < self.config.bad_signature_rate:
             key = secrets.token_bytes(24)
         timestamp = str(int(self.clock()))
-        headers.update({
-            "webhook-id": message,
-            "webhook-timestamp": timestamp,
-            "webhook-signature": sign_v1(key, message, timestamp, body),
-        })
+        headers.update(
+            {
+                "webhook-id": message,
+                "webhook-timestamp": timestamp,
+                "webhook-signature": sign_v1(key, message, timestamp, body),
+            }
+        )
         return headers
 
     async def _send_loop(self) -> None:
@@ -265,8 +287,9 @@ class Simulator:
         if body is None:
             body = self._bodies[message] = self.payload(task, status)
         try:
-            response = await self._http.post(task.callback_url, content=body,
-                                             headers=self.signed_headers(message, body))
+            response = await self._http.post(
+                task.callback_url, content=body, headers=self.signed_headers(message, body)
+            )
             ok = 200 <= response.status_code < 300
         except httpx.HTTPError:
             ok = False

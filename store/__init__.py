@@ -46,10 +46,14 @@ class UnknownCursor(StoreError):
 
 
 class TransitionLike(Protocol):
-    outcome: str
-    status: str
-    video: dict[str, Any]
-    became_terminal: bool
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def video(self) -> dict[str, Any]: ...
+    @property
+    def became_terminal(self) -> bool: ...
 
 
 # The one transition function (receiver.tasks.transition), handed to the store so that every
@@ -160,19 +164,35 @@ class Store(Protocol):
 
     async def create_task(self, new: NewTask) -> CreateResult: ...
     async def finish_submit(
-        self, pk: int, video_id: str, status: str, video: dict[str, Any], now: float,
+        self,
+        pk: int,
+        video_id: str,
+        status: str,
+        video: dict[str, Any],
+        now: float,
         next_poll_at: float,
     ) -> TaskRow: ...
     async def abandon_submit(self, pk: int) -> bool: ...
 
     async def record_delivery(self, delivery: NewDelivery) -> DeliveryResult: ...
     async def reapply_delivery(
-        self, delivery_id: str, status: str | None, video: dict[str, Any] | None,
-        needs_confirm: bool, now: float,
+        self,
+        delivery_id: str,
+        status: str | None,
+        video: dict[str, Any] | None,
+        needs_confirm: bool,
+        now: float,
     ) -> DeliveryResult: ...
     async def record_poll(
-        self, pk: int, status: str | None, video: dict[str, Any] | None, now: float,
-        next_poll_at: float | None, *, resolved_by: str | None = None, failed: bool = False,
+        self,
+        pk: int,
+        status: str | None,
+        video: dict[str, Any] | None,
+        now: float,
+        next_poll_at: float | None,
+        *,
+        resolved_by: str | None = None,
+        failed: bool = False,
     ) -> TaskRow: ...
 
     async def task_by_video(self, video_id: str) -> TaskRow | None: ...

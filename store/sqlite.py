@@ -361,9 +361,7 @@ class SQLiteStore:
             ).fetchone()
             if other is not None:
                 raise WrongVideo(video_id)
-            conn.execute(
-                "UPDATE tasks SET video_id = ?, updated_at = ? WHERE pk = ?", (video_id, now, pk)
-            )
+            conn.execute("UPDATE tasks SET video_id = ?, updated_at = ? WHERE pk = ?", (video_id, now, pk))
             current = task.status if task.status != "submitting" else "submitting"
             result = self._decide(current, task.video, status, video)
             if result.outcome != "applied":
@@ -400,9 +398,7 @@ class SQLiteStore:
         def unit(conn: sqlite3.Connection) -> DeliveryResult:
             task: TaskRow | None = None
             if d.token_hash is not None:
-                row = conn.execute(
-                    "SELECT * FROM tasks WHERE token_hash = ?", (d.token_hash,)
-                ).fetchone()
+                row = conn.execute("SELECT * FROM tasks WHERE token_hash = ?", (d.token_hash,)).fetchone()
                 if row is None:
                     raise UnknownToken()
                 task = _task(row)
@@ -454,7 +450,13 @@ class SQLiteStore:
                 return DeliveryResult(delivery_id, False, outcome, None)
             task = self._attach(conn, task, d.video_id, d.received_at)
             outcome = self._settle(
-                conn, task, d.status, d.video, d.actionable, d.needs_confirm, d.received_at,
+                conn,
+                task,
+                d.status,
+                d.video,
+                d.actionable,
+                d.needs_confirm,
+                d.received_at,
                 d.next_poll_at,
             )
             conn.execute(
@@ -480,9 +482,7 @@ class SQLiteStore:
             delivery = _delivery(row)
             task_row = None
             if delivery.task_pk is not None:
-                task_row = conn.execute(
-                    "SELECT * FROM tasks WHERE pk = ?", (delivery.task_pk,)
-                ).fetchone()
+                task_row = conn.execute("SELECT * FROM tasks WHERE pk = ?", (delivery.task_pk,)).fetchone()
             elif delivery.video_id is not None:
                 task_row = conn.execute(
                     "SELECT * FROM tasks WHERE video_id = ?", (delivery.video_id,)
@@ -522,8 +522,7 @@ class SQLiteStore:
                 conn.execute("UPDATE tasks SET polls = polls + 1 WHERE pk = ?", (pk,))
             if failed or status is None or video is None:
                 conn.execute(
-                    "UPDATE tasks SET poll_failures = poll_failures + 1, next_poll_at = ?"
-                    " WHERE pk = ?",
+                    "UPDATE tasks SET poll_failures = poll_failures + 1, next_poll_at = ? WHERE pk = ?",
                     (None if terminal else next_poll_at, pk),
                 )
             else:
@@ -542,9 +541,7 @@ class SQLiteStore:
     # -- shared pieces of the write paths (run inside the writer's transaction) ---------------
 
     @staticmethod
-    def _attach(
-        conn: sqlite3.Connection, task: TaskRow, video_id: str | None, now: float
-    ) -> TaskRow:
+    def _attach(conn: sqlite3.Connection, task: TaskRow, video_id: str | None, now: float) -> TaskRow:
         """Count a delivery on its task; claim the video id if our submit has not answered yet."""
         if task.video_id is None and video_id is not None:
             taken = conn.execute("SELECT 1 FROM tasks WHERE video_id = ?", (video_id,)).fetchone()

@@ -1,0 +1,157 @@
+"""Shared test machinery: real uvicorn servers on loopback ports, the simulator, waiting helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from receiver.app import create_app
+from receiver.settings import Settings
+from receiver.signatures import parse_key, sign_v1
+from receiver.simulator import SimConfig, Simulator
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any, sock: socket.socket | None = None) -> AsyncIterator[str]:
+    """Run `app` under uvicorn on a loopback port in this event loop; yield its base URL."""
+    sock = sock or free_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await wait_until(lambda: server.started or task.done(), timeout=10)
+    if task.done():
+        task.result()
+        raise RuntimeError("server stopped during start-up")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=15)
+        sock.close()
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], *, timeout: float = 10.0, what: str = ""
+) -> None:
+    """Wait until condition() is true, checking often; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        await asyncio.sleep(0.02)  # wait-ok: a polling interval inside a deadline, not a sync
+
+
+def sign_headers(
+    body: bytes,
+    *,
+    secret: str = SECRET,
+    msg_id: str = "msg_1",
+    timestamp: int | None = None,
+    prefix: str = "webhook-",
+) -> dict[str, str]:
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    signature = sign_v1(parse_key(secret).material, msg_id, ts, body)
+    return {
+        f"{prefix}id": msg_id,
+        f"{prefix}timestamp": ts,
+        f"{prefix}signature": signature,
+        "content-type": "application/json",
+    }
+
+
+@dataclass
+class Stack:
+    """A receiver and a simulated provider, each on its own loopback port."""
+
+    url: str
+    provider_url: str
+    client: httpx.AsyncClient
+    simulator: Simulator
+    app: Any
+    settings: Settings
+
+    @property
+    def poller(self) -> Any:
+        return self.app.state.poller
+
+    @property
+    def store(self) -> Any:
+        return self.app.state.ctx.store
+
+    async def submit(self, body: dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
+        body = body or {"model": "seedance-2.0", "prompt": "a red fox"}
+        return await self.client.post(f"{self.url}/v1/videos", json=body, **kwargs)
+
+    async def video(self, video_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"{self.url}/v1/videos/{video_id}")
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def wait_status(self, video_id: str, status: str, timeout: float = 15.0) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+
+        async def reached() -> bool:
+            seen.update(await self.video(video_id))
+            return bool(seen["status"] == status)
+
+        await wait_until(reached, timeout=timeout, what=f"{video_id} to be {status}")
+        return seen
+
+
+StackFactory = Callable[..., contextlib.AbstractAsyncContextManager[Stack]]
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path) -> StackFactory:
+    @contextlib.asynccontextmanager
+    async def factory(sim: SimConfig | None = None, **overrides: Any) -> AsyncIterator[Stack]:
+        simulator = Simulator(sim or SimConfig(secret=SECRET, duration_median=0.3, duration_sigma=0.1))
+        receiver_sock = free_socket()
+        port = receiver_sock.getsockname()[1]
+        async with serve(simulator.app) as provider_url:
+            settings = Settings.from_env(
+                {
+                    "RECEIVER_PORT": str(port),
+                    "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path}/receiver.db",
+                    "RECEIVER_PROVIDER_URL": provider_url,
+                    "RECEIVER_WEBHOOK_SECRETS": SECRET,
+                    "RECEIVER_OUTBOUND_ALLOW": "127.0.0.0/8",
+                }
+            )
+            settings = replace(settings, **overrides)
+            app = create_app(settings)
+            async with serve(app, receiver_sock) as url, httpx.AsyncClient(timeout=10) as client:
+                yield Stack(url, provider_url, client, simulator, app, settings)
+
+    return factory
