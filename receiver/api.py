@@ -292,12 +292,9 @@ async def submit(request: Request) -> Response:
     video = {k: v for k, v in answer.items() if k not in ("status", "object")}
     video.pop("callback_url", None)  # our minted URL is a credential: never echo it
     now = ctx.clock()
+    first_poll = await ctx.scheduler.first_poll_at(body["model"], now)
     try:
-        task = await _store(
-            ctx.store.finish_submit(
-                created.pk, answer["id"], status, video, now, now + ctx.settings.poll_after
-            )
-        )
+        task = await _store(ctx.store.finish_submit(created.pk, answer["id"], status, video, now, first_poll))
     except WrongVideo:
         raise UpstreamError("the provider answered with a video id that belongs to another task") from None
     # Workspace-wide deliveries that arrived before we knew this video id.

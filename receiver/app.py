@@ -21,6 +21,7 @@ from receiver.errors import ApiError
 from receiver.http import json_response
 from receiver.poller import Poller
 from receiver.provider import Provider
+from receiver.schedule import Scheduler
 from receiver.settings import Settings
 from receiver.signatures import parse_key
 from receiver.simulator import SimConfig, Simulator, dev_secret
@@ -59,6 +60,12 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    body = await ctx.metrics.render(ctx.store, ctx.clock())
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 async def readyz(request: Request) -> Response:
@@ -134,12 +141,20 @@ def create_app(
                 assert settings.provider_url is not None
                 base = settings.provider_url
             provider = Provider(client, base, settings.provider_api_key)
+            scheduler = Scheduler(
+                the_store, settings, clock=clock, fixed_interval=settings.poll_fixed_interval
+            )
             ctx = Context(
-                settings=settings, store=the_store, provider=provider, clock=clock, webhook_keys=keys
+                settings=settings,
+                store=the_store,
+                provider=provider,
+                clock=clock,
+                webhook_keys=keys,
+                scheduler=scheduler,
             )
             app.state.ctx = ctx
             stop = asyncio.Event()
-            poller = Poller(ctx)
+            poller = Poller(ctx, concurrency=settings.poll_concurrency, rate=settings.poll_rate)
             ctx.workers.append(asyncio.create_task(poller.run(stop), name="poller"))
             app.state.poller = poller
 
@@ -156,6 +171,7 @@ def create_app(
     routes: list[Route | Mount] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         *api.routes(),
         *ingest.routes(),
     ]

@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from receiver.metrics import Metrics
 from receiver.provider import Provider
+from receiver.schedule import Scheduler
 from receiver.settings import Settings
 from receiver.signatures import Key
 from store import Store
@@ -21,6 +23,8 @@ class Context:
     provider: Provider
     clock: Callable[[], float]
     webhook_keys: tuple[Key, ...] = field(repr=False)
+    scheduler: Scheduler = field(repr=False)
+    metrics: Metrics = field(default_factory=Metrics, repr=False)
     poll_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
 

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver.context import Context
-from receiver.errors import InvalidRequest, NotFound, Unauthorized, Unavailable
+from receiver.errors import ApiError, InvalidRequest, NotFound, Unauthorized, Unavailable
 from receiver.http import json_response, read_body
 from receiver.payloads import PayloadError, VideoUpdate, normalise
 from receiver.signatures import (
@@ -61,7 +61,7 @@ def _parse(body: bytes) -> VideoUpdate:
         raise InvalidRequest(str(exc), code="invalid_payload") from None
 
 
-async def _ingest(request: Request, token: str | None) -> Response:
+async def _ingest(request: Request, token: str | None) -> tuple[Response, str]:
     ctx: Context = request.app.state.ctx
     settings = ctx.settings
     if token is not None and not _TOKEN.match(token):
@@ -109,15 +109,27 @@ async def _ingest(request: Request, token: str | None) -> Response:
         raise Unavailable("cannot store the delivery right now; retry", code="store_unavailable") from None
     if result.outcome == "pending_confirm":
         ctx.wake_poller()
-    return json_response({"id": result.id, "duplicate": result.duplicate})
+    outcome = "duplicate_delivery" if result.duplicate else result.outcome
+    return json_response({"id": result.id, "duplicate": result.duplicate}), outcome
+
+
+async def _counted(request: Request, token: str | None) -> Response:
+    counter = request.app.state.ctx.metrics.deliveries
+    try:
+        response, outcome = await _ingest(request, token)
+    except ApiError as exc:
+        counter.labels(outcome=f"rejected_{exc.code}").inc()
+        raise
+    counter.labels(outcome=outcome).inc()
+    return response
 
 
 async def task_webhook(request: Request) -> Response:
-    return await _ingest(request, request.path_params["token"])
+    return await _counted(request, request.path_params["token"])
 
 
 async def workspace_webhook(request: Request) -> Response:
-    return await _ingest(request, None)
+    return await _counted(request, None)
 
 
 async def reprocess(ctx: Context, delivery: DeliveryRow) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from typing import Any
 
@@ -17,7 +16,6 @@ __all__ = ["Poller"]
 
 log = logging.getLogger("receiver.poller")
 
-EXPIRY_GRACE = 60.0  # seconds past execution_expires_after before we give up on a task
 NOT_FOUND_CONFIRMATIONS = 3  # consecutive 404s before a task is failed as not_found
 
 
@@ -27,15 +25,12 @@ class Poller:
     Every schedule lives in the store (tasks.next_poll_at), so a restart resumes it.
     """
 
-    def __init__(
-        self, ctx: Context, *, concurrency: int = 8, rate: float = 20.0, rng: random.Random | None = None
-    ) -> None:
+    def __init__(self, ctx: Context, *, concurrency: int, rate: float) -> None:
         self._ctx = ctx
         self._concurrency = asyncio.Semaphore(concurrency)
         self._batch = concurrency * 4
         self._spacing = 1.0 / rate if rate > 0 else 0.0
         self._next_start = 0.0
-        self._rng = rng or random.Random()
 
     async def run(self, stop: asyncio.Event) -> None:
         wakeup = self._ctx.poll_wakeup
@@ -86,40 +81,30 @@ class Poller:
         if start > now:
             await asyncio.sleep(start - now)
 
-    def deadline(self, task: TaskRow) -> float:
-        limit = task.created_at + self._ctx.settings.task_max_age
-        if task.expires_at is not None:
-            limit = min(limit, task.expires_at + EXPIRY_GRACE)
-        return limit
-
-    def next_interval(self, task: TaskRow) -> float:
-        settings = self._ctx.settings
-        if task.confirm_pending:
-            base = min(float(settings.poll_after), 2.0 ** min(task.polls, 6))
-        else:
-            base = min(float(settings.poll_max_interval), settings.poll_after * 2.0 ** min(task.polls, 16))
-        # Full jitter on the upper half keeps many tasks from polling in lockstep.
-        return base * (0.5 + 0.5 * self._rng.random())
-
     async def poll(self, task: TaskRow) -> None:
         ctx = self._ctx
+        scheduler = ctx.scheduler
         assert task.video_id is not None
-        past_deadline = ctx.clock() >= self.deadline(task)
+        past_deadline = ctx.clock() >= scheduler.deadline(task)
         try:
             answer = await ctx.provider.retrieve(task.video_id)
             status = normalise_status(answer.get("status"))
         except ProviderError as exc:
+            ctx.metrics.polls.labels(result=_failure_label(exc)).inc()
             await self._failed_poll(task, exc, past_deadline)
             return
         except PayloadError:
+            ctx.metrics.polls.labels(result="unusable").inc()
             await self._failed_poll(task, ProviderError("unusable answer", status=200), past_deadline)
             return
+        ctx.metrics.polls.labels(result=status).inc()
         now = ctx.clock()
         video: dict[str, Any] = {k: v for k, v in answer.items() if k not in ("object", "callback_url")}
         if status not in ("completed", "failed") and past_deadline:
             await self._expire(task, now)
             return
-        await ctx.store.record_poll(task.pk, status, video, now, now + self.next_interval(task))
+        next_at = await scheduler.next_poll_at(task, now)
+        await ctx.store.record_poll(task.pk, status, video, now, next_at)
 
     async def _failed_poll(self, task: TaskRow, exc: ProviderError, past_deadline: bool) -> None:
         ctx = self._ctx
@@ -131,14 +116,23 @@ class Poller:
             error = {"code": "not_found", "message": "the provider no longer knows this video"}
             await ctx.store.record_poll(task.pk, "failed", {"error": error}, now, None)
             return
-        backoff = min(float(ctx.settings.poll_max_interval), 2.0 ** min(task.poll_failures + 1, 12))
-        delay = backoff * (0.5 + 0.5 * self._rng.random())
-        if exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)
-        await ctx.store.record_poll(task.pk, None, None, now, now + delay, failed=True)
+        next_at = ctx.scheduler.retry_at(task, now, exc.retry_after)
+        await ctx.store.record_poll(task.pk, None, None, now, next_at, failed=True)
 
     async def _expire(self, task: TaskRow, now: float) -> None:
         error = {"code": "expired", "message": "no result before the task's deadline"}
         await self._ctx.store.record_poll(
             task.pk, "failed", {"error": error}, now, None, resolved_by="deadline"
         )
+
+
+def _failure_label(exc: ProviderError) -> str:
+    if exc.timeout:
+        return "timeout"
+    if exc.status is None:
+        return "unreachable"
+    if exc.status == 429:
+        return "throttled"
+    if exc.status == 404:
+        return "not_found"
+    return "error"

@@ -81,6 +81,10 @@ class Settings:
     max_body_bytes: int = 1_048_576
     poll_after: int = 60
     poll_max_interval: int = 600
+    poll_concurrency: int = 16
+    poll_rate: float = 50.0
+    # Library-only (no variable): poll every N seconds instead of learning; benchmarks compare.
+    poll_fixed_interval: float | None = None
     task_max_age: int = 86_400
     fanout_retry_schedule: tuple[int, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     fanout_timeout: int = 15
@@ -179,6 +183,8 @@ class Settings:
             max_body_bytes=_int(env, "RECEIVER_MAX_BODY_BYTES", 1_048_576, low=1024, high=1 << 28),
             poll_after=poll_after,
             poll_max_interval=poll_max,
+            poll_concurrency=_int(env, "RECEIVER_POLL_CONCURRENCY", 16, low=1, high=1024),
+            poll_rate=float(_int(env, "RECEIVER_POLL_RATE", 50, low=1, high=100_000)),
             task_max_age=_int(env, "RECEIVER_TASK_MAX_AGE", 86_400, low=60, high=90 * 86_400),
             fanout_retry_schedule=schedule,
             fanout_timeout=_int(env, "RECEIVER_FANOUT_TIMEOUT", 15, low=1, high=300),

@@ -11,6 +11,8 @@ __all__ = [
     "Decide",
     "DeliveryResult",
     "DeliveryRow",
+    "EventRow",
+    "HistoryRow",
     "NewDelivery",
     "NewTask",
     "Page",
@@ -18,6 +20,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TaskRow",
+    "TaskStats",
     "UnknownCursor",
     "UnknownToken",
     "WrongVideo",
@@ -82,6 +85,31 @@ class TaskRow:
     poll_failures: int
     confirm_pending: bool
     expires_at: float | None
+    last_open_poll_at: float | None = None
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    completion: float  # seconds from submit to result
+    terminal_at: float
+    delivered: bool  # at least one delivery arrived for the task
+
+
+@dataclass(frozen=True)
+class TaskStats:
+    by_state: dict[tuple[str, str | None], int]  # (status, resolved_by) -> tasks
+    oldest_open_created_at: float | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    pk: int
+    id: str
+    task_pk: int
+    video_id: str
+    type: str
+    created_at: float
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -203,6 +231,9 @@ class Store(Protocol):
     async def unmatched_deliveries(self, video_id: str) -> list[DeliveryRow]: ...
     async def due_tasks(self, now: float, limit: int) -> list[TaskRow]: ...
     async def next_due(self) -> float | None: ...
+    async def model_history(self, model: str, limit: int) -> list[HistoryRow]: ...
+    async def get_event_for_task(self, task_pk: int) -> EventRow | None: ...
+    async def task_stats(self) -> TaskStats: ...
 
 
 def open_store(url: str, *, decide: Decide) -> Store:

@@ -1,4 +1,4 @@
--- Version 1: tasks and the inbound deliveries that move them.
+-- migration 1: tasks and the inbound deliveries that move them.
 CREATE TABLE tasks (
     pk               INTEGER PRIMARY KEY,
     video_id         TEXT UNIQUE,              -- the provider's id; NULL until it answers our submit
@@ -48,3 +48,19 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_video ON deliveries (video_id, pk);
 CREATE INDEX deliveries_unmatched ON deliveries (video_id) WHERE outcome = 'unmatched';
+
+-- migration 2: what the poll schedule learns from, and one event per terminal result.
+ALTER TABLE tasks ADD COLUMN last_open_poll_at REAL;  -- last poll that found the task still open
+ALTER TABLE tasks ADD COLUMN completion REAL;         -- estimated seconds from submit to result
+CREATE INDEX tasks_model_terminal ON tasks (model, terminal_at) WHERE terminal_at IS NOT NULL;
+
+CREATE TABLE events (
+    pk          INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,          -- evt_...: the webhook-id on every send and replay
+    task_pk     INTEGER NOT NULL UNIQUE REFERENCES tasks (pk),  -- one terminal result, one event
+    video_id    TEXT NOT NULL,
+    type        TEXT NOT NULL,                 -- video.completed or video.failed
+    created_at  REAL NOT NULL,
+    data        TEXT NOT NULL                  -- JSON: the video object as recorded
+);
+CREATE INDEX events_video ON events (video_id);

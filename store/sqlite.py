@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import sqlite3
 from collections.abc import Callable
@@ -20,12 +21,15 @@ from store import (
     Decide,
     DeliveryResult,
     DeliveryRow,
+    EventRow,
+    HistoryRow,
     NewDelivery,
     NewTask,
     Page,
     StoreError,
     StoreUnavailable,
     TaskRow,
+    TaskStats,
     TransitionLike,
     UnknownCursor,
     UnknownToken,
@@ -44,7 +48,9 @@ _TERMINAL = ("completed", "failed")
 
 
 def _migrations() -> list[str]:
-    return [resources.files("store").joinpath("schema.sql").read_text("utf-8")]
+    """schema.sql, split at its `-- migration N` markers: item N-1 brings the schema to N."""
+    text = resources.files("store").joinpath("schema.sql").read_text("utf-8")
+    return [part for part in re.split(r"^-- migration \d+:.*$", text, flags=re.M) if part.strip()]
 
 
 def _task(row: sqlite3.Row | aiosqlite.Row) -> TaskRow:
@@ -68,6 +74,19 @@ def _task(row: sqlite3.Row | aiosqlite.Row) -> TaskRow:
         poll_failures=row["poll_failures"],
         confirm_pending=bool(row["confirm_pending"]),
         expires_at=row["expires_at"],
+        last_open_poll_at=row["last_open_poll_at"],
+    )
+
+
+def _event(row: sqlite3.Row | aiosqlite.Row) -> EventRow:
+    return EventRow(
+        pk=row["pk"],
+        id=row["id"],
+        task_pk=row["task_pk"],
+        video_id=row["video_id"],
+        type=row["type"],
+        created_at=row["created_at"],
+        data=json.loads(row["data"]),
     )
 
 
@@ -130,15 +149,11 @@ class SQLiteStore:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         migrations = _migrations()
         for number, script in enumerate(migrations[version:], start=version + 1):
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in script.split(";\n"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number}")
-                conn.execute("COMMIT")
+                conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
         self._conn = conn
 
@@ -306,6 +321,28 @@ class SQLiteStore:
         )
         due = rows[0]["due"] if rows else None
         return float(due) if due is not None else None
+
+    async def model_history(self, model: str, limit: int) -> list[HistoryRow]:
+        rows = await self._fetchall(
+            "SELECT completion, terminal_at, deliveries FROM tasks"
+            " WHERE model = ? AND terminal_at IS NOT NULL AND completion IS NOT NULL"
+            " ORDER BY terminal_at DESC LIMIT ?",
+            (model, limit),
+        )
+        return [HistoryRow(r["completion"], r["terminal_at"], r["deliveries"] > 0) for r in rows]
+
+    async def task_stats(self) -> TaskStats:
+        rows = await self._fetchall(
+            "SELECT status, resolved_by, count(*) AS n FROM tasks GROUP BY status, resolved_by"
+        )
+        oldest = await self._fetchall(
+            "SELECT min(created_at) AS t FROM tasks WHERE status IN ('submitting', 'queued', 'in_progress')"
+        )
+        return TaskStats({(r["status"], r["resolved_by"]): r["n"] for r in rows}, oldest[0]["t"])
+
+    async def get_event_for_task(self, task_pk: int) -> EventRow | None:
+        rows = await self._fetchall("SELECT * FROM events WHERE task_pk = ?", (task_pk,))
+        return _event(rows[0]) if rows else None
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -531,8 +568,9 @@ class SQLiteStore:
                 self._store_transition(conn, task, result, now, source, next_poll_at)
                 if not result.became_terminal and not terminal:
                     conn.execute(
-                        "UPDATE tasks SET next_poll_at = ?, poll_failures = 0 WHERE pk = ?",
-                        (next_poll_at, pk),
+                        "UPDATE tasks SET next_poll_at = ?, poll_failures = 0, last_open_poll_at = ?"
+                        " WHERE pk = ?",
+                        (next_poll_at, now, pk),
                     )
             return _task(conn.execute("SELECT * FROM tasks WHERE pk = ?", (pk,)).fetchone())
 
@@ -595,14 +633,48 @@ class SQLiteStore:
         if result.outcome != "applied":
             return
         if result.became_terminal:
+            completion: float | None = None
+            if resolved_by == "webhook":
+                completion = now - task.created_at
+            elif resolved_by == "poll":
+                # The result appeared between the last poll that saw the task open and this one.
+                since = task.last_open_poll_at or task.created_at
+                completion = (since + now) / 2 - task.created_at
             conn.execute(
                 "UPDATE tasks SET status = ?, video = ?, updated_at = ?, terminal_at = ?,"
-                " resolved_by = ?, next_poll_at = NULL, confirm_pending = 0 WHERE pk = ?",
-                (result.status, json.dumps(result.video), now, now, resolved_by, task.pk),
+                " resolved_by = ?, next_poll_at = NULL, confirm_pending = 0, completion = ?"
+                " WHERE pk = ?",
+                (result.status, json.dumps(result.video), now, now, resolved_by, completion, task.pk),
+            )
+            video_id = task.video_id or result.video.get("id")
+            event = {**result.video, "id": video_id, "object": "video", "status": result.status}
+            event.pop("provider_status", None)
+            conn.execute(
+                "INSERT INTO events (id, task_pk, video_id, type, created_at, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    "evt_" + secrets.token_hex(12),
+                    task.pk,
+                    video_id,
+                    "video.completed" if result.status == "completed" else "video.failed",
+                    now,
+                    json.dumps(event),
+                ),
             )
         else:
+            # A newer non-terminal state pushes the next poll back, never forward.
             conn.execute(
                 "UPDATE tasks SET status = ?, video = ?, updated_at = ?,"
-                " next_poll_at = coalesce(?, next_poll_at) WHERE pk = ?",
-                (result.status, json.dumps(result.video), now, next_poll_at, task.pk),
+                " next_poll_at = CASE WHEN ? IS NULL THEN next_poll_at"
+                " WHEN next_poll_at IS NULL OR next_poll_at < ? THEN ? ELSE next_poll_at END"
+                " WHERE pk = ?",
+                (
+                    result.status,
+                    json.dumps(result.video),
+                    now,
+                    next_poll_at,
+                    next_poll_at,
+                    next_poll_at,
+                    task.pk,
+                ),
             )

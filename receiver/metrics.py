@@ -1,0 +1,58 @@
+"""Prometheus metrics: counters kept in process, gauges read from the store at scrape time."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from store import Store, TaskStats
+
+__all__ = ["Metrics"]
+
+
+class _StoreGauges(Collector):
+    """Yields the gauges of the last store snapshot (taken by Metrics.render just before)."""
+
+    def __init__(self) -> None:
+        self.snapshot: TaskStats | None = None
+        self.now = 0.0
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        snapshot = self.snapshot
+        if snapshot is None:
+            return []
+        tasks = GaugeMetricFamily(
+            "receiver_tasks", "Tasks by state and by how their result came", labels=["status", "resolved_by"]
+        )
+        for (status, resolved_by), count in sorted(snapshot.by_state.items()):
+            tasks.add_metric([status, resolved_by or ""], count)
+        oldest = GaugeMetricFamily(
+            "receiver_oldest_open_task_age_seconds",
+            "Age of the oldest task with no terminal result (0: none)",
+        )
+        oldest.add_metric(
+            [],
+            max(0.0, self.now - snapshot.oldest_open_created_at)
+            if snapshot.oldest_open_created_at is not None
+            else 0.0,
+        )
+        return [tasks, oldest]
+
+
+class Metrics:
+    """One registry per app: no global state, so several apps (tests) never share counters."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.deliveries = Counter(
+            "receiver_deliveries", "Webhook deliveries by outcome", ["outcome"], registry=self.registry
+        )
+        self.polls = Counter("receiver_polls", "Provider GETs by result", ["result"], registry=self.registry)
+        self._gauges = _StoreGauges()
+        self.registry.register(self._gauges)
+
+    async def render(self, store: Store, now: float) -> bytes:
+        self._gauges.snapshot = await store.task_stats()
+        self._gauges.now = now
+        return generate_latest(self.registry)
