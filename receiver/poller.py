@@ -16,6 +16,7 @@ __all__ = ["Poller"]
 
 log = logging.getLogger("receiver.poller")
 
+LEASE = 90.0  # a claimed task is due again after this long if its poll never lands (crash)
 NOT_FOUND_CONFIRMATIONS = 3  # consecutive 404s before a task is failed as not_found
 
 
@@ -31,6 +32,9 @@ class Poller:
         self._batch = concurrency * 4
         self._spacing = 1.0 / rate if rate > 0 else 0.0
         self._next_start = 0.0
+        self._in_flight: set[int] = set()  # task pks being polled right now
+        self._idle = asyncio.Event()  # set whenever no poll is in flight
+        self._idle.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         wakeup = self._ctx.poll_wakeup
@@ -53,23 +57,35 @@ class Poller:
     async def run_until_idle(self) -> int:
         """Poll until nothing is due (tests use this instead of waiting on timers)."""
         total = 0
-        while handled := await self.run_once():
+        while True:
+            handled = await self.run_once()
             total += handled
-        return total
+            if not handled:
+                if not self._in_flight:
+                    return total
+                await self._idle.wait()  # another loop's polls: let them land first
 
     async def run_once(self) -> int:
-        tasks = await self._ctx.store.due_tasks(self._ctx.clock(), self._batch)
+        due = await self._ctx.store.claim_due(self._ctx.clock(), self._batch, LEASE)
+        tasks = [task for task in due if task.pk not in self._in_flight]
         if tasks:
             await asyncio.gather(*(self._guarded(task) for task in tasks))
         return len(tasks)
 
     async def _guarded(self, task: TaskRow) -> None:
-        async with self._concurrency:
-            await self._pace()
-            try:
+        # One poll per task at a time, even when run_until_idle and run overlap.
+        self._in_flight.add(task.pk)
+        self._idle.clear()
+        try:
+            async with self._concurrency:
+                await self._pace()
                 await self.poll(task)
-            except StoreError as exc:
-                log.warning("poller: could not record poll of %s (%s)", task.video_id, type(exc).__name__)
+        except StoreError as exc:
+            log.warning("poller: could not record poll of %s (%s)", task.video_id, type(exc).__name__)
+        finally:
+            self._in_flight.discard(task.pk)
+            if not self._in_flight:
+                self._idle.set()
 
     async def _pace(self) -> None:
         """Keep GETs at or under the configured rate, so polling never hammers the provider."""
@@ -117,6 +133,9 @@ class Poller:
             await ctx.store.record_poll(task.pk, "failed", {"error": error}, now, None)
             return
         next_at = ctx.scheduler.retry_at(task, now, exc.retry_after)
+        if exc.status == 404:
+            # A provider can answer 404 for a moment after creating a task: confirm slowly.
+            next_at = max(next_at, min(now + ctx.settings.poll_after, ctx.scheduler.deadline(task)))
         await ctx.store.record_poll(task.pk, None, None, now, next_at, failed=True)
 
     async def _expire(self, task: TaskRow, now: float) -> None:

@@ -154,5 +154,6 @@ class Scheduler:
         ceiling = min(cap, 0.5 * 2.0 ** min(task.poll_failures + 1, 16))
         delay = self._rng.uniform(0.1, 1.0) * ceiling
         if retry_after is not None:
-            delay = max(delay, min(retry_after, cap))
+            # The provider's word wins over our cap (bounded only by the task's deadline).
+            delay = max(delay, retry_after)
         return min(now + delay, max(self.deadline(task), now))

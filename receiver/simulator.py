@@ -86,6 +86,7 @@ class Simulator:
         self.tasks: dict[str, SimTask] = {}
         self.gets = 0
         self.deliveries_sent = 0
+        self.acknowledged: set[str] = set()  # webhook-ids the receiver answered 2xx
         self._rng = random.Random(config.seed)
         self._key = parse_key(config.secret).material if config.secret else None
         self._http = http
@@ -293,6 +294,8 @@ class Simulator:
             ok = 200 <= response.status_code < 300
         except httpx.HTTPError:
             ok = False
+        if ok:
+            self.acknowledged.add(message)
         self.deliveries_sent += 1
         if not ok and attempt < self.config.send_attempts:
             backoff = 0.5 * 2 ** (attempt - 1)

@@ -44,6 +44,8 @@ T = TypeVar("T")
 Unit = Callable[[sqlite3.Connection], Any]
 
 _MAX_BATCH = 256
+# A submit still "submitting" after this long lost its process (the provider call times out at 30 s).
+ORPHAN_AFTER = 120.0
 _TERMINAL = ("completed", "failed")
 
 
@@ -346,6 +348,23 @@ class SQLiteStore:
 
     # -- writes ------------------------------------------------------------------------------
 
+    async def claim_due(self, now: float, limit: int, lease: float) -> list[TaskRow]:
+        """Take up to `limit` due tasks for polling: their next poll moves to now + lease, so no
+        other poller takes them meanwhile, and a poller that dies leaves them due again."""
+
+        def unit(conn: sqlite3.Connection) -> list[TaskRow]:
+            rows = conn.execute(
+                "SELECT * FROM tasks WHERE next_poll_at <= ? AND video_id IS NOT NULL"
+                " ORDER BY next_poll_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE tasks SET next_poll_at = ? WHERE pk = ?", [(now + lease, r["pk"]) for r in rows]
+            )
+            return [_task(r) for r in rows]
+
+        return await self._write(unit)
+
     async def create_task(self, new: NewTask) -> CreateResult:
         def unit(conn: sqlite3.Connection) -> CreateResult:
             if new.idem_key is not None:
@@ -356,8 +375,16 @@ class SQLiteStore:
                 if row is not None:
                     if row["request_hash"] != new.request_hash:
                         return CreateResult("mismatch")
-                    if row["status"] == "submitting":
+                    if row["status"] == "submitting" and row["created_at"] > new.created_at - ORPHAN_AFTER:
                         return CreateResult("in_flight")
+                    if row["status"] == "submitting":
+                        # The process that made it died before the provider answered: release the
+                        # key so the client's retry can submit (its token still takes deliveries).
+                        conn.execute(
+                            "UPDATE tasks SET idem_scope = NULL, idem_key = NULL WHERE pk = ?", (row["pk"],)
+                        )
+                        row = None
+                if row is not None:
                     return CreateResult("exists", row["pk"], _task(row))
             cursor = conn.execute(
                 "INSERT INTO tasks (token_hash, status, model, video, request, callback_url,"

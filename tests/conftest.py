@@ -135,7 +135,9 @@ StackFactory = Callable[..., contextlib.AbstractAsyncContextManager[Stack]]
 @pytest.fixture
 def make_stack(tmp_path: Path) -> StackFactory:
     @contextlib.asynccontextmanager
-    async def factory(sim: SimConfig | None = None, **overrides: Any) -> AsyncIterator[Stack]:
+    async def factory(
+        sim: SimConfig | None = None, *, clock: Callable[[], float] = time.time, **overrides: Any
+    ) -> AsyncIterator[Stack]:
         simulator = Simulator(sim or SimConfig(secret=SECRET, duration_median=0.3, duration_sigma=0.1))
         receiver_sock = free_socket()
         port = receiver_sock.getsockname()[1]
@@ -150,7 +152,7 @@ def make_stack(tmp_path: Path) -> StackFactory:
                 }
             )
             settings = replace(settings, **overrides)
-            app = create_app(settings)
+            app = create_app(settings, clock=clock)
             async with serve(app, receiver_sock) as url, httpx.AsyncClient(timeout=10) as client:
                 yield Stack(url, provider_url, client, simulator, app, settings)
 

@@ -1,0 +1,46 @@
+"""The poll plan learned from history: lazy while deliveries arrive, early and geometric when not."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from receiver.schedule import History, plan
+from receiver.settings import Settings
+
+SETTINGS = Settings.from_env({"RECEIVER_POLL_AFTER": "60"})
+
+
+def history(reliability: float, n: int = 200, median: float = 100.0, sigma: float = 0.5) -> History:
+    rng = random.Random(7)
+    completions = tuple(sorted(median * math.exp(rng.gauss(0, sigma)) for _ in range(n)))
+    return History(completions, delivered=round(reliability * n), settled=n)
+
+
+def test_no_history_falls_back_to_poll_after() -> None:
+    assert plan(None, SETTINGS)[0] == 60.0
+    assert plan(history(1.0, n=5), SETTINGS)[0] == 60.0
+
+
+def test_deliveries_arriving_poll_after_nearly_every_task_is_done() -> None:
+    h = history(1.0)
+    first, ratio, _ = plan(h, SETTINGS)
+    assert first > h.quantile(0.99) and ratio == pytest.approx(1.5)
+
+
+def test_deliveries_lost_poll_early_and_geometrically() -> None:
+    h = history(0.0)
+    first, ratio, _ = plan(h, SETTINGS)
+    assert first < h.quantile(0.05) and ratio == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.0, 0.6), (0.6, 0.8), (0.8, 1.0)])
+def test_first_poll_grows_with_reliability(low: float, high: float) -> None:
+    assert plan(history(low), SETTINGS)[0] < plan(history(high), SETTINGS)[0]
+
+
+def test_quantiles_interpolate() -> None:
+    h = History(completions=(1.0, 2.0, 3.0, 4.0, 5.0), delivered=0, settled=0)
+    assert (h.quantile(0.0), h.quantile(0.5), h.quantile(1.0), h.quantile(0.125)) == (1.0, 3.0, 5.0, 1.5)
