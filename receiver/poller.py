@@ -28,8 +28,9 @@ class Poller:
 
     def __init__(self, ctx: Context, *, concurrency: int, rate: float) -> None:
         self._ctx = ctx
+        self._limit = concurrency
         self._concurrency = asyncio.Semaphore(concurrency)
-        self._batch = concurrency * 4
+        self._batch = concurrency
         self._spacing = 1.0 / rate if rate > 0 else 0.0
         self._next_start = 0.0
         self._in_flight: set[int] = set()  # task pks being polled right now
@@ -37,22 +38,48 @@ class Poller:
         self._idle.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Claim due tasks whenever there is room, poll each in its own task, and sleep until
+        the next one is due, a poll finishes, or something new is scheduled (wakeup)."""
         wakeup = self._ctx.poll_wakeup
+        running: set[asyncio.Task[None]] = set()
+        finished = asyncio.Event()
+
+        def done(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            finished.set()
+
         while not stop.is_set():
-            try:
-                handled = await self.run_once()
-            except StoreError as exc:
-                log.warning("poller: store unavailable (%s)", type(exc).__name__)
-                handled = 0
-            if handled:
-                continue
-            due = await self._ctx.store.next_due()
-            delay = 5.0 if due is None else min(5.0, max(0.0, due - self._ctx.clock()))
+            # Cleared before looking, so a wake-up or a finish while we look is never missed.
             wakeup.clear()
-            waiters = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(stop.wait())]
+            finished.clear()
+            room = self._limit - len(running)
+            claimed: list[TaskRow] = []
+            if room > 0:
+                try:
+                    claimed = await self._ctx.store.claim_due(self._ctx.clock(), room, LEASE)
+                except StoreError as exc:
+                    log.warning("poller: store unavailable (%s)", type(exc).__name__)
+                for task in claimed:
+                    if task.pk not in self._in_flight:
+                        polling = asyncio.create_task(self._guarded(task))
+                        running.add(polling)
+                        polling.add_done_callback(done)
+            if room > 0 and len(claimed) == room:
+                continue  # perhaps more is due: claim again as soon as there is room
+            delay = 5.0
+            if room > 0:
+                try:
+                    due = await self._ctx.store.next_due()
+                except StoreError:
+                    due = None
+                if due is not None:
+                    delay = min(delay, max(0.0, due - self._ctx.clock()))
+            waiters = [asyncio.ensure_future(e.wait()) for e in (wakeup, stop, finished)]
             await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
+        if running:
+            await asyncio.wait(running)
 
     async def run_until_idle(self) -> int:
         """Poll until nothing is due (tests use this instead of waiting on timers)."""

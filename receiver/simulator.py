@@ -63,6 +63,7 @@ class SimTask:
     duration: float  # real seconds until terminal
     final: str  # completed or failed
     callback_url: str | None
+    gets: int = 0  # GETs the receiver made for this task
 
     def status_at(self, now: float) -> str:
         elapsed = now - self.created_at
@@ -209,6 +210,7 @@ class Simulator:
         task = self.tasks.get(request.path_params["video_id"])
         if task is None:
             return self._error(404, "no such video")
+        task.gets += 1
         return Response(json.dumps(self.video(task)), 200, media_type="application/json")
 
     # -- deliveries --------------------------------------------------------------------------
