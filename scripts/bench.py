@@ -146,7 +146,9 @@ async def polling_run(
                 async def submit(i: int) -> None:
                     await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
                     async with gate:
-                        answer = await client.post(f"{url}/v1/videos", json={"model": "seedance-2.0", "prompt": f"{i}"})
+                        answer = await client.post(
+                            f"{url}/v1/videos", json={"model": "seedance-2.0", "prompt": f"{i}"}
+                        )
                         answer.raise_for_status()
                         ids.append(answer.json()["id"])
 
@@ -201,7 +203,13 @@ async def bench_polling(args: argparse.Namespace) -> int:
                 "naive poller (every 10 provider-s)" if naive else "learned schedule"
             )
             result = await polling_run(
-                label, lost=lost, naive=naive, tasks=args.tasks, rate=args.rate, scale=args.scale, seed=args.seed
+                label,
+                lost=lost,
+                naive=naive,
+                tasks=args.tasks,
+                rate=args.rate,
+                scale=args.scale,
+                seed=args.seed,
             )
             results.append(result)
             print(
@@ -227,8 +235,9 @@ async def bench_polling(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     polling = commands.add_parser("polling", help="learned poll schedule vs a naive fixed-interval poller")
     polling.add_argument("--tasks", type=int, default=2000, help="tasks per run (4 runs)")
