@@ -24,7 +24,7 @@ from receiver.provider import ProviderError
 from receiver.settings import Settings
 from store import DeliveryRow, NewTask, StoreUnavailable, TaskRow, UnknownCursor, WrongVideo
 
-__all__ = ["routes", "task_view"]
+__all__ = ["check_outbound_url", "routes", "store_call", "task_view"]
 
 log = logging.getLogger("receiver.api")
 
@@ -247,7 +247,7 @@ async def submit(request: Request) -> Response:
     now = ctx.clock()
     token = secrets.token_urlsafe(32)
     expires_after = body.get("execution_expires_after")
-    created = await _store(
+    created = await store_call(
         ctx.store.create_task(
             NewTask(
                 token_hash=hashlib.sha256(token.encode()).hexdigest(),
@@ -283,7 +283,7 @@ async def submit(request: Request) -> Response:
         answer = await ctx.provider.create(outbound)
         status = normalise_status(answer.get("status", "queued"))
     except (ProviderError, PayloadError) as exc:
-        kept = not await _store(ctx.store.abandon_submit(created.pk))
+        kept = not await store_call(ctx.store.abandon_submit(created.pk))
         if kept:
             log.warning("submit failed after the provider called back; task kept")
         if isinstance(exc, PayloadError):
@@ -294,18 +294,22 @@ async def submit(request: Request) -> Response:
     now = ctx.clock()
     first_poll = await ctx.scheduler.first_poll_at(body["model"], now)
     try:
-        task = await _store(ctx.store.finish_submit(created.pk, answer["id"], status, video, now, first_poll))
+        task = await store_call(
+            ctx.store.finish_submit(created.pk, answer["id"], status, video, now, first_poll)
+        )
     except WrongVideo:
         raise UpstreamError("the provider answered with a video id that belongs to another task") from None
     # Workspace-wide deliveries that arrived before we knew this video id.
     for delivery in await ctx.store.unmatched_deliveries(answer["id"]):
         await reprocess(ctx, delivery)
     ctx.wake_poller()  # a new schedule exists: let the poller recompute its next wake-up
+    if task.terminal_at is not None:
+        ctx.terminal_recorded()
     fresh = await ctx.store.task_by_pk(created.pk)
     return json_response(task_view(fresh or task, body))
 
 
-async def _store(awaitable: Any) -> Any:
+async def store_call(awaitable: Any) -> Any:
     try:
         return await awaitable
     except StoreUnavailable:
@@ -357,7 +361,7 @@ async def replay_delivery(request: Request) -> Response:
     delivery = await ctx.store.get_delivery(request.path_params["delivery_id"])
     if delivery is None:
         raise NotFound("no such delivery", param="id")
-    result = await _store(reprocess(ctx, delivery))
+    result = await store_call(reprocess(ctx, delivery))
     fresh = await ctx.store.get_delivery(delivery.id)
     view = delivery_view(fresh or delivery)
     view["replay_outcome"] = result

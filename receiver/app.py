@@ -15,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
-from receiver import api, ingest
+from receiver import api, events, ingest
 from receiver.context import Context
 from receiver.errors import ApiError
+from receiver.fanout import Dispatcher, guarded_client
 from receiver.http import json_response
 from receiver.poller import Poller
 from receiver.provider import Provider
@@ -157,6 +158,18 @@ def create_app(
             poller = Poller(ctx, concurrency=settings.poll_concurrency, rate=settings.poll_rate)
             ctx.workers.append(asyncio.create_task(poller.run(stop), name="poller"))
             app.state.poller = poller
+            outbound = guarded_client(
+                settings.outbound_allow, float(settings.fanout_timeout), settings.fanout_concurrency
+            )
+            stack.push_async_callback(outbound.aclose)
+            dispatcher = Dispatcher(
+                ctx,
+                outbound,
+                concurrency=settings.fanout_concurrency,
+                per_subscriber=settings.fanout_per_subscriber,
+            )
+            ctx.workers.append(asyncio.create_task(dispatcher.run(stop), name="dispatcher"))
+            app.state.dispatcher = dispatcher
 
             async def stop_workers() -> None:
                 stop.set()
@@ -173,6 +186,7 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *api.routes(),
+        *events.routes(),
         *ingest.routes(),
     ]
     if simulator is not None:

@@ -26,7 +26,16 @@ class Context:
     scheduler: Scheduler = field(repr=False)
     metrics: Metrics = field(default_factory=Metrics, repr=False)
     poll_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    fanout_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # Replaced on every new event: stream readers wait on the one they saw (a broadcast).
+    new_events: asyncio.Event = field(default_factory=asyncio.Event)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
 
     def wake_poller(self) -> None:
         self.poll_wakeup.set()
+
+    def terminal_recorded(self) -> None:
+        """A terminal result (so an event, and perhaps sends) was just committed."""
+        self.fanout_wakeup.set()
+        self.new_events.set()
+        self.new_events = asyncio.Event()

@@ -109,6 +109,8 @@ async def _ingest(request: Request, token: str | None) -> tuple[Response, str]:
         raise Unavailable("cannot store the delivery right now; retry", code="store_unavailable") from None
     if result.outcome == "pending_confirm":
         ctx.wake_poller()
+    if result.terminal:
+        ctx.terminal_recorded()
     outcome = "duplicate_delivery" if result.duplicate else result.outcome
     return json_response({"id": result.id, "duplicate": result.duplicate}), outcome
 
@@ -149,6 +151,8 @@ async def reprocess(ctx: Context, delivery: DeliveryRow) -> str:
     )
     if result.outcome == "pending_confirm":
         ctx.wake_poller()
+    if result.terminal:
+        ctx.terminal_recorded()
     return result.outcome
 
 

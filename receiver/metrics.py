@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from store import Store, TaskStats
+from store import OutboxStats, Store, TaskStats
 
 __all__ = ["Metrics"]
 
@@ -16,6 +16,7 @@ class _StoreGauges(Collector):
 
     def __init__(self) -> None:
         self.snapshot: TaskStats | None = None
+        self.outbox: OutboxStats | None = None
         self.now = 0.0
 
     def collect(self) -> list[GaugeMetricFamily]:
@@ -37,7 +38,16 @@ class _StoreGauges(Collector):
             if snapshot.oldest_open_created_at is not None
             else 0.0,
         )
-        return [tasks, oldest]
+        sends = GaugeMetricFamily(
+            "receiver_outbound_sends",
+            "Outbound sends (one event to one subscriber) by state; dead = dead letters",
+            labels=["status"],
+        )
+        for status, count in sorted((self.outbox.by_status if self.outbox else {}).items()):
+            sends.add_metric([status], count)
+        dead = GaugeMetricFamily("receiver_dead_letters", "Sends that exhausted every retry")
+        dead.add_metric([], (self.outbox.by_status if self.outbox else {}).get("dead", 0))
+        return [tasks, oldest, sends, dead]
 
 
 class Metrics:
@@ -49,10 +59,17 @@ class Metrics:
             "receiver_deliveries", "Webhook deliveries by outcome", ["outcome"], registry=self.registry
         )
         self.polls = Counter("receiver_polls", "Provider GETs by result", ["result"], registry=self.registry)
+        self.fanout = Counter(
+            "receiver_fanout_attempts",
+            "Outbound sends by outcome (delivered, retry, failed, dead)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self._gauges = _StoreGauges()
         self.registry.register(self._gauges)
 
     async def render(self, store: Store, now: float) -> bytes:
         self._gauges.snapshot = await store.task_stats()
+        self._gauges.outbox = await store.outbox_stats()
         self._gauges.now = now
         return generate_latest(self.registry)

@@ -147,7 +147,9 @@ class Poller:
             await self._expire(task, now)
             return
         next_at = await scheduler.next_poll_at(task, now)
-        await ctx.store.record_poll(task.pk, status, video, now, next_at)
+        after = await ctx.store.record_poll(task.pk, status, video, now, next_at)
+        if after.status != task.status and after.terminal_at is not None:
+            ctx.terminal_recorded()
 
     async def _failed_poll(self, task: TaskRow, exc: ProviderError, past_deadline: bool) -> None:
         ctx = self._ctx
@@ -158,6 +160,7 @@ class Poller:
         if exc.status == 404 and task.poll_failures + 1 >= NOT_FOUND_CONFIRMATIONS:
             error = {"code": "not_found", "message": "the provider no longer knows this video"}
             await ctx.store.record_poll(task.pk, "failed", {"error": error}, now, None)
+            ctx.terminal_recorded()
             return
         next_at = ctx.scheduler.retry_at(task, now, exc.retry_after)
         if exc.status == 404:
@@ -170,6 +173,7 @@ class Poller:
         await self._ctx.store.record_poll(
             task.pk, "failed", {"error": error}, now, None, resolved_by="deadline"
         )
+        self._ctx.terminal_recorded()
 
 
 def _failure_label(exc: ProviderError) -> str:

@@ -86,8 +86,10 @@ class Settings:
     # Library-only (no variable): poll every N seconds instead of learning; benchmarks compare.
     poll_fixed_interval: float | None = None
     task_max_age: int = 86_400
-    fanout_retry_schedule: tuple[int, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    fanout_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     fanout_timeout: int = 15
+    fanout_concurrency: int = 64
+    fanout_per_subscriber: int = 4
     callback_secret: str | None = field(default=None, repr=False)
     outbound_allow: tuple[Network, ...] = ()
 
@@ -136,15 +138,15 @@ class Settings:
         api_keys = tuple(k for k in re.split(r"[\s,]+", env.get("RECEIVER_API_KEYS", "")) if k)
 
         schedule_raw = env.get("RECEIVER_FANOUT_RETRY_SCHEDULE")
-        schedule = cls.fanout_retry_schedule
+        schedule: tuple[float, ...] = cls.fanout_retry_schedule
         if schedule_raw is not None and schedule_raw.strip():
             try:
-                schedule = tuple(int(p) for p in schedule_raw.split(",") if p.strip())
+                schedule = tuple(float(p) for p in schedule_raw.split(",") if p.strip())
             except ValueError:
                 raise SettingsError(
-                    "RECEIVER_FANOUT_RETRY_SCHEDULE: expected comma-separated whole seconds"
+                    "RECEIVER_FANOUT_RETRY_SCHEDULE: expected comma-separated seconds"
                 ) from None
-            if not schedule or any(s < 0 or s > 7 * 86400 for s in schedule):
+            if not schedule or any(not 0 <= s <= 7 * 86400 for s in schedule):
                 raise SettingsError("RECEIVER_FANOUT_RETRY_SCHEDULE: each delay must be 0 to 604800 seconds")
 
         callback_secret = env.get("RECEIVER_CALLBACK_SECRET", "").strip() or None
@@ -188,6 +190,8 @@ class Settings:
             task_max_age=_int(env, "RECEIVER_TASK_MAX_AGE", 86_400, low=60, high=90 * 86_400),
             fanout_retry_schedule=schedule,
             fanout_timeout=_int(env, "RECEIVER_FANOUT_TIMEOUT", 15, low=1, high=300),
+            fanout_concurrency=_int(env, "RECEIVER_FANOUT_CONCURRENCY", 64, low=1, high=4096),
+            fanout_per_subscriber=_int(env, "RECEIVER_FANOUT_PER_SUBSCRIBER", 4, low=1, high=1024),
             callback_secret=callback_secret,
             outbound_allow=tuple(networks),
         )

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
+    "Attempt",
+    "AttemptRow",
     "CreateResult",
     "Decide",
     "DeliveryResult",
@@ -15,10 +17,15 @@ __all__ = [
     "HistoryRow",
     "NewDelivery",
     "NewTask",
+    "OutboxJob",
+    "OutboxRow",
+    "OutboxStats",
     "Page",
+    "ReplayFilter",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "SubscriptionRow",
     "TaskRow",
     "TaskStats",
     "UnknownCursor",
@@ -113,6 +120,86 @@ class EventRow:
 
 
 @dataclass(frozen=True)
+class SubscriptionRow:
+    pk: int
+    id: str
+    url: str
+    events: list[str] | None  # None: every event type
+    secret: str = field(repr=False)  # "" for a task's own callback_url: RECEIVER_CALLBACK_SECRET
+    status: str = "active"  # active, paused, disabled, deleted
+    task_pk: int | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    disabled_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    at: float
+    status: int | None
+    latency_ms: float
+    error: str | None
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One event to one subscriber: its state and every attempt so far."""
+
+    pk: int
+    event_id: str
+    video_id: str
+    subscription_id: str
+    url: str
+    replay_id: str | None
+    status: str  # pending, delivered, failed, dead, cancelled
+    attempts: int
+    next_attempt_at: float | None
+    created_at: float
+    settled_at: float | None
+    last_status: int | None
+    last_error: str | None
+    log: list[AttemptRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OutboxJob:
+    """A claimed send: the event, the subscriber, and how many attempts came before."""
+
+    pk: int
+    attempts: int
+    event: EventRow
+    subscription: SubscriptionRow
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one send attempt did, and what follows from it."""
+
+    outbox_pk: int
+    at: float
+    status: int | None
+    latency_ms: float
+    error: str | None
+    outcome: str  # delivered, retry, failed, dead
+    next_attempt_at: float | None = None
+    disable_subscription: bool = False
+
+
+@dataclass(frozen=True)
+class ReplayFilter:
+    subscription_id: str | None = None
+    video_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    event_ids: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    by_status: dict[str, int]
+
+
+@dataclass(frozen=True)
 class NewTask:
     token_hash: str
     model: str
@@ -158,6 +245,7 @@ class DeliveryResult:
     duplicate: bool
     outcome: str
     task: TaskRow | None
+    terminal: bool = False  # this delivery recorded the task's terminal result
 
 
 @dataclass(frozen=True)
@@ -235,6 +323,33 @@ class Store(Protocol):
     async def model_history(self, model: str, limit: int) -> list[HistoryRow]: ...
     async def get_event_for_task(self, task_pk: int) -> EventRow | None: ...
     async def task_stats(self) -> TaskStats: ...
+
+    # -- fan-out ---------------------------------------------------------------------------------
+    async def create_subscription(
+        self, url: str, events: list[str] | None, secret: str, now: float
+    ) -> SubscriptionRow: ...
+    async def get_subscription(self, subscription_id: str) -> SubscriptionRow | None: ...
+    async def list_subscriptions(self, limit: int, after: str | None) -> Page: ...
+    async def set_subscription_status(
+        self, subscription_id: str, status: str, now: float, reason: str | None = None
+    ) -> SubscriptionRow | None: ...
+    async def claim_outbox(
+        self, now: float, limit: int, per_subscription: int, busy: dict[int, int], lease: float
+    ) -> list[OutboxJob]: ...
+    async def record_attempt(self, attempt: Attempt) -> None: ...
+    async def next_outbox_due(self) -> float | None: ...
+    async def queue_replay(self, selection: ReplayFilter, now: float, replay_id: str) -> tuple[int, int]: ...
+    async def replay_progress(self, replay_id: str) -> dict[str, int]: ...
+    async def list_events(
+        self, video_id: str | None, event_type: str | None, limit: int, after: str | None
+    ) -> Page: ...
+    async def get_event(self, event_id: str) -> EventRow | None: ...
+    async def event_sends(self, event_pk: int) -> list[OutboxRow]: ...
+    async def list_outbox(
+        self, status: str, subscription_id: str | None, limit: int, after: int | None
+    ) -> Page: ...
+    async def events_after(self, event_id: str | None, limit: int) -> list[EventRow]: ...
+    async def outbox_stats(self) -> OutboxStats: ...
 
 
 def open_store(url: str, *, decide: Decide) -> Store:

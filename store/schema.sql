@@ -64,3 +64,46 @@ CREATE TABLE events (
     data        TEXT NOT NULL                  -- JSON: the video object as recorded
 );
 CREATE INDEX events_video ON events (video_id);
+
+-- migration 3: downstream fan-out: subscriptions, a transactional outbox, attempts.
+CREATE TABLE subscriptions (
+    pk          INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,          -- sub_...
+    url         TEXT NOT NULL,
+    events      TEXT,                          -- JSON list of event types; NULL: all
+    secret      TEXT NOT NULL,                 -- whsec_...
+    status      TEXT NOT NULL,                 -- active, paused, disabled
+    task_pk     INTEGER UNIQUE REFERENCES tasks (pk) ON DELETE CASCADE,  -- a task's own callback_url
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    disabled_reason TEXT
+);
+
+CREATE TABLE outbox (
+    pk              INTEGER PRIMARY KEY,
+    event_pk        INTEGER NOT NULL REFERENCES events (pk),
+    subscription_pk INTEGER NOT NULL REFERENCES subscriptions (pk) ON DELETE CASCADE,
+    replay_id       TEXT,                      -- rpl_... when queued by a replay
+    status          TEXT NOT NULL,             -- pending, delivered, failed, dead, cancelled
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,                      -- NULL once settled
+    created_at      REAL NOT NULL,
+    settled_at      REAL,
+    last_status     INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX outbox_event ON outbox (event_pk);
+CREATE INDEX outbox_dead ON outbox (subscription_pk, pk) WHERE status = 'dead';
+CREATE INDEX outbox_replay ON outbox (replay_id) WHERE replay_id IS NOT NULL;
+
+CREATE TABLE attempts (
+    pk          INTEGER PRIMARY KEY,
+    outbox_pk   INTEGER NOT NULL REFERENCES outbox (pk) ON DELETE CASCADE,
+    at          REAL NOT NULL,
+    status      INTEGER,                       -- the subscriber's HTTP status; NULL: no answer
+    latency_ms  REAL NOT NULL,
+    error       TEXT
+);
+CREATE INDEX attempts_outbox ON attempts (outbox_pk);
+CREATE INDEX events_created ON events (created_at);

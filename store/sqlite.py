@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from store import (
+    Attempt,
+    AttemptRow,
     CreateResult,
     Decide,
     DeliveryResult,
@@ -25,9 +27,14 @@ from store import (
     HistoryRow,
     NewDelivery,
     NewTask,
+    OutboxJob,
+    OutboxRow,
+    OutboxStats,
     Page,
+    ReplayFilter,
     StoreError,
     StoreUnavailable,
+    SubscriptionRow,
     TaskRow,
     TaskStats,
     TransitionLike,
@@ -403,6 +410,20 @@ class SQLiteStore:
                     new.expires_at,
                 ),
             )
+            if new.callback_url is not None:
+                # The client's own callback_url: a subscription of this one task, signed with
+                # RECEIVER_CALLBACK_SECRET (an empty secret here means "that setting").
+                conn.execute(
+                    "INSERT INTO subscriptions (id, url, events, secret, status, task_pk, created_at,"
+                    " updated_at) VALUES (?, ?, NULL, '', 'active', ?, ?, ?)",
+                    (
+                        "sub_" + secrets.token_hex(12),
+                        new.callback_url,
+                        cursor.lastrowid,
+                        new.created_at,
+                        new.created_at,
+                    ),
+                )
             return CreateResult("created", cursor.lastrowid)
 
         return await self._write(unit)
@@ -527,7 +548,7 @@ class SQLiteStore:
                 "UPDATE deliveries SET outcome = ?, task_pk = ? WHERE pk = ?",
                 (outcome, task.pk, delivery_pk),
             )
-            return DeliveryResult(delivery_id, False, outcome, None)
+            return DeliveryResult(delivery_id, False, outcome, None, self._became_terminal(conn, task))
 
         return await self._write(unit)
 
@@ -564,7 +585,7 @@ class SQLiteStore:
                     "UPDATE deliveries SET outcome = ?, task_pk = ? WHERE pk = ?",
                     (outcome, task.pk, delivery.pk),
                 )
-            return DeliveryResult(delivery.id, False, outcome, None)
+            return DeliveryResult(delivery.id, False, outcome, None, self._became_terminal(conn, task))
 
         return await self._write(unit)
 
@@ -604,6 +625,13 @@ class SQLiteStore:
         return await self._write(unit)
 
     # -- shared pieces of the write paths (run inside the writer's transaction) ---------------
+
+    @staticmethod
+    def _became_terminal(conn: sqlite3.Connection, before: TaskRow) -> bool:
+        if before.status in _TERMINAL:
+            return False
+        row = conn.execute("SELECT status FROM tasks WHERE pk = ?", (before.pk,)).fetchone()
+        return bool(row["status"] in _TERMINAL)
 
     @staticmethod
     def _attach(conn: sqlite3.Connection, task: TaskRow, video_id: str | None, now: float) -> TaskRow:
@@ -676,17 +704,21 @@ class SQLiteStore:
             video_id = task.video_id or result.video.get("id")
             event = {**result.video, "id": video_id, "object": "video", "status": result.status}
             event.pop("provider_status", None)
-            conn.execute(
+            event_type = "video.completed" if result.status == "completed" else "video.failed"
+            cursor = conn.execute(
                 "INSERT INTO events (id, task_pk, video_id, type, created_at, data)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    "evt_" + secrets.token_hex(12),
-                    task.pk,
-                    video_id,
-                    "video.completed" if result.status == "completed" else "video.failed",
-                    now,
-                    json.dumps(event),
-                ),
+                ("evt_" + secrets.token_hex(12), task.pk, video_id, event_type, now, json.dumps(event)),
+            )
+            # The transactional outbox: the event's sends are queued in the same transaction
+            # that records the result, so "recorded but never queued" cannot happen.
+            conn.execute(
+                "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at)"
+                " SELECT ?, pk, 'pending', ?, ? FROM subscriptions"
+                " WHERE status IN ('active', 'paused') AND (task_pk = ? OR (task_pk IS NULL AND"
+                " (events IS NULL OR EXISTS (SELECT 1 FROM json_each(subscriptions.events)"
+                " WHERE value = ?))))",
+                (cursor.lastrowid, now, now, task.pk, event_type),
             )
         else:
             # A newer non-terminal state pushes the next poll back, never forward.
@@ -705,3 +737,336 @@ class SQLiteStore:
                     task.pk,
                 ),
             )
+
+    # -- fan-out: subscriptions, the outbox, attempts, replay ------------------------------------
+
+    async def create_subscription(
+        self, url: str, events: list[str] | None, secret: str, now: float
+    ) -> SubscriptionRow:
+        def unit(conn: sqlite3.Connection) -> SubscriptionRow:
+            cursor = conn.execute(
+                "INSERT INTO subscriptions (id, url, events, secret, status, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, 'active', ?, ?)",
+                (
+                    "sub_" + secrets.token_hex(12),
+                    url,
+                    json.dumps(events) if events is not None else None,
+                    secret,
+                    now,
+                    now,
+                ),
+            )
+            return _subscription(
+                conn.execute("SELECT * FROM subscriptions WHERE pk = ?", (cursor.lastrowid,)).fetchone()
+            )
+
+        return await self._write(unit)
+
+    async def get_subscription(self, subscription_id: str) -> SubscriptionRow | None:
+        rows = await self._fetchall(
+            "SELECT * FROM subscriptions WHERE id = ? AND status != 'deleted'", (subscription_id,)
+        )
+        return _subscription(rows[0]) if rows else None
+
+    async def list_subscriptions(self, limit: int, after: str | None) -> Page:
+        where = ["task_pk IS NULL", "status != 'deleted'"]
+        params: list[Any] = []
+        if after is not None:
+            found = await self._fetchall("SELECT pk FROM subscriptions WHERE id = ?", (after,))
+            if not found:
+                raise UnknownCursor(after)
+            where.append("pk < ?")
+            params.append(found[0]["pk"])
+        rows = await self._fetchall(
+            f"SELECT * FROM subscriptions WHERE {' AND '.join(where)} ORDER BY pk DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+        return Page([_subscription(r) for r in rows[:limit]], len(rows) > limit)
+
+    async def set_subscription_status(
+        self, subscription_id: str, status: str, now: float, reason: str | None = None
+    ) -> SubscriptionRow | None:
+        def unit(conn: sqlite3.Connection) -> SubscriptionRow | None:
+            row = conn.execute(
+                "SELECT * FROM subscriptions WHERE id = ? AND status != 'deleted'", (subscription_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE subscriptions SET status = ?, updated_at = ?, disabled_reason = ? WHERE pk = ?",
+                (status, now, reason, row["pk"]),
+            )
+            if status in ("deleted", "disabled"):
+                conn.execute(
+                    "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, settled_at = ?"
+                    " WHERE subscription_pk = ? AND status = 'pending'",
+                    (now, row["pk"]),
+                )
+            return _subscription(
+                conn.execute("SELECT * FROM subscriptions WHERE pk = ?", (row["pk"],)).fetchone()
+            )
+
+        return await self._write(unit)
+
+    async def claim_outbox(
+        self, now: float, limit: int, per_subscription: int, busy: dict[int, int], lease: float
+    ) -> list[OutboxJob]:
+        """Take due sends, at most `per_subscription` in flight per subscriber (counting `busy`),
+        so that one slow or dead subscriber never holds the others' places."""
+
+        def unit(conn: sqlite3.Connection) -> list[OutboxJob]:
+            rows = conn.execute(
+                "SELECT * FROM (SELECT o.pk AS opk, o.attempts AS oattempts, o.subscription_pk AS spk,"
+                " o.next_attempt_at AS due, ROW_NUMBER() OVER (PARTITION BY o.subscription_pk"
+                " ORDER BY o.next_attempt_at, o.pk) AS rank FROM outbox o JOIN subscriptions s"
+                " ON s.pk = o.subscription_pk WHERE o.status = 'pending' AND o.next_attempt_at <= ?"
+                " AND s.status = 'active') WHERE rank <= ? ORDER BY due, opk LIMIT ?",
+                (now, per_subscription, limit * 4),
+            ).fetchall()
+            taken: list[int] = []
+            counts = dict(busy)
+            for row in rows:
+                if counts.get(row["spk"], 0) >= per_subscription:
+                    continue
+                counts[row["spk"]] = counts.get(row["spk"], 0) + 1
+                taken.append(row["opk"])
+                if len(taken) == limit:
+                    break
+            if not taken:
+                return []
+            marks = ",".join("?" * len(taken))
+            conn.execute(
+                f"UPDATE outbox SET next_attempt_at = ? WHERE pk IN ({marks})", (now + lease, *taken)
+            )
+            joined = conn.execute(
+                "SELECT o.pk AS opk, o.attempts AS oattempts, e.*, s.pk AS s_pk, s.id AS s_id,"
+                " s.url AS s_url, s.events AS s_events, s.secret AS s_secret, s.status AS s_status,"
+                " s.task_pk AS s_task_pk FROM outbox o JOIN events e ON e.pk = o.event_pk"
+                f" JOIN subscriptions s ON s.pk = o.subscription_pk WHERE o.pk IN ({marks})",
+                taken,
+            ).fetchall()
+            return [
+                OutboxJob(
+                    pk=r["opk"],
+                    attempts=r["oattempts"],
+                    event=_event(r),
+                    subscription=SubscriptionRow(
+                        pk=r["s_pk"],
+                        id=r["s_id"],
+                        url=r["s_url"],
+                        events=json.loads(r["s_events"]) if r["s_events"] else None,
+                        secret=r["s_secret"],
+                        status=r["s_status"],
+                        task_pk=r["s_task_pk"],
+                    ),
+                )
+                for r in joined
+            ]
+
+        return await self._write(unit)
+
+    async def record_attempt(self, attempt: Attempt) -> None:
+        a = attempt
+
+        def unit(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO attempts (outbox_pk, at, status, latency_ms, error) VALUES (?, ?, ?, ?, ?)",
+                (a.outbox_pk, a.at, a.status, a.latency_ms, a.error),
+            )
+            status = {"retry": "pending"}.get(a.outcome, a.outcome)
+            conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, status = ?, next_attempt_at = ?,"
+                " settled_at = CASE WHEN ? = 'pending' THEN NULL ELSE ? END, last_status = ?,"
+                " last_error = ? WHERE pk = ? AND status = 'pending'",
+                (
+                    status,
+                    a.next_attempt_at if status == "pending" else None,
+                    status,
+                    a.at,
+                    a.status,
+                    a.error,
+                    a.outbox_pk,
+                ),
+            )
+            if a.disable_subscription:
+                row = conn.execute(
+                    "SELECT subscription_pk FROM outbox WHERE pk = ?", (a.outbox_pk,)
+                ).fetchone()
+                conn.execute(
+                    "UPDATE subscriptions SET status = 'disabled', disabled_reason = ?, updated_at = ?"
+                    " WHERE pk = ?",
+                    ("the subscriber answered 410 Gone", a.at, row["subscription_pk"]),
+                )
+                conn.execute(
+                    "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, settled_at = ?"
+                    " WHERE subscription_pk = ? AND status = 'pending'",
+                    (a.at, row["subscription_pk"]),
+                )
+
+        await self._write(unit)
+
+    async def next_outbox_due(self) -> float | None:
+        rows = await self._fetchall(
+            "SELECT min(o.next_attempt_at) AS due FROM outbox o JOIN subscriptions s"
+            " ON s.pk = o.subscription_pk WHERE o.status = 'pending' AND s.status = 'active'"
+        )
+        due = rows[0]["due"] if rows else None
+        return float(due) if due is not None else None
+
+    async def queue_replay(self, selection: ReplayFilter, now: float, replay_id: str) -> tuple[int, int]:
+        """Queue the selected events again, under their own ids, to one subscriber or to every
+        subscriber they match now. Returns (events selected, sends queued)."""
+        sel = selection
+
+        def unit(conn: sqlite3.Connection) -> tuple[int, int]:
+            where: list[str] = []
+            params: list[Any] = []
+            if sel.video_id is not None:
+                where.append("e.video_id = ?")
+                params.append(sel.video_id)
+            if sel.since is not None:
+                where.append("e.created_at >= ?")
+                params.append(sel.since)
+            if sel.until is not None:
+                where.append("e.created_at < ?")
+                params.append(sel.until)
+            if sel.event_ids is not None:
+                where.append(f"e.id IN ({','.join('?' * len(sel.event_ids))})")
+                params.extend(sel.event_ids)
+            clause = " AND ".join(where) or "1"
+            selected = conn.execute(f"SELECT count(*) FROM events e WHERE {clause}", params).fetchone()[0]
+            if sel.subscription_id is not None:
+                match = "s.id = ? AND (s.task_pk IS NULL OR s.task_pk = e.task_pk)"
+                match_params: list[Any] = [sel.subscription_id]
+            else:
+                match = (
+                    "(s.task_pk = e.task_pk OR (s.task_pk IS NULL AND (s.events IS NULL OR EXISTS"
+                    " (SELECT 1 FROM json_each(s.events) WHERE value = e.type))))"
+                )
+                match_params = []
+            cursor = conn.execute(
+                "INSERT INTO outbox (event_pk, subscription_pk, replay_id, status, next_attempt_at,"
+                " created_at) SELECT e.pk, s.pk, ?, 'pending', ?, ? FROM events e JOIN subscriptions s"
+                f" ON {match} WHERE s.status IN ('active', 'paused') AND {clause} ORDER BY e.pk",
+                (replay_id, now, now, *match_params, *params),
+            )
+            return selected, cursor.rowcount
+
+        return await self._write(unit)
+
+    async def replay_progress(self, replay_id: str) -> dict[str, int]:
+        rows = await self._fetchall(
+            "SELECT status, count(*) AS n FROM outbox WHERE replay_id = ? GROUP BY status", (replay_id,)
+        )
+        return {r["status"]: r["n"] for r in rows}
+
+    async def list_events(
+        self, video_id: str | None, event_type: str | None, limit: int, after: str | None
+    ) -> Page:
+        where: list[str] = []
+        params: list[Any] = []
+        if after is not None:
+            found = await self._fetchall("SELECT pk FROM events WHERE id = ?", (after,))
+            if not found:
+                raise UnknownCursor(after)
+            where.append("pk < ?")
+            params.append(found[0]["pk"])
+        if video_id is not None:
+            where.append("video_id = ?")
+            params.append(video_id)
+        if event_type is not None:
+            where.append("type = ?")
+            params.append(event_type)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._fetchall(
+            f"SELECT * FROM events {clause} ORDER BY pk DESC LIMIT ?", (*params, limit + 1)
+        )
+        return Page([_event(r) for r in rows[:limit]], len(rows) > limit)
+
+    async def get_event(self, event_id: str) -> EventRow | None:
+        rows = await self._fetchall("SELECT * FROM events WHERE id = ?", (event_id,))
+        return _event(rows[0]) if rows else None
+
+    async def event_sends(self, event_pk: int) -> list[OutboxRow]:
+        rows = await self._fetchall(_OUTBOX_SELECT + " WHERE o.event_pk = ? ORDER BY o.pk", (event_pk,))
+        attempts = await self._fetchall(
+            "SELECT a.* FROM attempts a JOIN outbox o ON o.pk = a.outbox_pk WHERE o.event_pk = ?"
+            " ORDER BY a.pk",
+            (event_pk,),
+        )
+        log: dict[int, list[AttemptRow]] = {}
+        for a in attempts:
+            log.setdefault(a["outbox_pk"], []).append(
+                AttemptRow(a["at"], a["status"], a["latency_ms"], a["error"])
+            )
+        return [_outbox(r, log.get(r["pk"], [])) for r in rows]
+
+    async def list_outbox(
+        self, status: str, subscription_id: str | None, limit: int, after: int | None
+    ) -> Page:
+        where = ["o.status = ?"]
+        params: list[Any] = [status]
+        if subscription_id is not None:
+            where.append("s.id = ?")
+            params.append(subscription_id)
+        if after is not None:
+            where.append("o.pk < ?")
+            params.append(after)
+        rows = await self._fetchall(
+            _OUTBOX_SELECT + f" WHERE {' AND '.join(where)} ORDER BY o.pk DESC LIMIT ?", (*params, limit + 1)
+        )
+        return Page([_outbox(r, []) for r in rows[:limit]], len(rows) > limit)
+
+    async def events_after(self, event_id: str | None, limit: int) -> list[EventRow]:
+        after = 0
+        if event_id is not None:
+            found = await self._fetchall("SELECT pk FROM events WHERE id = ?", (event_id,))
+            if not found:
+                raise UnknownCursor(event_id)
+            after = found[0]["pk"]
+        rows = await self._fetchall("SELECT * FROM events WHERE pk > ? ORDER BY pk LIMIT ?", (after, limit))
+        return [_event(r) for r in rows]
+
+    async def outbox_stats(self) -> OutboxStats:
+        rows = await self._fetchall("SELECT status, count(*) AS n FROM outbox GROUP BY status")
+        return OutboxStats({r["status"]: r["n"] for r in rows})
+
+
+_OUTBOX_SELECT = (
+    "SELECT o.*, e.id AS event_id, e.video_id AS video_id, s.id AS subscription_id, s.url AS url"
+    " FROM outbox o JOIN events e ON e.pk = o.event_pk JOIN subscriptions s ON s.pk = o.subscription_pk"
+)
+
+
+def _outbox(row: sqlite3.Row | aiosqlite.Row, log: list[AttemptRow]) -> OutboxRow:
+    return OutboxRow(
+        pk=row["pk"],
+        event_id=row["event_id"],
+        video_id=row["video_id"],
+        subscription_id=row["subscription_id"],
+        url=row["url"],
+        replay_id=row["replay_id"],
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        created_at=row["created_at"],
+        settled_at=row["settled_at"],
+        last_status=row["last_status"],
+        last_error=row["last_error"],
+        log=log,
+    )
+
+
+def _subscription(row: sqlite3.Row | aiosqlite.Row) -> SubscriptionRow:
+    return SubscriptionRow(
+        pk=row["pk"],
+        id=row["id"],
+        url=row["url"],
+        events=json.loads(row["events"]) if row["events"] is not None else None,
+        secret=row["secret"],
+        status=row["status"],
+        task_pk=row["task_pk"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        disabled_reason=row["disabled_reason"],
+    )

@@ -157,3 +157,48 @@ def make_stack(tmp_path: Path) -> StackFactory:
                 yield Stack(url, provider_url, client, simulator, app, settings)
 
     return factory
+
+
+@dataclass
+class Received:
+    webhook_id: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+class Subscriber:
+    """A downstream service written for the tests: records every request, answers as told.
+
+    `answer(n)` gives the status for the n-th request (0-based); `hang` seconds of silence
+    first make it a subscriber that never answers in time.
+    """
+
+    def __init__(self, answer: Callable[[int], int] = lambda n: 200, hang: float = 0.0) -> None:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        self.received: list[Received] = []
+        self._answer = answer
+        self._hang = hang
+        self.release = asyncio.Event()
+
+        async def hook(request: Request) -> Response:
+            body = await request.body()
+            n = len(self.received)
+            self.received.append(
+                Received(request.headers.get("webhook-id", ""), dict(request.headers), body, time.time())
+            )
+            if self._hang:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.release.wait(), timeout=self._hang)
+            return Response(status_code=self._answer(n))
+
+        self.app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+
+    @property
+    def ids(self) -> set[str]:
+        """The webhook-ids seen, after the subscriber's own dedupe."""
+        return {r.webhook_id for r in self.received}

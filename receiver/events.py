@@ -1,0 +1,328 @@
+"""/v1 routes of the downstream side: subscriptions, events, replay, dead letters, the SSE stream."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from receiver.api import check_outbound_url, store_call
+from receiver.context import Context
+from receiver.errors import InvalidRequest, NotFound
+from receiver.fanout import event_body
+from receiver.http import authorize, json_response, page_params, read_json_object
+from receiver.signatures import SecretFormatError, parse_key
+from store import EventRow, OutboxRow, ReplayFilter, SubscriptionRow, UnknownCursor
+
+__all__ = ["routes"]
+
+EVENT_TYPES = ("video.completed", "video.failed")
+_MAX_REPLAY_IDS = 1000
+_STREAM_BATCH = 100
+_KEEPALIVE = 15.0
+
+
+def _ctx(request: Request) -> Context:
+    ctx: Context = request.app.state.ctx
+    authorize(request, ctx.settings.api_keys)
+    return ctx
+
+
+def subscription_view(row: SubscriptionRow, *, secret: bool = False) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": row.id,
+        "object": "subscription",
+        "url": row.url,
+        "events": row.events,
+        "status": row.status,
+        "created_at": int(row.created_at),
+        "disabled_reason": row.disabled_reason,
+    }
+    if secret:
+        view["secret"] = row.secret
+    return view
+
+
+def event_view(row: EventRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "event",
+        "type": row.type,
+        "created_at": int(row.created_at),
+        "data": row.data,
+    }
+
+
+def send_view(row: OutboxRow) -> dict[str, Any]:
+    return {
+        "id": f"snd_{row.pk}",
+        "object": "send",
+        "event_id": row.event_id,
+        "video_id": row.video_id,
+        "subscription_id": row.subscription_id,
+        "replay_id": row.replay_id,
+        "status": row.status,
+        "attempts": row.attempts,
+        "next_attempt_at": int(row.next_attempt_at) if row.next_attempt_at is not None else None,
+        "settled_at": int(row.settled_at) if row.settled_at is not None else None,
+        "last_status": row.last_status,
+        "last_error": row.last_error,
+        "attempt_log": [
+            {"at": int(a.at), "status": a.status, "latency_ms": round(a.latency_ms, 1), "error": a.error}
+            for a in row.log
+        ],
+    }
+
+
+async def create_subscription(request: Request) -> Response:
+    ctx = _ctx(request)
+    body = await read_json_object(request, 64 * 1024)
+    unknown = sorted(set(body) - {"url", "events", "secret"})
+    if unknown:
+        raise InvalidRequest(
+            f"unknown parameter: {', '.join(unknown)}", param=unknown[0], code="unknown_parameter"
+        )
+    if "url" not in body:
+        raise InvalidRequest("url is required", param="url", code="missing_field")
+    url = check_outbound_url(ctx.settings, body["url"], "url")
+    events = body.get("events")
+    if events is not None:
+        if not isinstance(events, list) or not events or not all(e in EVENT_TYPES for e in events):
+            raise InvalidRequest(
+                f"events must be a non-empty list of {', '.join(EVENT_TYPES)}", param="events"
+            )
+        events = sorted(set(events))
+    secret = body.get("secret")
+    if secret is None:
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    else:
+        try:
+            if not isinstance(secret, str) or parse_key(secret).scheme != "whsec":
+                raise SecretFormatError("not whsec_")
+        except SecretFormatError:
+            raise InvalidRequest("secret must be a whsec_<base64> secret", param="secret") from None
+    row = await store_call(ctx.store.create_subscription(url, events, secret, ctx.clock()))
+    return json_response(subscription_view(row, secret=True))
+
+
+async def list_subscriptions(request: Request) -> Response:
+    ctx = _ctx(request)
+    limit, after = page_params(request)
+    try:
+        page = await ctx.store.list_subscriptions(limit, after)
+    except UnknownCursor:
+        raise InvalidRequest("after names no subscription", param="after") from None
+    return json_response(
+        {"object": "list", "data": [subscription_view(s) for s in page.rows], "has_more": page.has_more}
+    )
+
+
+async def _subscription(ctx: Context, request: Request) -> SubscriptionRow:
+    row = await ctx.store.get_subscription(request.path_params["subscription_id"])
+    if row is None or row.task_pk is not None:
+        raise NotFound("no such subscription", param="id")
+    return row
+
+
+async def get_subscription(request: Request) -> Response:
+    ctx = _ctx(request)
+    return json_response(subscription_view(await _subscription(ctx, request), secret=True))
+
+
+async def _set_status(request: Request, status: str) -> Response:
+    ctx = _ctx(request)
+    row = await _subscription(ctx, request)
+    updated = await store_call(ctx.store.set_subscription_status(row.id, status, ctx.clock()))
+    if updated is None:
+        raise NotFound("no such subscription", param="id")
+    if status == "active":
+        ctx.fanout_wakeup.set()  # held sends may go now
+    return json_response(subscription_view(updated) | ({"deleted": True} if status == "deleted" else {}))
+
+
+async def delete_subscription(request: Request) -> Response:
+    return await _set_status(request, "deleted")
+
+
+async def pause_subscription(request: Request) -> Response:
+    return await _set_status(request, "paused")
+
+
+async def resume_subscription(request: Request) -> Response:
+    return await _set_status(request, "active")
+
+
+async def list_events(request: Request) -> Response:
+    ctx = _ctx(request)
+    limit, after = page_params(request)
+    event_type = request.query_params.get("type")
+    if event_type is not None and event_type not in EVENT_TYPES:
+        raise InvalidRequest(f"type must be one of {', '.join(EVENT_TYPES)}", param="type")
+    try:
+        page = await ctx.store.list_events(
+            request.query_params.get("video_id") or None, event_type, limit, after
+        )
+    except UnknownCursor:
+        raise InvalidRequest("after names no event", param="after") from None
+    return json_response(
+        {"object": "list", "data": [event_view(e) for e in page.rows], "has_more": page.has_more}
+    )
+
+
+async def get_event(request: Request) -> Response:
+    ctx = _ctx(request)
+    event = await ctx.store.get_event(request.path_params["event_id"])
+    if event is None:
+        raise NotFound("no such event", param="id")
+    view = event_view(event)
+    view["sends"] = [send_view(s) for s in await ctx.store.event_sends(event.pk)]
+    return json_response(view)
+
+
+def _time(body: dict[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be a Unix time or an ISO-8601 string", param=name)
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    raise InvalidRequest(f"{name} must be a Unix time or an ISO-8601 string", param=name)
+
+
+async def replay_events(request: Request) -> Response:
+    ctx = _ctx(request)
+    body = await read_json_object(request, 1024 * 1024)
+    allowed = {"subscription_id", "video_id", "since", "until", "event_ids"}
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown parameter: {', '.join(unknown)}", param=unknown[0], code="unknown_parameter"
+        )
+    event_ids = body.get("event_ids")
+    if event_ids is not None and (
+        not isinstance(event_ids, list)
+        or not event_ids
+        or len(event_ids) > _MAX_REPLAY_IDS
+        or not all(isinstance(e, str) for e in event_ids)
+    ):
+        raise InvalidRequest(
+            f"event_ids must be a list of 1 to {_MAX_REPLAY_IDS} event ids", param="event_ids"
+        )
+    for name in ("subscription_id", "video_id"):
+        if name in body and not isinstance(body[name], str):
+            raise InvalidRequest(f"{name} must be a string", param=name)
+    subscription_id = body.get("subscription_id")
+    if subscription_id is not None and await ctx.store.get_subscription(subscription_id) is None:
+        raise InvalidRequest("subscription_id names no subscription", param="subscription_id")
+    selection = ReplayFilter(
+        subscription_id=subscription_id,
+        video_id=body.get("video_id"),
+        since=_time(body, "since"),
+        until=_time(body, "until"),
+        event_ids=event_ids,
+    )
+    replay_id = "rpl_" + secrets.token_hex(12)
+    selected, queued = await store_call(ctx.store.queue_replay(selection, ctx.clock(), replay_id))
+    ctx.fanout_wakeup.set()
+    return json_response({"id": replay_id, "object": "replay", "events": selected, "sends": queued})
+
+
+async def replay_status(request: Request) -> Response:
+    ctx = _ctx(request)
+    counts = await ctx.store.replay_progress(request.path_params["replay_id"])
+    if not counts:
+        raise NotFound("no such replay", param="id")
+    total = sum(counts.values())
+    return json_response(
+        {
+            "id": request.path_params["replay_id"],
+            "object": "replay",
+            "sends": total,
+            "by_status": counts,
+            "done": counts.get("pending", 0) == 0,
+        }
+    )
+
+
+async def dead_letters(request: Request) -> Response:
+    ctx = _ctx(request)
+    limit, after = page_params(request)
+    cursor: int | None = None
+    if after is not None:
+        if not after.startswith("snd_") or not after[4:].isdigit():
+            raise InvalidRequest("after must be a send id (snd_...)", param="after")
+        cursor = int(after[4:])
+    page = await ctx.store.list_outbox(
+        "dead", request.query_params.get("subscription_id") or None, limit, cursor
+    )
+    return json_response(
+        {"object": "list", "data": [send_view(s) for s in page.rows], "has_more": page.has_more}
+    )
+
+
+async def stream_events(request: Request) -> Response:
+    """Server-Sent Events of new events; Last-Event-ID (header or ?last_event_id) resumes."""
+    ctx = _ctx(request)
+    last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if last is None:
+        # A fresh reader starts from now: only events recorded after it connected.
+        page = await ctx.store.list_events(None, None, 1, None)
+        last = page.rows[0].id if page.rows else None
+    else:
+        try:
+            await ctx.store.events_after(last, 1)
+        except UnknownCursor:
+            raise InvalidRequest("Last-Event-ID names no event", param="Last-Event-ID") from None
+
+    async def frames() -> AsyncIterator[bytes]:
+        cursor = last
+        yield b": connected\n\n"
+        while True:
+            signal = ctx.new_events
+            rows = await ctx.store.events_after(cursor, _STREAM_BATCH)
+            for row in rows:
+                yield b"id: %s\nevent: %s\ndata: %s\n\n" % (
+                    row.id.encode(),
+                    row.type.encode(),
+                    event_body(row),
+                )
+                cursor = row.id
+            if len(rows) == _STREAM_BATCH:
+                continue
+            try:
+                await asyncio.wait_for(signal.wait(), timeout=_KEEPALIVE)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+
+    headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+    return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/subscriptions", create_subscription, methods=["POST"]),
+        Route("/v1/subscriptions", list_subscriptions, methods=["GET"]),
+        Route("/v1/subscriptions/{subscription_id:str}", get_subscription, methods=["GET"]),
+        Route("/v1/subscriptions/{subscription_id:str}", delete_subscription, methods=["DELETE"]),
+        Route("/v1/subscriptions/{subscription_id:str}/pause", pause_subscription, methods=["POST"]),
+        Route("/v1/subscriptions/{subscription_id:str}/resume", resume_subscription, methods=["POST"]),
+        Route("/v1/events", list_events, methods=["GET"]),
+        Route("/v1/events/stream", stream_events, methods=["GET"]),
+        Route("/v1/events/replay", replay_events, methods=["POST"]),
+        Route("/v1/events/{event_id:str}", get_event, methods=["GET"]),
+        Route("/v1/replays/{replay_id:str}", replay_status, methods=["GET"]),
+        Route("/v1/dead-letters", dead_letters, methods=["GET"]),
+    ]

@@ -1,0 +1,294 @@
+"""Outbox dispatcher: signed sends to subscribers, retries over hours, dead letters, SSRF guard."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import json
+import logging
+import random
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+
+from receiver.context import Context
+from receiver.settings import Network
+from receiver.signatures import parse_key, sign_v1
+from store import Attempt, EventRow, OutboxJob, StoreError
+
+__all__ = ["BlockedAddress", "Dispatcher", "event_body", "guarded_client"]
+
+log = logging.getLogger("receiver.fanout")
+
+LEASE_MARGIN = 30.0  # a claimed send is due again this long after its timeout if it never lands
+ANSWER_CAP = 64 * 1024  # bytes of a subscriber's answer we read at most
+
+
+class BlockedAddress(httpcore.ConnectError):
+    """The subscriber's host resolves to an address we may not send to."""
+
+
+def address_allowed(address: str, allow: Iterable[Network]) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if any(ip in network for network in allow):
+        return True
+    return ip.is_global and not ip.is_multicast
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves the host itself and connects only to vetted addresses, at send time, so a DNS
+    answer that changes after the subscription was made (rebinding) cannot reach inside."""
+
+    def __init__(self, allow: tuple[Network, ...]) -> None:
+        self._allow = allow
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
+        addresses = [str(info[4][0]) for info in infos]
+        if not addresses or not all(address_allowed(a, self._allow) for a in addresses):
+            raise BlockedAddress(f"{host} resolves to a private, loopback or link-local address")
+        return await self._inner.connect_tcp(addresses[0], port, timeout, local_address, socket_options)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise BlockedAddress("unix sockets are not subscriber addresses")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def guarded_client(allow: tuple[Network, ...], timeout: float, connections: int) -> httpx.AsyncClient:
+    """An httpx client that never follows redirects and connects only to allowed addresses."""
+    transport = httpx.AsyncHTTPTransport()
+    # httpx has no public hook for the network backend; swap the pool it built for one with ours.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=ssl.create_default_context(),
+        max_connections=connections,
+        max_keepalive_connections=connections,
+        network_backend=GuardedBackend(allow),
+    )
+    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
+
+
+def event_body(event: EventRow) -> bytes:
+    """The bytes of an event: the same on every attempt and every replay."""
+    body = {
+        "id": event.id,
+        "object": "event",
+        "type": event.type,
+        "created_at": int(event.created_at),
+        "data": event.data,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class Dispatcher:
+    """Sends outbox rows with a global and a per-subscriber concurrency limit."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        http: httpx.AsyncClient,
+        *,
+        concurrency: int,
+        per_subscriber: int,
+        rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ctx = ctx
+        self._http = http
+        self._limit = concurrency
+        self._per_subscriber = per_subscriber
+        self._rng = rng or random.Random()
+        self._monotonic = monotonic
+        self._busy: dict[int, int] = {}  # subscription pk -> sends in flight
+        self._running: set[asyncio.Task[None]] = set()
+        self._finished = asyncio.Event()
+        settings = ctx.settings
+        self._lease = settings.fanout_timeout + LEASE_MARGIN
+        self._callback_key = (
+            parse_key(settings.callback_secret).material if settings.callback_secret else None
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        wakeup = self._ctx.fanout_wakeup
+        while not stop.is_set():
+            wakeup.clear()
+            self._finished.clear()
+            room = self._limit - len(self._running)
+            claimed = 0
+            if room > 0:
+                try:
+                    claimed = self._spawn(await self._claim(room))
+                except StoreError as exc:
+                    log.warning("dispatcher: store unavailable (%s)", type(exc).__name__)
+            if room > 0 and claimed == room:
+                continue
+            delay = 5.0
+            try:
+                due = await self._ctx.store.next_outbox_due()
+            except StoreError:
+                due = None
+            if due is not None:
+                delay = min(delay, max(0.0, due - self._ctx.clock()))
+            waiters = [asyncio.ensure_future(e.wait()) for e in (wakeup, stop, self._finished)]
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+        if self._running:
+            await asyncio.wait(self._running)
+
+    async def run_until_idle(self) -> None:
+        """Send until nothing is due and nothing is in flight (tests drive it this way)."""
+        while True:
+            self._finished.clear()
+            claimed = self._spawn(await self._claim(max(1, self._limit - len(self._running))))
+            if not claimed and not self._running:
+                return
+            if not claimed:
+                await self._finished.wait()
+
+    async def _claim(self, room: int) -> list[OutboxJob]:
+        return await self._ctx.store.claim_outbox(
+            self._ctx.clock(), room, self._per_subscriber, self._busy, self._lease
+        )
+
+    def _spawn(self, jobs: list[OutboxJob]) -> int:
+        for job in jobs:
+            key = job.subscription.pk
+            self._busy[key] = self._busy.get(key, 0) + 1
+            sending = asyncio.create_task(self._deliver(job))
+            self._running.add(sending)
+            sending.add_done_callback(functools.partial(self._done, key=key))
+        return len(jobs)
+
+    def _done(self, task: asyncio.Task[None], key: int) -> None:
+        self._running.discard(task)
+        self._busy[key] -= 1
+        if not self._busy[key]:
+            del self._busy[key]
+        self._finished.set()
+
+    def _signing_key(self, job: OutboxJob) -> bytes | None:
+        if job.subscription.secret:
+            return parse_key(job.subscription.secret).material
+        return self._callback_key
+
+    async def _deliver(self, job: OutboxJob) -> None:
+        ctx = self._ctx
+        key = self._signing_key(job)
+        started = self._monotonic()
+        status: int | None = None
+        error: str | None = None
+        retry_after: float | None = None
+        if key is None:
+            error = "RECEIVER_CALLBACK_SECRET is unset: cannot sign"
+        else:
+            body = event_body(job.event)
+            timestamp = str(int(ctx.clock()))
+            headers = {
+                "content-type": "application/json",
+                "user-agent": "receiver-webhooks/1",
+                "webhook-id": job.event.id,
+                "webhook-timestamp": timestamp,
+                "webhook-signature": sign_v1(key, job.event.id, timestamp, body),
+            }
+            try:
+                status, retry_after = await self._post(job.subscription.url, body, headers)
+            except BlockedAddress as exc:
+                error = str(exc)
+            except httpx.TimeoutException:
+                error = "timed out"
+            except (httpx.HTTPError, httpcore.ConnectError, OSError) as exc:
+                error = f"{type(exc).__name__}: {exc}"[:300]
+        latency_ms = (self._monotonic() - started) * 1000
+        attempt = self._judge(job, status, error, retry_after, latency_ms)
+        ctx.metrics.fanout.labels(outcome=attempt.outcome).inc()
+        try:
+            await ctx.store.record_attempt(attempt)
+        except StoreError as exc:
+            # The lease runs out and the send is attempted again: at least once, same webhook-id.
+            log.warning("dispatcher: could not record an attempt (%s)", type(exc).__name__)
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, float | None]:
+        parts = urlsplit(url)
+        if parts.scheme != "https":
+            host = parts.hostname or ""
+            infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 80)
+            allow = self._ctx.settings.outbound_allow
+            if not infos or not all(
+                any(ipaddress.ip_address(str(i[4][0])) in n for n in allow) for i in infos
+            ):
+                raise BlockedAddress("plain http is allowed only inside RECEIVER_OUTBOUND_ALLOW")
+        async with self._http.stream("POST", url, content=body, headers=headers) as response:
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read >= ANSWER_CAP:
+                    break
+            return response.status_code, _retry_after(response.headers.get("retry-after"))
+
+    def _judge(
+        self,
+        job: OutboxJob,
+        status: int | None,
+        error: str | None,
+        retry_after: float | None,
+        latency_ms: float,
+    ) -> Attempt:
+        now = self._ctx.clock()
+        if status is not None and 200 <= status < 300:
+            return Attempt(job.pk, now, status, latency_ms, None, "delivered")
+        if status == 410:
+            return Attempt(
+                job.pk,
+                now,
+                status,
+                latency_ms,
+                "410 Gone: subscription disabled",
+                "failed",
+                disable_subscription=True,
+            )
+        if status is not None and 400 <= status < 500 and status not in (408, 425, 429):
+            return Attempt(job.pk, now, status, latency_ms, f"answered {status}: not retried", "failed")
+        if error is None:
+            error = f"answered {status}" + (
+                " (redirects are not followed)" if 300 <= (status or 0) < 400 else ""
+            )
+        schedule = self._ctx.settings.fanout_retry_schedule
+        attempts = job.attempts + 1
+        if attempts > len(schedule):
+            return Attempt(job.pk, now, status, latency_ms, error, "dead")
+        delay = schedule[attempts - 1] * self._rng.uniform(0.8, 1.2)
+        if retry_after is not None and status in (429, 503):
+            delay = max(delay, retry_after)
+        return Attempt(job.pk, now, status, latency_ms, error, "retry", next_attempt_at=now + delay)
