@@ -137,6 +137,10 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--answer-delay", type=float, default=0.0, help="seconds before POST answers")
     sim.add_argument("--seed", type=int)
     sim.set_defaults(run=_simulate)
+
+    from receiver.replay import add_parser
+
+    add_parser(commands)
     return root
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -364,3 +365,44 @@ async def test_sigkill_during_dispatch_loses_nothing(tmp_path: Path) -> None:
             return False
 
         await wait_until(all_sent, timeout=90, what="every event to reach the subscriber")
+
+
+async def test_replay_command(make_stack: StackFactory, tmp_path: Path) -> None:
+    subscriber = Subscriber()
+    async with serve(subscriber.app) as url, make_stack(FAST) as stack:
+        sub = await subscribe(stack, f"{url}/hook")
+        ids = [(await stack.submit()).json()["id"] for _ in range(3)]
+        await wait_until(lambda: len(subscriber.received) == 3, what="the first sends")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "receiver",
+            "replay",
+            "--url",
+            stack.url,
+            "events",
+            "--subscription",
+            sub["id"],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 0, err
+        assert "3 events, 3 sends queued" in out.decode() and "3 delivered" in out.decode()
+        assert len(subscriber.received) == 6 and len(subscriber.ids) == 3
+        delivery = (await stack.client.get(f"{stack.url}/v1/deliveries")).json()["data"][0]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "receiver",
+            "replay",
+            "--url",
+            stack.url,
+            "delivery",
+            delivery["id"],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 0 and b"duplicate" in out, err
+        assert len(ids) == 3
