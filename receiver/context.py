@@ -34,8 +34,9 @@ class Context:
     def wake_poller(self) -> None:
         self.poll_wakeup.set()
 
-    def terminal_recorded(self) -> None:
-        """A terminal result (so an event, and perhaps sends) was just committed."""
-        self.fanout_wakeup.set()
+    def terminal_recorded(self, sends: int | None = None) -> None:
+        """A terminal result (so an event, and `sends` sends; None: unknown) was just committed."""
+        if sends is None or sends > 0:
+            self.fanout_wakeup.set()
         self.new_events.set()
         self.new_events = asyncio.Event()

@@ -110,7 +110,7 @@ async def _ingest(request: Request, token: str | None) -> tuple[Response, str]:
     if result.outcome == "pending_confirm":
         ctx.wake_poller()
     if result.terminal:
-        ctx.terminal_recorded()
+        ctx.terminal_recorded(result.sends)
     outcome = "duplicate_delivery" if result.duplicate else result.outcome
     return json_response({"id": result.id, "duplicate": result.duplicate}), outcome
 
@@ -152,7 +152,7 @@ async def reprocess(ctx: Context, delivery: DeliveryRow) -> str:
     if result.outcome == "pending_confirm":
         ctx.wake_poller()
     if result.terminal:
-        ctx.terminal_recorded()
+        ctx.terminal_recorded(result.sends)
     return result.outcome
 
 

@@ -1,6 +1,7 @@
 """Benchmarks of the receiver, each against a baseline measured in the same invocation.
 
     scripts/bench polling   learned poll schedule vs a naive fixed-interval poller
+    scripts/bench ingest    signed deliveries/s into the real service vs a bare Starlette endpoint
 
 All traffic stays on 127.0.0.1; every load loop is bounded in count and in time.
 """
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import platform
@@ -234,6 +236,213 @@ async def bench_polling(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# -- ingest ---------------------------------------------------------------------------------------
+
+HERE = Path(__file__).resolve().parent
+
+
+
+
+def _bare() -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def take(request: Request) -> Response:
+        await request.body()
+        return Response(status_code=200)
+
+    return Starlette(routes=[Route("/{path:path}", take, methods=["POST"])])
+
+
+def rss_peak_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def wait_ready(url: str, process: asyncio.subprocess.Process, path: str = "/healthz") -> None:
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if process.returncode is not None:
+                raise RuntimeError(f"server exited with {process.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.request("GET" if path != "/" else "POST", url + path)).status_code < 500:
+                    return
+            await asyncio.sleep(0.1)
+    raise RuntimeError("server did not become ready")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def run_wrk(url: str, requests_file: Path, seconds: int, connections: int) -> dict[str, int]:
+    process = await asyncio.create_subprocess_exec(
+        "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+        "-s", str(HERE / "bench_lua" / "requests.lua"), url, "--", str(requests_file),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=seconds + 60)
+    for line in out.decode().splitlines():
+        if line.startswith("FIRST-ERROR "):
+            print("  first error answer:", line[len("FIRST-ERROR ") :][:300])
+        if line.startswith("RESULT "):
+            return {k: int(v) for k, v in (part.split("=") for part in line.split()[1:])}
+    raise RuntimeError(f"wrk printed no result: {out.decode()[-500:]} {err.decode()[-500:]}")
+
+
+def write_requests(
+    path: Path, tasks: list[tuple[str, str]], secret: str, count: int, prefix: str, seed: int
+) -> list[str]:
+    """Unique signed deliveries spread over the tasks: mostly in_progress updates, some terminal,
+    5% exact repeats of an earlier one. Returns the webhook-id of every line, in order."""
+    import random as _random
+
+    from receiver.signatures import parse_key, sign_v1
+
+    key = parse_key(secret).material
+    rng = _random.Random(seed)
+    timestamp = str(int(time.time()))
+    lines: list[str] = []
+    ids: list[str] = []
+    for i in range(count):
+        if lines and rng.random() < 0.05:
+            j = rng.randrange(len(lines))
+            lines.append(lines[j])
+            ids.append(ids[j])
+            continue
+        task = rng.randrange(len(tasks))
+        video_id, token = tasks[task]
+        msg = f"{prefix}{i}"
+        if rng.random() < 0.2:
+            status = "completed" if task % 5 else "failed"
+            body = json.dumps({"id": f"evt_{prefix}{i}", "object": "event", "type": f"video.{status}",
+                               "created_at": int(timestamp), "data": {"id": video_id, "object": "video",
+                               "status": status, "content": {"video_url": f"https://cdn.example/{video_id}.mp4"}}},
+                              separators=(",", ":"))
+        else:
+            body = json.dumps({"id": video_id, "object": "video", "status": "in_progress",
+                               "progress": rng.randrange(100), "model": "seedance-2.0"}, separators=(",", ":"))
+        signature = sign_v1(key, msg, timestamp, body.encode())
+        lines.append(f"/webhooks/{token}\t{msg}\t{timestamp}\t{signature}\t{body}")
+        ids.append(msg)
+    path.write_text("\n".join(lines) + "\n")
+    return ids
+
+
+async def bench_ingest(args: argparse.Namespace) -> int:
+    print(f"machine: {machine()}")
+    secret = dev_secret()
+    scratch = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    port, bare_port = free_port(), free_port()
+    # The provider: the simulator, in this process; its tasks run for hours, so it stays quiet.
+    simulator = Simulator(SimConfig(secret=secret, duration_median=36_000, duration_sigma=0.0))
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RECEIVER_")}
+    async with serve(simulator.app) as (provider_url, _):
+        env.update(
+            RECEIVER_PORT=str(port),
+            RECEIVER_DATABASE_URL=f"sqlite:///{scratch}/receiver.db",
+            RECEIVER_PROVIDER_URL=provider_url,
+            RECEIVER_WEBHOOK_SECRETS=secret,
+            RECEIVER_POLL_AFTER="86400",
+            RECEIVER_API_KEYS="bench-key",
+        )
+        server = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "receiver", "serve", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=open(scratch / "receiver.log", "wb"),  # noqa: SIM115
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            await wait_ready(url, server)
+            async with httpx.AsyncClient(timeout=30, headers={"authorization": "Bearer bench-key"}) as client:
+                gate = asyncio.Semaphore(32)
+
+                async def submit(i: int) -> str:
+                    async with gate:
+                        answer = await client.post(f"{url}/v1/videos", json={"model": "seedance-2.0", "prompt": str(i)})
+                        answer.raise_for_status()
+                        return str(answer.json()["id"])
+
+                video_ids = await asyncio.gather(*(submit(i) for i in range(args.tasks)))
+            # The per-task callback URLs, as the provider (the simulator) received them.
+            tasks = [(v, str(simulator.tasks[v].callback_url).rsplit("/", 1)[1]) for v in video_ids]
+            ids_file = scratch / "requests.txt"
+            warm_file = scratch / "warm.txt"
+            write_requests(warm_file, tasks, secret, 20_000, "warm", args.seed + 1)
+            issued = write_requests(ids_file, tasks, secret, args.requests, "m", args.seed)
+            print(f"workload: {args.tasks} tasks, {args.requests} prepared deliveries "
+                  f"(~80% in_progress, ~20% terminal, 5% repeats), {args.connections} connections, "
+                  f"{args.seconds} s, wrk -t1")
+            await run_wrk(url, warm_file, 2, args.connections)
+            profiler = None
+            if args.profile:
+                profiler = await asyncio.create_subprocess_exec(
+                    "py-spy", "record", "--threads", "-r", "200", "-f", "raw", "-o", args.profile,
+                    "-d", str(args.seconds), "-p", str(server.pid),
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                )
+            result = await run_wrk(url, ids_file, args.seconds, args.connections)
+            if profiler is not None:
+                await profiler.wait()
+            peak = rss_peak_kib(server.pid)
+        finally:
+            server.terminate()
+            await server.wait()
+    # What was acknowledged must be stored: wrk issues requests in file order with at most
+    # `connections` outstanding, so every id before (completed - connections) was answered 2xx.
+    db = scratch / "receiver.db"
+    with sqlite3.connect(db) as conn:
+        stored = {k[4:] for (k,) in conn.execute("SELECT dedupe_key FROM deliveries") if k.startswith("msg:m")}
+        rows = conn.execute("SELECT count(*) FROM deliveries").fetchone()[0]
+    size = sum(p.stat().st_size for p in scratch.glob("receiver.db*"))
+    completed = result["requests"]
+    answered = issued[: max(0, min(completed, len(issued)) - args.connections)]
+    missing = sorted({i for i in answered if i not in stored})
+    rate = completed / (result["duration_us"] / 1e6)
+
+    bare = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "uvicorn", "bench:bare", "--factory", "--app-dir", str(HERE),
+        "--port", str(bare_port), "--no-access-log", "--log-level", "warning",
+        "--loop", "uvloop", "--http", "httptools",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    bare_url = f"http://127.0.0.1:{bare_port}"
+    try:
+        await wait_ready(bare_url, bare, "/")
+        await run_wrk(bare_url, warm_file, 2, args.connections)
+        baseline = await run_wrk(bare_url, ids_file, args.seconds, args.connections)
+    finally:
+        bare.terminate()
+        await bare.wait()
+    bare_rate = baseline["requests"] / (baseline["duration_us"] / 1e6)
+    ratio = rate / bare_rate
+    p99_ms = result["p99_us"] / 1000
+    print(f"  receiver (durable, WAL + synchronous=FULL): {rate:,.0f} deliveries/s  "
+          f"p50 {result['p50_us'] / 1000:.2f} ms  p99 {p99_ms:.2f} ms  non-2xx {result['non2xx']}  "
+          f"socket errors {result['socket_errors']}")
+    print(f"  bare Starlette endpoint:                   {bare_rate:,.0f} requests/s  "
+          f"p50 {baseline['p50_us'] / 1000:.2f} ms  p99 {baseline['p99_us'] / 1000:.2f} ms")
+    print(f"  ratio: {ratio:.1%} of the bare endpoint")
+    print(f"  server peak RSS: {peak / 1024:.0f} MiB; store: {size / max(rows, 1):,.0f} bytes per stored delivery "
+          f"({rows:,} deliveries, {size / 2**20:.0f} MiB with WAL)")
+    print(f"  acknowledged deliveries checked: {len(answered):,}; missing from the store: {len(missing)}")
+    ok = ratio >= 0.33 and p99_ms < 25 and not missing and result["non2xx"] == 0
+    print("result:", "PASS" if ok else "FAIL", "(targets: >= 33% of bare, p99 < 25 ms, none missing)")
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0 if ok else 1
+
+
+bare = _bare
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -245,6 +454,14 @@ def main(argv: list[str] | None = None) -> int:
     polling.add_argument("--scale", type=float, default=30.0, help="provider seconds per real second")
     polling.add_argument("--seed", type=int, default=1)
     polling.set_defaults(run=bench_polling)
+    ingest = commands.add_parser("ingest", help="durable deliveries/s vs a bare Starlette endpoint (wrk)")
+    ingest.add_argument("--tasks", type=int, default=3000)
+    ingest.add_argument("--requests", type=int, default=250_000, help="prepared deliveries (wrk cycles)")
+    ingest.add_argument("--seconds", type=int, default=10)
+    ingest.add_argument("--connections", type=int, default=64)
+    ingest.add_argument("--seed", type=int, default=1)
+    ingest.add_argument("--profile", help="also record the server with py-spy (collapsed stacks) here")
+    ingest.set_defaults(run=bench_ingest)
     args = parser.parse_args(argv)
     logging.getLogger("receiver").setLevel(logging.ERROR)  # no start-up warnings between figures
     try:

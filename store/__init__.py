@@ -246,6 +246,7 @@ class DeliveryResult:
     outcome: str
     task: TaskRow | None
     terminal: bool = False  # this delivery recorded the task's terminal result
+    sends: int = 0  # outbound sends that result queued
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
@@ -134,6 +135,8 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._writer_task: asyncio.Task[None] | None = None
+        self._id_prefix = secrets.token_hex(6)
+        self._id_counter = itertools.count()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -489,11 +492,20 @@ class SQLiteStore:
                 task = _task(row)
                 if d.video_id is not None and task.video_id not in (None, d.video_id):
                     raise WrongVideo(d.video_id)
-            delivery_id = "dlv_" + secrets.token_hex(12)
+            elif d.video_id is not None:
+                row = conn.execute("SELECT * FROM tasks WHERE video_id = ?", (d.video_id,)).fetchone()
+                task = _task(row) if row else None
+            # Decide first (pure), so the delivery row is written once, with its outcome.
+            result: TransitionLike | None = None
+            if task is None:
+                outcome = "unmatched" if d.actionable else "ignored"
+            else:
+                outcome, result = self._plan(task, d.status, d.video, d.actionable, d.needs_confirm)
+            delivery_id = self._new_id("dlv")
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO deliveries (id, dedupe_key, task_pk, video_id, route,"
                 " verified_by, headers, body, event_type, status, outcome, received_at,"
-                " last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?)",
+                " last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     delivery_id,
                     d.dedupe_key,
@@ -505,11 +517,13 @@ class SQLiteStore:
                     d.body,
                     d.event_type,
                     d.status,
+                    outcome,
                     d.received_at,
                     d.received_at,
                 ),
             )
             if cursor.rowcount == 0:
+                # The UNIQUE dedupe key: a copy of a delivery we hold. Count it, change nothing.
                 first = conn.execute(
                     "SELECT pk, id, task_pk, outcome FROM deliveries WHERE dedupe_key = ?",
                     (d.dedupe_key,),
@@ -525,30 +539,23 @@ class SQLiteStore:
                         (d.received_at, first["task_pk"]),
                     )
                 return DeliveryResult(first["id"], True, first["outcome"], None)
-            delivery_pk = cursor.lastrowid
-            if task is None and d.video_id is not None:
-                row = conn.execute("SELECT * FROM tasks WHERE video_id = ?", (d.video_id,)).fetchone()
-                task = _task(row) if row else None
             if task is None:
-                outcome = "unmatched" if d.actionable else "ignored"
-                conn.execute("UPDATE deliveries SET outcome = ? WHERE pk = ?", (outcome, delivery_pk))
                 return DeliveryResult(delivery_id, False, outcome, None)
-            task = self._attach(conn, task, d.video_id, d.received_at)
-            outcome = self._settle(
+            claim = None
+            if task.video_id is None and d.video_id is not None and self._video_free(conn, d.video_id):
+                claim = d.video_id  # the delivery overtook our submit: it names the video first
+            sends = self._apply(
                 conn,
                 task,
-                d.status,
-                d.video,
-                d.actionable,
-                d.needs_confirm,
+                outcome,
+                result,
                 d.received_at,
-                d.next_poll_at,
+                resolved_by="webhook",
+                next_poll_at=d.next_poll_at,
+                delivery=True,
+                claim=claim,
             )
-            conn.execute(
-                "UPDATE deliveries SET outcome = ?, task_pk = ? WHERE pk = ?",
-                (outcome, task.pk, delivery_pk),
-            )
-            return DeliveryResult(delivery_id, False, outcome, None, self._became_terminal(conn, task))
+            return DeliveryResult(delivery_id, False, outcome, None, sends is not None, sends or 0)
 
         return await self._write(unit)
 
@@ -575,9 +582,27 @@ class SQLiteStore:
             if task_row is None:
                 return DeliveryResult(delivery.id, False, delivery.outcome, None)
             task = _task(task_row)
-            if delivery.task_pk is None:
-                task = self._attach(conn, task, delivery.video_id, delivery.received_at)
-            outcome = self._settle(conn, task, status, video, True, needs_confirm, now, None)
+            first_match = delivery.task_pk is None
+            claim = None
+            if (
+                first_match
+                and task.video_id is None
+                and delivery.video_id is not None
+                and self._video_free(conn, delivery.video_id)
+            ):
+                claim = delivery.video_id
+            outcome, result = self._plan(task, status, video, True, needs_confirm)
+            sends = self._apply(
+                conn,
+                task,
+                outcome,
+                result,
+                now,
+                resolved_by="webhook",
+                next_poll_at=None,
+                delivery=first_match,
+                claim=claim,
+            )
             if delivery.outcome == "unmatched":
                 # First time this delivery meets its task; a replay of a settled one only
                 # reports what it would do now, and leaves the record of what it did.
@@ -585,7 +610,7 @@ class SQLiteStore:
                     "UPDATE deliveries SET outcome = ?, task_pk = ? WHERE pk = ?",
                     (outcome, task.pk, delivery.pk),
                 )
-            return DeliveryResult(delivery.id, False, outcome, None, self._became_terminal(conn, task))
+            return DeliveryResult(delivery.id, False, outcome, None, sends is not None, sends or 0)
 
         return await self._write(unit)
 
@@ -626,117 +651,127 @@ class SQLiteStore:
 
     # -- shared pieces of the write paths (run inside the writer's transaction) ---------------
 
-    @staticmethod
-    def _became_terminal(conn: sqlite3.Connection, before: TaskRow) -> bool:
-        if before.status in _TERMINAL:
-            return False
-        row = conn.execute("SELECT status FROM tasks WHERE pk = ?", (before.pk,)).fetchone()
-        return bool(row["status"] in _TERMINAL)
+    def _new_id(self, kind: str) -> str:
+        """Unique public ids without a system call each: a random per-process prefix + a counter."""
+        return f"{kind}_{self._id_prefix}{next(self._id_counter):010x}"
 
     @staticmethod
-    def _attach(conn: sqlite3.Connection, task: TaskRow, video_id: str | None, now: float) -> TaskRow:
-        """Count a delivery on its task; claim the video id if our submit has not answered yet."""
-        if task.video_id is None and video_id is not None:
-            taken = conn.execute("SELECT 1 FROM tasks WHERE video_id = ?", (video_id,)).fetchone()
-            if taken is None:
-                conn.execute("UPDATE tasks SET video_id = ? WHERE pk = ?", (video_id, task.pk))
-        conn.execute(
-            "UPDATE tasks SET deliveries = deliveries + 1, last_delivery_at = ? WHERE pk = ?",
-            (now, task.pk),
-        )
-        return _task(conn.execute("SELECT * FROM tasks WHERE pk = ?", (task.pk,)).fetchone())
+    def _video_free(conn: sqlite3.Connection, video_id: str) -> bool:
+        return conn.execute("SELECT 1 FROM tasks WHERE video_id = ?", (video_id,)).fetchone() is None
 
-    def _settle(
+    def _plan(
         self,
-        conn: sqlite3.Connection,
         task: TaskRow,
         status: str | None,
         video: dict[str, Any] | None,
         actionable: bool,
         needs_confirm: bool,
-        now: float,
-        next_poll_at: float | None,
-    ) -> str:
-        """Apply one delivery's update to its task; return the delivery's outcome."""
+    ) -> tuple[str, TransitionLike | None]:
+        """What a delivery does to its task (pure): its outcome and the transition, if any."""
         if not actionable:
-            return "ignored"
+            return "ignored", None
         if needs_confirm or status is None or video is None:
             if task.status in _TERMINAL:
-                return "duplicate" if status in (None, task.status) else "anomaly"
-            # Only our own GET may settle it: poll this task now.
-            conn.execute(
-                "UPDATE tasks SET confirm_pending = 1, next_poll_at = ? WHERE pk = ?",
-                (now, task.pk),
-            )
-            return "pending_confirm"
+                return ("duplicate" if status in (None, task.status) else "anomaly"), None
+            return "pending_confirm", None  # only our own GET may settle it: poll now
         result = self._decide(task.status, task.video, status, video)
-        self._store_transition(conn, task, result, now, "webhook", next_poll_at)
-        return result.outcome
+        return result.outcome, result
 
-    @staticmethod
+    def _apply(
+        self,
+        conn: sqlite3.Connection,
+        task: TaskRow,
+        outcome: str,
+        result: TransitionLike | None,
+        now: float,
+        *,
+        resolved_by: str,
+        next_poll_at: float | None,
+        delivery: bool = False,
+        claim: str | None = None,
+    ) -> int | None:
+        """Write what an update did to its task in one UPDATE. Returns the number of sends
+        queued when this recorded the terminal result, else None."""
+        sets: list[str] = []
+        params: list[Any] = []
+        if delivery:
+            sets += ["deliveries = deliveries + 1", "last_delivery_at = ?"]
+            params.append(now)
+        if claim is not None:
+            sets.append("video_id = ?")
+            params.append(claim)
+        terminal = False
+        if outcome == "pending_confirm":
+            sets += ["confirm_pending = 1", "next_poll_at = ?"]
+            params.append(now)
+        elif outcome == "anomaly":
+            sets.append("anomalies = anomalies + 1")
+        elif outcome == "applied" and result is not None:
+            sets += ["status = ?", "video = ?", "updated_at = ?"]
+            params += [result.status, json.dumps(result.video), now]
+            if result.became_terminal:
+                terminal = True
+                completion: float | None = None
+                if resolved_by == "webhook":
+                    completion = now - task.created_at
+                elif resolved_by == "poll":
+                    # The result appeared between the last poll that saw it open and this one.
+                    since = task.last_open_poll_at or task.created_at
+                    completion = (since + now) / 2 - task.created_at
+                sets += [
+                    "terminal_at = ?",
+                    "resolved_by = ?",
+                    "next_poll_at = NULL",
+                    "confirm_pending = 0",
+                    "completion = ?",
+                ]
+                params += [now, resolved_by, completion]
+            elif next_poll_at is not None:
+                # A newer non-terminal state pushes the next poll back, never forward.
+                sets.append("next_poll_at = max(coalesce(next_poll_at, 0), ?)")
+                params.append(next_poll_at)
+        if sets:
+            conn.execute(f"UPDATE tasks SET {', '.join(sets)} WHERE pk = ?", (*params, task.pk))
+        if terminal:
+            assert result is not None
+            return self._record_terminal(conn, task, result, now, claim)
+        return None
+
+    def _record_terminal(
+        self, conn: sqlite3.Connection, task: TaskRow, result: TransitionLike, now: float, claim: str | None
+    ) -> int:
+        """The result's one event, and its sends (the transactional outbox), in this transaction:
+        "recorded but never queued" cannot happen."""
+        video_id = task.video_id or claim or result.video.get("id")
+        event = {**result.video, "id": video_id, "object": "video", "status": result.status}
+        event.pop("provider_status", None)
+        event_type = "video.completed" if result.status == "completed" else "video.failed"
+        cursor = conn.execute(
+            "INSERT INTO events (id, task_pk, video_id, type, created_at, data) VALUES (?, ?, ?, ?, ?, ?)",
+            ("evt_" + secrets.token_hex(12), task.pk, video_id, event_type, now, json.dumps(event)),
+        )
+        sends = conn.execute(
+            "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at)"
+            " SELECT ?, pk, 'pending', ?, ? FROM subscriptions"
+            " WHERE status IN ('active', 'paused') AND (task_pk = ? OR (task_pk IS NULL AND"
+            " (events IS NULL OR EXISTS (SELECT 1 FROM json_each(subscriptions.events)"
+            " WHERE value = ?))))",
+            (cursor.lastrowid, now, now, task.pk, event_type),
+        )
+        return sends.rowcount
+
     def _store_transition(
+        self,
         conn: sqlite3.Connection,
         task: TaskRow,
         result: TransitionLike,
         now: float,
         resolved_by: str,
         next_poll_at: float | None,
-    ) -> None:
-        if result.outcome == "anomaly":
-            conn.execute("UPDATE tasks SET anomalies = anomalies + 1 WHERE pk = ?", (task.pk,))
-            return
-        if result.outcome != "applied":
-            return
-        if result.became_terminal:
-            completion: float | None = None
-            if resolved_by == "webhook":
-                completion = now - task.created_at
-            elif resolved_by == "poll":
-                # The result appeared between the last poll that saw the task open and this one.
-                since = task.last_open_poll_at or task.created_at
-                completion = (since + now) / 2 - task.created_at
-            conn.execute(
-                "UPDATE tasks SET status = ?, video = ?, updated_at = ?, terminal_at = ?,"
-                " resolved_by = ?, next_poll_at = NULL, confirm_pending = 0, completion = ?"
-                " WHERE pk = ?",
-                (result.status, json.dumps(result.video), now, now, resolved_by, completion, task.pk),
-            )
-            video_id = task.video_id or result.video.get("id")
-            event = {**result.video, "id": video_id, "object": "video", "status": result.status}
-            event.pop("provider_status", None)
-            event_type = "video.completed" if result.status == "completed" else "video.failed"
-            cursor = conn.execute(
-                "INSERT INTO events (id, task_pk, video_id, type, created_at, data)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                ("evt_" + secrets.token_hex(12), task.pk, video_id, event_type, now, json.dumps(event)),
-            )
-            # The transactional outbox: the event's sends are queued in the same transaction
-            # that records the result, so "recorded but never queued" cannot happen.
-            conn.execute(
-                "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at)"
-                " SELECT ?, pk, 'pending', ?, ? FROM subscriptions"
-                " WHERE status IN ('active', 'paused') AND (task_pk = ? OR (task_pk IS NULL AND"
-                " (events IS NULL OR EXISTS (SELECT 1 FROM json_each(subscriptions.events)"
-                " WHERE value = ?))))",
-                (cursor.lastrowid, now, now, task.pk, event_type),
-            )
-        else:
-            # A newer non-terminal state pushes the next poll back, never forward.
-            conn.execute(
-                "UPDATE tasks SET status = ?, video = ?, updated_at = ?,"
-                " next_poll_at = CASE WHEN ? IS NULL THEN next_poll_at"
-                " WHEN next_poll_at IS NULL OR next_poll_at < ? THEN ? ELSE next_poll_at END"
-                " WHERE pk = ?",
-                (
-                    result.status,
-                    json.dumps(result.video),
-                    now,
-                    next_poll_at,
-                    next_poll_at,
-                    next_poll_at,
-                    task.pk,
-                ),
-            )
+    ) -> int | None:
+        return self._apply(
+            conn, task, result.outcome, result, now, resolved_by=resolved_by, next_poll_at=next_poll_at
+        )
 
     # -- fan-out: subscriptions, the outbox, attempts, replay ------------------------------------
 
