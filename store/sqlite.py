@@ -213,9 +213,16 @@ class SQLiteStore:
                 batch.append(extra)
             units = [unit for unit, _ in batch]
             try:
-                results = await loop.run_in_executor(self._executor, self._run_batch, units)
+                # The statements run here, on the event loop's thread: they are page-cache work
+                # of microseconds, and a thread hop per batch would cost more than it saves (and
+                # fight the loop for the GIL). Only the COMMIT, which waits on fsync, goes to the
+                # writer thread, and the loop takes the next requests meanwhile; nothing else
+                # touches this connection until it returns.
+                results = self._run_units(units)
+                await loop.run_in_executor(self._executor, self._commit)
             except Exception as exc:
                 log.error("store commit failed: %s", type(exc).__name__)
+                self._rollback()
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(StoreUnavailable("the store could not commit"))
@@ -228,40 +235,47 @@ class SQLiteStore:
                 else:
                     future.set_exception(value)
 
-    def _run_batch(self, units: list[Unit]) -> list[tuple[bool, Any]]:
+    def _run_units(self, units: list[Unit]) -> list[tuple[bool, Any]]:
         conn = self._conn
         assert conn is not None
         results: list[tuple[bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
-        try:
-            for unit in units:
-                conn.execute("SAVEPOINT unit")
-                try:
-                    value = unit(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO unit")
-                    conn.execute("RELEASE unit")
-                    if not isinstance(exc, StoreError):
-                        log.exception("store write failed")
-                        exc = StoreUnavailable("the store could not apply a write")
-                    results.append((False, exc))
-                else:
-                    conn.execute("RELEASE unit")
-                    results.append((True, value))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        for unit in units:
+            conn.execute("SAVEPOINT unit")
+            try:
+                value = unit(conn)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO unit")
+                conn.execute("RELEASE unit")
+                if not isinstance(exc, StoreError):
+                    log.exception("store write failed")
+                    exc = StoreUnavailable("the store could not apply a write")
+                results.append((False, exc))
+            else:
+                conn.execute("RELEASE unit")
+                results.append((True, value))
         return results
+
+    def _commit(self) -> None:
+        assert self._conn is not None
+        self._conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.error("store rollback failed")
 
     # -- reads -------------------------------------------------------------------------------
 
     async def _fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
         if self._reader is None:
             raise StoreUnavailable("the store is not open")
-        async with self._reader.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        # One call that steps the statement to its end: a cursor left open across awaits would
+        # hold a read snapshot that every other read on this connection then shares (stale reads).
+        return list(await self._reader.execute_fetchall(sql, params))
 
     async def task_by_video(self, video_id: str) -> TaskRow | None:
         rows = await self._fetchall("SELECT * FROM tasks WHERE video_id = ?", (video_id,))

@@ -443,3 +443,12 @@ async def test_bad_reads_get_4xx(
         assert answer.status_code == expected
         assert set(answer.json()["error"]) == {"type", "code", "message", "param"}
         assert rows(stack, "tasks") == 0 and rows(stack, "deliveries") == 0
+
+
+async def test_concurrent_submits_each_read_their_own_write(make_stack: StackFactory) -> None:
+    async with make_stack(SimConfig(secret=SECRET, duration_median=3600)) as stack:
+        answers = await asyncio.gather(*(stack.submit({"model": "m", "prompt": str(i)}) for i in range(200)))
+        videos = [a.json() for a in answers]
+        assert all(a.status_code == 200 for a in answers)
+        assert all(v["id"] and v["status"] == "queued" for v in videos), [v for v in videos if not v["id"]][:2]
+        assert len({v["id"] for v in videos}) == 200
