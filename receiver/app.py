@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 from starlette.applications import Starlette
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from receiver import api, events, ingest
 from receiver.context import Context
@@ -29,7 +31,7 @@ from receiver.simulator import SimConfig, Simulator, dev_secret
 from receiver.tasks import transition
 from store import Store, open_store
 
-__all__ = ["create_app"]
+__all__ = ["Receiver", "create_app"]
 
 log = logging.getLogger("receiver")
 
@@ -89,7 +91,7 @@ def create_app(
     store: Store | None = None,
     http: httpx.AsyncClient | None = None,
     clock: Callable[[], float] = time.time,
-) -> Starlette:
+) -> Receiver:
     """The whole service. A store or http client passed in belongs to the caller; anything the
     app makes itself it also closes. With no provider configured, the built-in simulator is
     mounted at /simulator and used as the provider."""
@@ -187,11 +189,10 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
         *api.routes(),
         *events.routes(),
-        *ingest.routes(),
     ]
     if simulator is not None:
         routes.append(Mount(SIMULATOR_PATH, app=simulator.app))
-    return Starlette(
+    starlette = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
@@ -200,3 +201,25 @@ def create_app(
             Exception: _server_error,
         },
     )
+    return Receiver(starlette, ingest.IngestApp(lambda: starlette.state.ctx))
+
+
+class Receiver:
+    """The ASGI app: /webhooks goes straight to the ingest app, everything else to Starlette
+    (which also runs the lifespan)."""
+
+    def __init__(self, app: Starlette, webhooks: ingest.IngestApp) -> None:
+        self.app = app
+        self._webhooks = webhooks
+
+    @property
+    def state(self) -> State:
+        return self.app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            scope["path"] == "/webhooks" or scope["path"].startswith("/webhooks/")
+        ):
+            await self._webhooks(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

@@ -7,12 +7,13 @@ import hmac
 import json
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from receiver.errors import InvalidRequest, PayloadTooLarge, Unauthorized
 
-__all__ = ["authorize", "json_response", "page_params", "read_body", "read_json_object"]
+__all__ = ["authorize", "json_response", "page_params", "read_asgi_body", "read_body", "read_json_object"]
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -24,25 +25,32 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-async def read_body(request: Request, cap: int) -> bytes:
+async def read_asgi_body(receive: Receive, content_length: str | None, cap: int) -> bytes:
     """The whole body, or 413 as soon as it passes `cap` (whatever Content-Length claims)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
+    if content_length is not None:
+        if not content_length.isdigit():
             raise InvalidRequest("Content-Length is not a number", code="bad_content_length")
-        if int(declared) > cap:
+        if int(content_length) > cap:
             raise PayloadTooLarge(f"body larger than {cap} bytes")
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("client disconnected before the body ended")
+        chunk = message.get("body", b"")
+        if chunk:
             size += len(chunk)
             if size > cap:
                 raise PayloadTooLarge(f"body larger than {cap} bytes")
             chunks.append(chunk)
-    except ClientDisconnect:
-        raise InvalidRequest("client disconnected before the body ended") from None
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    return await read_asgi_body(request.receive, request.headers.get("content-length"), cap)
 
 
 async def read_json_object(request: Request, cap: int) -> dict[str, Any]:

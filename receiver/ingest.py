@@ -6,14 +6,13 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable
 
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from receiver.context import Context
 from receiver.errors import ApiError, InvalidRequest, NotFound, Unauthorized, Unavailable
-from receiver.http import json_response, read_body
+from receiver.http import read_asgi_body
 from receiver.payloads import PayloadError, VideoUpdate, normalise
 from receiver.signatures import (
     STANDARD_HEADER_FAMILIES,
@@ -24,7 +23,7 @@ from receiver.signatures import (
 )
 from store import DeliveryRow, NewDelivery, StoreUnavailable, UnknownToken, WrongVideo
 
-__all__ = ["dedupe_key", "redact", "reprocess", "routes"]
+__all__ = ["IngestApp", "dedupe_key", "ingest", "redact", "reprocess"]
 
 log = logging.getLogger("receiver.ingest")
 
@@ -61,13 +60,13 @@ def _parse(body: bytes) -> VideoUpdate:
         raise InvalidRequest(str(exc), code="invalid_payload") from None
 
 
-async def _ingest(request: Request, token: str | None) -> tuple[Response, str]:
-    ctx: Context = request.app.state.ctx
+async def ingest(ctx: Context, scope: Scope, receive: Receive, token: str | None) -> tuple[bytes, str]:
+    """Take one delivery: the answer's body and the outcome to count (ApiError for a 4xx/5xx)."""
     settings = ctx.settings
     if token is not None and not _TOKEN.match(token):
         raise NotFound("unknown callback URL", code="unknown_token")
-    body = await read_body(request, settings.max_body_bytes)
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    body = await read_asgi_body(receive, headers.get("content-length"), settings.max_body_bytes)
     now = ctx.clock()
     try:
         verification = verify(
@@ -111,27 +110,49 @@ async def _ingest(request: Request, token: str | None) -> tuple[Response, str]:
         ctx.wake_poller()
     if result.terminal:
         ctx.terminal_recorded(result.sends)
-    outcome = "duplicate_delivery" if result.duplicate else result.outcome
-    return json_response({"id": result.id, "duplicate": result.duplicate}), outcome
+    answer = b'{"id":"%s","duplicate":%s}' % (result.id.encode(), b"true" if result.duplicate else b"false")
+    return answer, "duplicate_delivery" if result.duplicate else result.outcome
 
 
-async def _counted(request: Request, token: str | None) -> Response:
-    counter = request.app.state.ctx.metrics.deliveries
-    try:
-        response, outcome = await _ingest(request, token)
-    except ApiError as exc:
-        counter.labels(outcome=f"rejected_{exc.code}").inc()
-        raise
-    counter.labels(outcome=outcome).inc()
-    return response
+class IngestApp:
+    """POST /webhooks and /webhooks/{token} as a bare ASGI app.
 
+    The acknowledgement path is the hot one (providers burst and time out), so it skips the
+    router and the middleware stack; errors take the same JSON shape as everywhere else.
+    """
 
-async def task_webhook(request: Request) -> Response:
-    return await _counted(request, request.path_params["token"])
+    def __init__(self, context: Callable[[], Context]) -> None:
+        self._context = context
 
-
-async def workspace_webhook(request: Request) -> Response:
-    return await _counted(request, None)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = self._context()
+        path: str = scope["path"]
+        extra: list[tuple[bytes, bytes]] = []
+        try:
+            token = path[len("/webhooks/") :] if path.startswith("/webhooks/") else None
+            if token is not None and "/" in token:
+                raise NotFound("not found", code="not_found")
+            if scope["method"] != "POST":
+                extra.append((b"allow", b"POST"))
+                raise ApiError("method not allowed", status=405, code="method_not_allowed")
+            body, outcome = await ingest(ctx, scope, receive, token)
+            status = 200
+        except ApiError as exc:
+            status, outcome = exc.status, f"rejected_{exc.code}"
+            body = json.dumps(exc.body()).encode()
+            extra += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+        except Exception:
+            log.exception("unhandled error taking a delivery")
+            status, outcome = 500, "error"
+            body = json.dumps(ApiError("internal error").body()).encode()
+        ctx.metrics.delivery(outcome)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *extra,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 async def reprocess(ctx: Context, delivery: DeliveryRow) -> str:
@@ -154,10 +175,3 @@ async def reprocess(ctx: Context, delivery: DeliveryRow) -> str:
     if result.terminal:
         ctx.terminal_recorded(result.sends)
     return result.outcome
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/webhooks", workspace_webhook, methods=["POST"]),
-        Route("/webhooks/{token:str}", task_webhook, methods=["POST"]),
-    ]

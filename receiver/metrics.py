@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -65,8 +67,16 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self._delivery_children: dict[str, Any] = {}
         self._gauges = _StoreGauges()
         self.registry.register(self._gauges)
+
+    def delivery(self, outcome: str) -> None:
+        """Count one delivery by outcome (the labelled child is cached: this is the ack path)."""
+        child = self._delivery_children.get(outcome)
+        if child is None:
+            child = self._delivery_children[outcome] = self.deliveries.labels(outcome=outcome)
+        child.inc()
 
     async def render(self, store: Store, now: float) -> bytes:
         self._gauges.snapshot = await store.task_stats()
