@@ -236,8 +236,16 @@ class SQLiteStore:
                     future.set_exception(value)
 
     def _run_units(self, units: list[Unit]) -> list[tuple[bool, Any]]:
+        """Run a batch in one transaction. Optimistically without savepoints (two statements a
+        write saved); if any write fails, roll back and run the batch again, each write in its
+        own savepoint, so that one failing write never undoes another."""
         conn = self._conn
         assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            return [(True, unit(conn)) for unit in units]
+        except Exception:
+            conn.execute("ROLLBACK")
         results: list[tuple[bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
         for unit in units:
