@@ -12,7 +12,8 @@ TERMINAL = frozenset({"completed", "failed"})
 RANK = {"submitting": -1, "queued": 0, "in_progress": 1, "completed": 2, "failed": 2}
 
 # Outcomes, as stored on deliveries and counted in metrics.
-APPLIED = "applied"  # moved the task forward (or refreshed a non-terminal one)
+APPLIED = "applied"  # moved the task forward
+UNCHANGED = "unchanged"  # the state we already hold (in_progress again): nothing to write
 STALE = "stale"  # older than what we know (in_progress after completed): no change
 DUPLICATE = "duplicate"  # same terminal status again: a duplicate in effect
 ANOMALY = "anomaly"  # a terminal answer that disagrees with the recorded one: kept, not applied
@@ -45,5 +46,7 @@ def transition(status: str, video: dict[str, Any], new_status: str, new_video: d
         return Transition(ANOMALY, status, video)
     if RANK[new_status] < RANK[status]:
         return Transition(STALE, status, video)
+    if new_status == status:
+        return Transition(UNCHANGED, status, video)
     merged = {**video, **new_video, "status": new_status}
     return Transition(APPLIED, new_status, merged, became_terminal=is_terminal(new_status))

@@ -256,6 +256,11 @@ def _bare() -> Any:
     return Starlette(routes=[Route("/{path:path}", take, methods=["POST"])])
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / __import__("os").sysconf("SC_CLK_TCK")
+
+
 def rss_peak_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -387,7 +392,9 @@ async def bench_ingest(args: argparse.Namespace) -> int:
                     "-d", str(args.seconds), "-p", str(server.pid),
                     stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
                 )
+            cpu_before = cpu_seconds(server.pid)
             result = await run_wrk(url, ids_file, args.seconds, args.connections)
+            server_cpu = (cpu_seconds(server.pid) - cpu_before) / (result["duration_us"] / 1e6)
             if profiler is not None:
                 await profiler.wait()
             peak = rss_peak_kib(server.pid)
@@ -425,7 +432,7 @@ async def bench_ingest(args: argparse.Namespace) -> int:
     p99_ms = result["p99_us"] / 1000
     print(f"  receiver (durable, WAL + synchronous=FULL): {rate:,.0f} deliveries/s  "
           f"p50 {result['p50_us'] / 1000:.2f} ms  p99 {p99_ms:.2f} ms  non-2xx {result['non2xx']}  "
-          f"socket errors {result['socket_errors']}")
+          f"socket errors {result['socket_errors']}  server CPU {server_cpu:.0%}")
     print(f"  bare Starlette endpoint:                   {bare_rate:,.0f} requests/s  "
           f"p50 {baseline['p50_us'] / 1000:.2f} ms  p99 {baseline['p99_us'] / 1000:.2f} ms")
     print(f"  ratio: {ratio:.1%} of the bare endpoint")

@@ -15,11 +15,8 @@ CREATE TABLE tasks (
     updated_at       REAL NOT NULL,
     terminal_at      REAL,
     resolved_by      TEXT,                     -- webhook, poll, deadline
-    deliveries       INTEGER NOT NULL DEFAULT 0,
-    duplicates       INTEGER NOT NULL DEFAULT 0,
     polls            INTEGER NOT NULL DEFAULT 0,
     anomalies        INTEGER NOT NULL DEFAULT 0,
-    last_delivery_at REAL,
     next_poll_at     REAL,                     -- NULL once terminal
     poll_failures    INTEGER NOT NULL DEFAULT 0,
     confirm_pending  INTEGER NOT NULL DEFAULT 0, -- a thin/unsigned delivery awaits our confirming GET
@@ -29,9 +26,10 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_due ON tasks (next_poll_at) WHERE next_poll_at IS NOT NULL;
 CREATE INDEX tasks_status ON tasks (status, pk);
 
+-- A task's delivery counts are derived from its rows (count + repeats): the ack path writes
+-- one row and touches the task only when its state changes.
 CREATE TABLE deliveries (
-    pk           INTEGER PRIMARY KEY,
-    id           TEXT NOT NULL UNIQUE,         -- dlv_...
+    pk           INTEGER PRIMARY KEY,          -- public id: dlv_<pk>
     dedupe_key   TEXT NOT NULL UNIQUE,
     task_pk      INTEGER REFERENCES tasks (pk) ON DELETE SET NULL,
     video_id     TEXT,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import re
@@ -52,6 +51,13 @@ T = TypeVar("T")
 Unit = Callable[[sqlite3.Connection], Any]
 
 _MAX_BATCH = 256
+# Tasks as the API shows them: delivery counts derived from the deliveries rows.
+_TASKS = (
+    "SELECT t.*, (SELECT count(*) + coalesce(sum(d.repeats), 0) FROM deliveries d"
+    " WHERE d.video_id = t.video_id AND d.task_pk IS NOT NULL) AS deliveries,"
+    " (SELECT coalesce(sum(d.repeats), 0) FROM deliveries d"
+    " WHERE d.video_id = t.video_id AND d.task_pk IS NOT NULL) AS duplicates FROM tasks t"
+)
 # A submit still "submitting" after this long lost its process (the provider call times out at 30 s).
 ORPHAN_AFTER = 120.0
 _TERMINAL = ("completed", "failed")
@@ -61,6 +67,14 @@ def _migrations() -> list[str]:
     """schema.sql, split at its `-- migration N` markers: item N-1 brings the schema to N."""
     text = resources.files("store").joinpath("schema.sql").read_text("utf-8")
     return [part for part in re.split(r"^-- migration \d+:.*$", text, flags=re.M) if part.strip()]
+
+
+def _derived(row: sqlite3.Row | aiosqlite.Row, name: str) -> int:
+    """A count the API reads add (see _TASKS); 0 where a write path read the bare row."""
+    try:
+        return int(row[name])
+    except IndexError:
+        return 0
 
 
 def _task(row: sqlite3.Row | aiosqlite.Row) -> TaskRow:
@@ -75,11 +89,11 @@ def _task(row: sqlite3.Row | aiosqlite.Row) -> TaskRow:
         updated_at=row["updated_at"],
         terminal_at=row["terminal_at"],
         resolved_by=row["resolved_by"],
-        deliveries=row["deliveries"],
-        duplicates=row["duplicates"],
+        deliveries=_derived(row, "deliveries"),
+        duplicates=_derived(row, "duplicates"),
         polls=row["polls"],
         anomalies=row["anomalies"],
-        last_delivery_at=row["last_delivery_at"],
+        last_delivery_at=None,
         next_poll_at=row["next_poll_at"],
         poll_failures=row["poll_failures"],
         confirm_pending=bool(row["confirm_pending"]),
@@ -100,10 +114,16 @@ def _event(row: sqlite3.Row | aiosqlite.Row) -> EventRow:
     )
 
 
+def delivery_pk(delivery_id: str) -> int | None:
+    """dlv_<pk> -> pk (None for anything else)."""
+    digits = delivery_id[4:] if delivery_id.startswith("dlv_") else ""
+    return int(digits) if digits.isdigit() and len(digits) < 19 else None
+
+
 def _delivery(row: sqlite3.Row | aiosqlite.Row) -> DeliveryRow:
     return DeliveryRow(
         pk=row["pk"],
-        id=row["id"],
+        id=f"dlv_{row['pk']}",
         dedupe_key=row["dedupe_key"],
         task_pk=row["task_pk"],
         video_id=row["video_id"],
@@ -135,8 +155,6 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._writer_task: asyncio.Task[None] | None = None
-        self._id_prefix = secrets.token_hex(6)
-        self._id_counter = itertools.count()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -286,27 +304,27 @@ class SQLiteStore:
         return list(await self._reader.execute_fetchall(sql, params))
 
     async def task_by_video(self, video_id: str) -> TaskRow | None:
-        rows = await self._fetchall("SELECT * FROM tasks WHERE video_id = ?", (video_id,))
+        rows = await self._fetchall(f"{_TASKS} WHERE t.video_id = ?", (video_id,))
         return _task(rows[0]) if rows else None
 
     async def task_by_pk(self, pk: int) -> TaskRow | None:
-        rows = await self._fetchall("SELECT * FROM tasks WHERE pk = ?", (pk,))
+        rows = await self._fetchall(f"{_TASKS} WHERE t.pk = ?", (pk,))
         return _task(rows[0]) if rows else None
 
     async def list_tasks(self, status: str | None, limit: int, after: str | None) -> Page:
-        where = ["video_id IS NOT NULL"]
+        where = ["t.video_id IS NOT NULL"]
         params: list[Any] = []
         if after is not None:
             found = await self._fetchall("SELECT pk FROM tasks WHERE video_id = ?", (after,))
             if not found:
                 raise UnknownCursor(after)
-            where.append("pk < ?")
+            where.append("t.pk < ?")
             params.append(found[0]["pk"])
         if status is not None:
-            where.append("status = ?")
+            where.append("t.status = ?")
             params.append(status)
         rows = await self._fetchall(
-            f"SELECT * FROM tasks WHERE {' AND '.join(where)} ORDER BY pk DESC LIMIT ?",
+            f"{_TASKS} WHERE {' AND '.join(where)} ORDER BY t.pk DESC LIMIT ?",
             (*params, limit + 1),
         )
         return Page([_task(r) for r in rows[:limit]], len(rows) > limit)
@@ -315,11 +333,11 @@ class SQLiteStore:
         where: list[str] = []
         params: list[Any] = []
         if after is not None:
-            found = await self._fetchall("SELECT pk FROM deliveries WHERE id = ?", (after,))
-            if not found:
+            pk = delivery_pk(after)
+            if pk is None or not await self._fetchall("SELECT 1 FROM deliveries WHERE pk = ?", (pk,)):
                 raise UnknownCursor(after)
             where.append("pk < ?")
-            params.append(found[0]["pk"])
+            params.append(pk)
         if video_id is not None:
             where.append("video_id = ?")
             params.append(video_id)
@@ -330,7 +348,8 @@ class SQLiteStore:
         return Page([_delivery(r) for r in rows[:limit]], len(rows) > limit)
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRow | None:
-        rows = await self._fetchall("SELECT * FROM deliveries WHERE id = ?", (delivery_id,))
+        pk = delivery_pk(delivery_id)
+        rows = await self._fetchall("SELECT * FROM deliveries WHERE pk = ?", (pk,)) if pk is not None else []
         return _delivery(rows[0]) if rows else None
 
     async def unmatched_deliveries(self, video_id: str) -> list[DeliveryRow]:
@@ -358,12 +377,13 @@ class SQLiteStore:
 
     async def model_history(self, model: str, limit: int) -> list[HistoryRow]:
         rows = await self._fetchall(
-            "SELECT completion, terminal_at, deliveries FROM tasks"
-            " WHERE model = ? AND terminal_at IS NOT NULL AND completion IS NOT NULL"
-            " ORDER BY terminal_at DESC LIMIT ?",
+            "SELECT t.completion, t.terminal_at, EXISTS (SELECT 1 FROM deliveries d"
+            " WHERE d.video_id = t.video_id AND d.task_pk IS NOT NULL) AS delivered FROM tasks t"
+            " WHERE t.model = ? AND t.terminal_at IS NOT NULL AND t.completion IS NOT NULL"
+            " ORDER BY t.terminal_at DESC LIMIT ?",
             (model, limit),
         )
-        return [HistoryRow(r["completion"], r["terminal_at"], r["deliveries"] > 0) for r in rows]
+        return [HistoryRow(r["completion"], r["terminal_at"], bool(r["delivered"])) for r in rows]
 
     async def task_stats(self) -> TaskStats:
         rows = await self._fetchall(
@@ -523,13 +543,11 @@ class SQLiteStore:
                 outcome = "unmatched" if d.actionable else "ignored"
             else:
                 outcome, result = self._plan(task, d.status, d.video, d.actionable, d.needs_confirm)
-            delivery_id = self._new_id("dlv")
             cursor = conn.execute(
-                "INSERT OR IGNORE INTO deliveries (id, dedupe_key, task_pk, video_id, route,"
+                "INSERT OR IGNORE INTO deliveries (dedupe_key, task_pk, video_id, route,"
                 " verified_by, headers, body, event_type, status, outcome, received_at,"
-                " last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    delivery_id,
                     d.dedupe_key,
                     task.pk if task else None,
                     d.video_id or (task.video_id if task else None),
@@ -547,34 +565,34 @@ class SQLiteStore:
             if cursor.rowcount == 0:
                 # The UNIQUE dedupe key: a copy of a delivery we hold. Count it, change nothing.
                 first = conn.execute(
-                    "SELECT pk, id, task_pk, outcome FROM deliveries WHERE dedupe_key = ?",
-                    (d.dedupe_key,),
+                    "UPDATE deliveries SET repeats = repeats + 1, last_seen_at = ? WHERE dedupe_key = ?"
+                    " RETURNING pk, outcome",
+                    (d.received_at, d.dedupe_key),
                 ).fetchone()
-                conn.execute(
-                    "UPDATE deliveries SET repeats = repeats + 1, last_seen_at = ? WHERE pk = ?",
-                    (d.received_at, first["pk"]),
-                )
-                if first["task_pk"] is not None:
-                    conn.execute(
-                        "UPDATE tasks SET deliveries = deliveries + 1, duplicates = duplicates + 1,"
-                        " last_delivery_at = ? WHERE pk = ?",
-                        (d.received_at, first["task_pk"]),
-                    )
-                return DeliveryResult(first["id"], True, first["outcome"], None)
+                return DeliveryResult(f"dlv_{first['pk']}", True, first["outcome"], None)
+            delivery_id = f"dlv_{cursor.lastrowid}"
             if task is None:
                 return DeliveryResult(delivery_id, False, outcome, None)
             claim = None
             if task.video_id is None and d.video_id is not None and self._video_free(conn, d.video_id):
                 claim = d.video_id  # the delivery overtook our submit: it names the video first
+            push = d.next_poll_at
+            if outcome == "unchanged" and push is not None and task.next_poll_at is not None:
+                # Still running, as we knew: push the next poll back only when it was due soon,
+                # so a stream of progress updates does not rewrite the task each time.
+                if task.next_poll_at > d.received_at + 0.5 * (push - d.received_at):
+                    push = None
+                outcome_write = "push" if push is not None else "unchanged"
+            else:
+                outcome_write = outcome
             sends = self._apply(
                 conn,
                 task,
-                outcome,
+                outcome_write,
                 result,
                 d.received_at,
                 resolved_by="webhook",
-                next_poll_at=d.next_poll_at,
-                delivery=True,
+                next_poll_at=push,
                 claim=claim,
             )
             return DeliveryResult(delivery_id, False, outcome, None, sends is not None, sends or 0)
@@ -590,7 +608,8 @@ class SQLiteStore:
         now: float,
     ) -> DeliveryResult:
         def unit(conn: sqlite3.Connection) -> DeliveryResult:
-            row = conn.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            pk = delivery_pk(delivery_id)
+            row = conn.execute("SELECT * FROM deliveries WHERE pk = ?", (pk,)).fetchone() if pk else None
             if row is None:
                 raise UnknownCursor(delivery_id)
             delivery = _delivery(row)
@@ -615,15 +634,7 @@ class SQLiteStore:
                 claim = delivery.video_id
             outcome, result = self._plan(task, status, video, True, needs_confirm)
             sends = self._apply(
-                conn,
-                task,
-                outcome,
-                result,
-                now,
-                resolved_by="webhook",
-                next_poll_at=None,
-                delivery=first_match,
-                claim=claim,
+                conn, task, outcome, result, now, resolved_by="webhook", next_poll_at=None, claim=claim
             )
             if delivery.outcome == "unmatched":
                 # First time this delivery meets its task; a replay of a settled one only
@@ -673,10 +684,6 @@ class SQLiteStore:
 
     # -- shared pieces of the write paths (run inside the writer's transaction) ---------------
 
-    def _new_id(self, kind: str) -> str:
-        """Unique public ids without a system call each: a random per-process prefix + a counter."""
-        return f"{kind}_{self._id_prefix}{next(self._id_counter):010x}"
-
     @staticmethod
     def _video_free(conn: sqlite3.Connection, video_id: str) -> bool:
         return conn.execute("SELECT 1 FROM tasks WHERE video_id = ?", (video_id,)).fetchone() is None
@@ -709,16 +716,12 @@ class SQLiteStore:
         *,
         resolved_by: str,
         next_poll_at: float | None,
-        delivery: bool = False,
         claim: str | None = None,
     ) -> int | None:
         """Write what an update did to its task in one UPDATE. Returns the number of sends
         queued when this recorded the terminal result, else None."""
         sets: list[str] = []
         params: list[Any] = []
-        if delivery:
-            sets += ["deliveries = deliveries + 1", "last_delivery_at = ?"]
-            params.append(now)
         if claim is not None:
             sets.append("video_id = ?")
             params.append(claim)
@@ -728,6 +731,9 @@ class SQLiteStore:
             params.append(now)
         elif outcome == "anomaly":
             sets.append("anomalies = anomalies + 1")
+        elif outcome == "push" and next_poll_at is not None:
+            sets.append("next_poll_at = max(coalesce(next_poll_at, 0), ?)")
+            params.append(next_poll_at)
         elif outcome == "applied" and result is not None:
             sets += ["status = ?", "video = ?", "updated_at = ?"]
             params += [result.status, json.dumps(result.video), now]
