@@ -47,7 +47,7 @@ class PayloadError(ValueError):
     """The body is JSON but not one of the accepted shapes; the message says why."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class VideoUpdate:
     """What one delivery (or poll answer) says about one video."""
 

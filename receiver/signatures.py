@@ -58,7 +58,7 @@ class Key:
         return Ed25519PublicKey.from_public_bytes(self.material)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Verification:
     scheme: str  # standard-v1, standard-v1a, openrouter, unsigned
     message_id: str | None

@@ -23,7 +23,7 @@ def is_terminal(status: str) -> bool:
     return status in TERMINAL
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Transition:
     outcome: str
     status: str  # the task's status after this update

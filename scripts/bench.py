@@ -241,8 +241,6 @@ async def bench_polling(args: argparse.Namespace) -> int:
 HERE = Path(__file__).resolve().parent
 
 
-
-
 def _bare() -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -289,9 +287,19 @@ def free_port() -> int:
 
 async def run_wrk(url: str, requests_file: Path, seconds: int, connections: int) -> dict[str, int]:
     process = await asyncio.create_subprocess_exec(
-        "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-        "-s", str(HERE / "bench_lua" / "requests.lua"), url, "--", str(requests_file),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(HERE / "bench_lua" / "requests.lua"),
+        url,
+        "--",
+        str(requests_file),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=seconds + 60)
     for line in out.decode().splitlines():
@@ -327,13 +335,32 @@ def write_requests(
         msg = f"{prefix}{i}"
         if rng.random() < 0.2:
             status = "completed" if task % 5 else "failed"
-            body = json.dumps({"id": f"evt_{prefix}{i}", "object": "event", "type": f"video.{status}",
-                               "created_at": int(timestamp), "data": {"id": video_id, "object": "video",
-                               "status": status, "content": {"video_url": f"https://cdn.example/{video_id}.mp4"}}},
-                              separators=(",", ":"))
+            body = json.dumps(
+                {
+                    "id": f"evt_{prefix}{i}",
+                    "object": "event",
+                    "type": f"video.{status}",
+                    "created_at": int(timestamp),
+                    "data": {
+                        "id": video_id,
+                        "object": "video",
+                        "status": status,
+                        "content": {"video_url": f"https://cdn.example/{video_id}.mp4"},
+                    },
+                },
+                separators=(",", ":"),
+            )
         else:
-            body = json.dumps({"id": video_id, "object": "video", "status": "in_progress",
-                               "progress": rng.randrange(100), "model": "seedance-2.0"}, separators=(",", ":"))
+            body = json.dumps(
+                {
+                    "id": video_id,
+                    "object": "video",
+                    "status": "in_progress",
+                    "progress": rng.randrange(100),
+                    "model": "seedance-2.0",
+                },
+                separators=(",", ":"),
+            )
         signature = sign_v1(key, msg, timestamp, body.encode())
         lines.append(f"/webhooks/{token}\t{msg}\t{timestamp}\t{signature}\t{body}")
         ids.append(msg)
@@ -359,8 +386,13 @@ async def bench_ingest(args: argparse.Namespace) -> int:
             RECEIVER_API_KEYS="bench-key",
         )
         server = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "receiver", "serve", env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=open(scratch / "receiver.log", "wb"),  # noqa: SIM115
+            sys.executable,
+            "-m",
+            "receiver",
+            "serve",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=open(scratch / "receiver.log", "wb"),  # noqa: SIM115
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -370,7 +402,9 @@ async def bench_ingest(args: argparse.Namespace) -> int:
 
                 async def submit(i: int) -> str:
                     async with gate:
-                        answer = await client.post(f"{url}/v1/videos", json={"model": "seedance-2.0", "prompt": str(i)})
+                        answer = await client.post(
+                            f"{url}/v1/videos", json={"model": "seedance-2.0", "prompt": str(i)}
+                        )
                         answer.raise_for_status()
                         return str(answer.json()["id"])
 
@@ -381,16 +415,30 @@ async def bench_ingest(args: argparse.Namespace) -> int:
             warm_file = scratch / "warm.txt"
             write_requests(warm_file, tasks, secret, 20_000, "warm", args.seed + 1)
             issued = write_requests(ids_file, tasks, secret, args.requests, "m", args.seed)
-            print(f"workload: {args.tasks} tasks, {args.requests} prepared deliveries "
-                  f"(~80% in_progress, ~20% terminal, 5% repeats), {args.connections} connections, "
-                  f"{args.seconds} s, wrk -t1")
+            print(
+                f"workload: {args.tasks} tasks, {args.requests} prepared deliveries "
+                f"(~80% in_progress, ~20% terminal, 5% repeats), {args.connections} connections, "
+                f"{args.seconds} s, wrk -t1"
+            )
             await run_wrk(url, warm_file, 2, args.connections)
             profiler = None
             if args.profile:
                 profiler = await asyncio.create_subprocess_exec(
-                    "py-spy", "record", "--threads", "-r", "200", "-f", "raw", "-o", args.profile,
-                    "-d", str(args.seconds), "-p", str(server.pid),
-                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                    "py-spy",
+                    "record",
+                    "--threads",
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "-o",
+                    args.profile,
+                    "-d",
+                    str(args.seconds),
+                    "-p",
+                    str(server.pid),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
                 )
             cpu_before = cpu_seconds(server.pid)
             result = await run_wrk(url, ids_file, args.seconds, args.connections)
@@ -405,7 +453,9 @@ async def bench_ingest(args: argparse.Namespace) -> int:
     # `connections` outstanding, so every id before (completed - connections) was answered 2xx.
     db = scratch / "receiver.db"
     with sqlite3.connect(db) as conn:
-        stored = {k[4:] for (k,) in conn.execute("SELECT dedupe_key FROM deliveries") if k.startswith("msg:m")}
+        stored = {
+            k[4:] for (k,) in conn.execute("SELECT dedupe_key FROM deliveries") if k.startswith("msg:m")
+        }
         rows = conn.execute("SELECT count(*) FROM deliveries").fetchone()[0]
     size = sum(p.stat().st_size for p in scratch.glob("receiver.db*"))
     completed = result["requests"]
@@ -414,10 +464,24 @@ async def bench_ingest(args: argparse.Namespace) -> int:
     rate = completed / (result["duration_us"] / 1e6)
 
     bare = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "uvicorn", "bench:bare", "--factory", "--app-dir", str(HERE),
-        "--port", str(bare_port), "--no-access-log", "--log-level", "warning",
-        "--loop", "uvloop", "--http", "httptools",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench:bare",
+        "--factory",
+        "--app-dir",
+        str(HERE),
+        "--port",
+        str(bare_port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     bare_url = f"http://127.0.0.1:{bare_port}"
     try:
@@ -430,20 +494,27 @@ async def bench_ingest(args: argparse.Namespace) -> int:
     bare_rate = baseline["requests"] / (baseline["duration_us"] / 1e6)
     ratio = rate / bare_rate
     p99_ms = result["p99_us"] / 1000
-    print(f"  receiver (durable, WAL + synchronous=FULL): {rate:,.0f} deliveries/s  "
-          f"p50 {result['p50_us'] / 1000:.2f} ms  p99 {p99_ms:.2f} ms  non-2xx {result['non2xx']}  "
-          f"socket errors {result['socket_errors']}  server CPU {server_cpu:.0%}")
-    print(f"  bare Starlette endpoint:                   {bare_rate:,.0f} requests/s  "
-          f"p50 {baseline['p50_us'] / 1000:.2f} ms  p99 {baseline['p99_us'] / 1000:.2f} ms")
+    print(
+        f"  receiver (durable, WAL + synchronous=FULL): {rate:,.0f} deliveries/s  "
+        f"p50 {result['p50_us'] / 1000:.2f} ms  p99 {p99_ms:.2f} ms  non-2xx {result['non2xx']}  "
+        f"socket errors {result['socket_errors']}  server CPU {server_cpu:.0%}"
+    )
+    print(
+        f"  bare Starlette endpoint:                   {bare_rate:,.0f} requests/s  "
+        f"p50 {baseline['p50_us'] / 1000:.2f} ms  p99 {baseline['p99_us'] / 1000:.2f} ms"
+    )
     print(f"  ratio: {ratio:.1%} of the bare endpoint")
-    print(f"  server peak RSS: {peak / 1024:.0f} MiB; store: {size / max(rows, 1):,.0f} bytes per stored delivery "
-          f"({rows:,} deliveries, {size / 2**20:.0f} MiB with WAL)")
+    print(
+        f"  server peak RSS: {peak / 1024:.0f} MiB; store: {size / max(rows, 1):,.0f} bytes per stored "
+        f"delivery ({rows:,} deliveries, {size / 2**20:.0f} MiB with WAL)"
+    )
     print(f"  acknowledged deliveries checked: {len(answered):,}; missing from the store: {len(missing)}")
     ok = ratio >= 0.33 and p99_ms < 25 and not missing and result["non2xx"] == 0
     print("result:", "PASS" if ok else "FAIL", "(targets: >= 33% of bare, p99 < 25 ms, none missing)")
     import shutil
 
-    shutil.rmtree(scratch, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0 if ok else 1
 
 
@@ -467,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     ingest.add_argument("--seconds", type=int, default=10)
     ingest.add_argument("--connections", type=int, default=64)
     ingest.add_argument("--seed", type=int, default=1)
+    ingest.add_argument("--keep", action="store_true", help="keep the scratch folder (store, server log)")
     ingest.add_argument("--profile", help="also record the server with py-spy (collapsed stacks) here")
     ingest.set_defaults(run=bench_ingest)
     args = parser.parse_args(argv)

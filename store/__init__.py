@@ -71,7 +71,7 @@ class TransitionLike(Protocol):
 Decide = Callable[[str, dict[str, Any], str, dict[str, Any]], TransitionLike]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TaskRow:
     pk: int
     video_id: str | None
@@ -95,7 +95,7 @@ class TaskRow:
     last_open_poll_at: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class HistoryRow:
     completion: float  # seconds from submit to result
     terminal_at: float
@@ -219,7 +219,7 @@ class CreateResult:
     task: TaskRow | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class NewDelivery:
     """An authentic delivery, ready to store. `status`/`video` are its normalised update."""
 
@@ -239,7 +239,7 @@ class NewDelivery:
     next_poll_at: float | None  # where an in_progress delivery pushes the task's next poll
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DeliveryResult:
     id: str
     duplicate: bool
@@ -249,7 +249,7 @@ class DeliveryResult:
     sends: int = 0  # outbound sends that result queued
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DeliveryRow:
     pk: int
     id: str

@@ -176,6 +176,9 @@ class SQLiteStore:
         # FULL: the commit that precedes an acknowledgement survives power loss, not only a crash.
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        # Index pages touched by inserts at random places (dedupe keys, video ids) stay in memory.
+        conn.execute("PRAGMA cache_size = -65536")
+        conn.execute("PRAGMA mmap_size = 268435456")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         migrations = _migrations()
         for number, script in enumerate(migrations[version:], start=version + 1):
