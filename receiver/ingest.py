@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import Callable
 
+import orjson
 from starlette.types import Receive, Scope, Send
 
 from receiver.context import Context
@@ -51,7 +52,7 @@ def dedupe_key(headers: dict[str, str], verification: Verification, update: Vide
 
 def _parse(body: bytes) -> VideoUpdate:
     try:
-        parsed = json.loads(body)
+        parsed = orjson.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("body is not JSON", code="invalid_json") from None
     try:

@@ -76,23 +76,24 @@ class TaskRow:
     pk: int
     video_id: str | None
     status: str
-    model: str
     video: dict[str, Any]
-    callback_url: str | None
     created_at: float
-    updated_at: float
-    terminal_at: float | None
-    resolved_by: str | None
-    deliveries: int
-    duplicates: int
-    polls: int
-    anomalies: int
-    last_delivery_at: float | None
     next_poll_at: float | None
-    poll_failures: int
-    confirm_pending: bool
-    expires_at: float | None
-    last_open_poll_at: float | None = None
+    last_open_poll_at: float | None
+    # What the ack path does not need to read (it selects only the fields above).
+    model: str = ""
+    callback_url: str | None = None
+    updated_at: float = 0.0
+    terminal_at: float | None = None
+    resolved_by: str | None = None
+    deliveries: int = 0
+    duplicates: int = 0
+    polls: int = 0
+    anomalies: int = 0
+    last_delivery_at: float | None = None
+    poll_failures: int = 0
+    confirm_pending: bool = False
+    expires_at: float | None = None
 
 
 @dataclass(slots=True)

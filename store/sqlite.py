@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import orjson
 
 from store import (
     Attempt,
@@ -69,6 +70,14 @@ def _migrations() -> list[str]:
     return [part for part in re.split(r"^-- migration \d+:.*$", text, flags=re.M) if part.strip()]
 
 
+# The columns a delivery's decision needs (see TaskRow): the ack path reads only these.
+_LEAN = "pk, video_id, status, video, created_at, next_poll_at, last_open_poll_at"
+
+
+def _lean_task(row: sqlite3.Row) -> TaskRow:
+    return TaskRow(row[0], row[1], row[2], orjson.loads(row[3]), row[4], row[5], row[6])
+
+
 def _derived(row: sqlite3.Row | aiosqlite.Row, name: str) -> int:
     """A count the API reads add (see _TASKS); 0 where a write path read the bare row."""
     try:
@@ -83,7 +92,7 @@ def _task(row: sqlite3.Row | aiosqlite.Row) -> TaskRow:
         video_id=row["video_id"],
         status=row["status"],
         model=row["model"],
-        video=json.loads(row["video"]),
+        video=orjson.loads(row["video"]),
         callback_url=row["callback_url"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -531,15 +540,17 @@ class SQLiteStore:
         def unit(conn: sqlite3.Connection) -> DeliveryResult:
             task: TaskRow | None = None
             if d.token_hash is not None:
-                row = conn.execute("SELECT * FROM tasks WHERE token_hash = ?", (d.token_hash,)).fetchone()
+                row = conn.execute(
+                    f"SELECT {_LEAN} FROM tasks WHERE token_hash = ?", (d.token_hash,)
+                ).fetchone()
                 if row is None:
                     raise UnknownToken()
-                task = _task(row)
+                task = _lean_task(row)
                 if d.video_id is not None and task.video_id not in (None, d.video_id):
                     raise WrongVideo(d.video_id)
             elif d.video_id is not None:
-                row = conn.execute("SELECT * FROM tasks WHERE video_id = ?", (d.video_id,)).fetchone()
-                task = _task(row) if row else None
+                row = conn.execute(f"SELECT {_LEAN} FROM tasks WHERE video_id = ?", (d.video_id,)).fetchone()
+                task = _lean_task(row) if row else None
             # Decide first (pure), so the delivery row is written once, with its outcome.
             result: TransitionLike | None = None
             if task is None:
@@ -556,7 +567,7 @@ class SQLiteStore:
                     d.video_id or (task.video_id if task else None),
                     d.route,
                     d.verified_by,
-                    json.dumps(d.headers),
+                    orjson.dumps(d.headers).decode(),
                     d.body,
                     d.event_type,
                     d.status,
@@ -739,7 +750,7 @@ class SQLiteStore:
             params.append(next_poll_at)
         elif outcome == "applied" and result is not None:
             sets += ["status = ?", "video = ?", "updated_at = ?"]
-            params += [result.status, json.dumps(result.video), now]
+            params += [result.status, orjson.dumps(result.video).decode(), now]
             if result.became_terminal:
                 terminal = True
                 completion: float | None = None
