@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from receiver import api, events, ingest
 from receiver.context import Context
 from receiver.errors import ApiError
-from receiver.fanout import Dispatcher, guarded_client
+from receiver.fanout import Dispatcher, outbound_session
 from receiver.http import json_response
 from receiver.poller import Poller
 from receiver.provider import Provider
@@ -160,10 +160,10 @@ def create_app(
             poller = Poller(ctx, concurrency=settings.poll_concurrency, rate=settings.poll_rate)
             ctx.workers.append(asyncio.create_task(poller.run(stop), name="poller"))
             app.state.poller = poller
-            outbound = guarded_client(
+            outbound = outbound_session(
                 settings.outbound_allow, float(settings.fanout_timeout), settings.fanout_concurrency
             )
-            stack.push_async_callback(outbound.aclose)
+            stack.push_async_callback(outbound.close)
             dispatcher = Dispatcher(
                 ctx,
                 outbound,

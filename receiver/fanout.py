@@ -12,18 +12,18 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
-import httpx
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
 from receiver.context import Context
 from receiver.settings import Network
 from receiver.signatures import parse_key, sign_v1
 from store import Attempt, EventRow, OutboxJob, StoreError
 
-__all__ = ["BlockedAddress", "Dispatcher", "event_body", "guarded_client"]
+__all__ = ["BlockedAddress", "Dispatcher", "event_body", "outbound_session"]
 
 log = logging.getLogger("receiver.fanout")
 
@@ -31,7 +31,7 @@ LEASE_MARGIN = 30.0  # a claimed send is due again this long after its timeout i
 ANSWER_CAP = 64 * 1024  # bytes of a subscriber's answer we read at most
 
 
-class BlockedAddress(httpcore.ConnectError):
+class BlockedAddress(OSError):
     """The subscriber's host resolves to an address we may not send to."""
 
 
@@ -42,52 +42,42 @@ def address_allowed(address: str, allow: Iterable[Network]) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves the host itself and connects only to vetted addresses, at send time, so a DNS
-    answer that changes after the subscription was made (rebinding) cannot reach inside."""
+class GuardedResolver(AbstractResolver):
+    """Resolves each new connection's host and refuses it unless every address is allowed, at
+    send time, so a DNS answer that changes after subscribing (rebinding) cannot reach inside.
+    aiohttp connects to the addresses this returns, with the URL's host name for TLS."""
 
     def __init__(self, allow: tuple[Network, ...]) -> None:
         self._allow = allow
-        self._inner = httpcore.AnyIOBackend()
+        self._inner = ThreadedResolver()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
-        addresses = [str(info[4][0]) for info in infos]
-        if not addresses or not all(address_allowed(a, self._allow) for a in addresses):
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if not results or not all(address_allowed(r["host"], self._allow) for r in results):
             raise BlockedAddress(f"{host} resolves to a private, loopback or link-local address")
-        return await self._inner.connect_tcp(addresses[0], port, timeout, local_address, socket_options)
+        return results
 
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        raise BlockedAddress("unix sockets are not subscriber addresses")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+    async def close(self) -> None:
+        await self._inner.close()
 
 
-def guarded_client(allow: tuple[Network, ...], timeout: float, connections: int) -> httpx.AsyncClient:
-    """An httpx client that never follows redirects and connects only to allowed addresses."""
-    transport = httpx.AsyncHTTPTransport()
-    # httpx has no public hook for the network backend; swap the pool it built for one with ours.
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=ssl.create_default_context(),
-        max_connections=connections,
-        max_keepalive_connections=connections,
-        network_backend=GuardedBackend(allow),
+def outbound_session(allow: tuple[Network, ...], timeout: float, connections: int) -> aiohttp.ClientSession:
+    """The fan-out's HTTP client: aiohttp (one httpx client tops out near 1k POST/s at 64 in
+    flight, encode/httpx#3215), resolving through GuardedResolver on every new connection."""
+    connector = aiohttp.TCPConnector(
+        limit=connections,
+        resolver=GuardedResolver(allow),
+        use_dns_cache=False,
+        ssl=ssl.create_default_context(),
     )
-    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+    )
 
 
 def event_body(event: EventRow) -> bytes:
@@ -117,7 +107,7 @@ class Dispatcher:
     def __init__(
         self,
         ctx: Context,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         *,
         concurrency: int,
         per_subscriber: int,
@@ -226,9 +216,12 @@ class Dispatcher:
                 status, retry_after = await self._post(job.subscription.url, body, headers)
             except BlockedAddress as exc:
                 error = str(exc)
-            except httpx.TimeoutException:
+            except TimeoutError:
                 error = "timed out"
-            except (httpx.HTTPError, httpcore.ConnectError, OSError) as exc:
+            except aiohttp.ClientConnectorError as exc:
+                cause = exc.os_error if isinstance(exc.os_error, BlockedAddress) else exc
+                error = f"{type(cause).__name__}: {cause}"[:300]
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"[:300]
         latency_ms = (self._monotonic() - started) * 1000
         attempt = self._judge(job, status, error, retry_after, latency_ms)
@@ -241,21 +234,24 @@ class Dispatcher:
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, float | None]:
         parts = urlsplit(url)
+        host = parts.hostname or ""
+        allow = self._ctx.settings.outbound_allow
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        if literal is not None and not address_allowed(str(literal), allow):
+            # aiohttp skips the resolver for literal addresses: check them here.
+            raise BlockedAddress(f"{host} is a private, loopback or link-local address")
         if parts.scheme != "https":
-            host = parts.hostname or ""
             infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 80)
-            allow = self._ctx.settings.outbound_allow
             if not infos or not all(
                 any(ipaddress.ip_address(str(i[4][0])) in n for n in allow) for i in infos
             ):
                 raise BlockedAddress("plain http is allowed only inside RECEIVER_OUTBOUND_ALLOW")
-        async with self._http.stream("POST", url, content=body, headers=headers) as response:
-            read = 0
-            async for chunk in response.aiter_raw():
-                read += len(chunk)
-                if read >= ANSWER_CAP:
-                    break
-            return response.status_code, _retry_after(response.headers.get("retry-after"))
+        async with self._http.post(url, data=body, headers=headers, allow_redirects=False) as response:
+            await response.content.read(ANSWER_CAP)  # read a little, never the whole of a huge answer
+            return response.status, _retry_after(response.headers.get("retry-after"))
 
     def _judge(
         self,
