@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-import json
 import logging
 import random
 import socket
@@ -15,6 +14,7 @@ from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
@@ -89,7 +89,7 @@ def event_body(event: EventRow) -> bytes:
         "created_at": int(event.created_at),
         "data": event.data,
     }
-    return json.dumps(body, separators=(",", ":")).encode()
+    return orjson.dumps(body)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -121,6 +121,7 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._monotonic = monotonic
         self._busy: dict[int, int] = {}  # subscription pk -> sends in flight
+        self._keys: dict[str, bytes] = {}  # decoded subscriber secrets
         self._running: set[asyncio.Task[None]] = set()
         self._finished = asyncio.Event()
         settings = ctx.settings
@@ -189,9 +190,13 @@ class Dispatcher:
         self._finished.set()
 
     def _signing_key(self, job: OutboxJob) -> bytes | None:
-        if job.subscription.secret:
-            return parse_key(job.subscription.secret).material
-        return self._callback_key
+        secret = job.subscription.secret
+        if not secret:
+            return self._callback_key
+        key = self._keys.get(secret)
+        if key is None:
+            key = self._keys[secret] = parse_key(secret).material
+        return key
 
     async def _deliver(self, job: OutboxJob) -> None:
         ctx = self._ctx

@@ -2,6 +2,7 @@
 
     scripts/bench polling   learned poll schedule vs a naive fixed-interval poller
     scripts/bench ingest    signed deliveries/s into the real service vs a bare Starlette endpoint
+    scripts/bench fanout    signed events/s delivered to a subscriber vs a bare aiohttp session
 
 All traffic stays on 127.0.0.1; every load loop is bounded in count and in time.
 """
@@ -521,6 +522,168 @@ async def bench_ingest(args: argparse.Namespace) -> int:
 bare = _bare
 
 
+# -- fan-out --------------------------------------------------------------------------------------
+
+
+async def seed_events(db: Path, count: int) -> None:
+    """`count` terminal tasks and their events, written straight into a migrated store."""
+    from receiver.tasks import transition
+    from store.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(db), decide=transition)
+    await store.open()  # migrations
+    await store.close()
+    now = time.time()
+    video = {
+        "object": "video",
+        "status": "completed",
+        "model": "seedance-2.0",
+        "prompt": "a red fox",
+        "content": {"video_url": "https://cdn.example/v.mp4"},
+    }
+    with sqlite3.connect(db) as conn:
+        conn.executemany(
+            "INSERT INTO tasks (pk, video_id, token_hash, status, model, video, request, created_at,"
+            " updated_at, terminal_at, resolved_by) VALUES (?, ?, ?, 'completed', 'seedance-2.0', '{}', '{}',"
+            " ?, ?, ?, 'webhook')",
+            [(i, f"video_{i:08d}", f"t{i}", now, now, now) for i in range(1, count + 1)],
+        )
+        conn.executemany(
+            "INSERT INTO events (id, task_pk, video_id, type, created_at, data)"
+            " VALUES (?, ?, ?, 'video.completed', ?, ?)",
+            [
+                (f"evt_{i:024d}", i, f"video_{i:08d}", now, json.dumps({**video, "id": f"video_{i:08d}"}))
+                for i in range(1, count + 1)
+            ],
+        )
+
+
+async def aiohttp_baseline(url: str, bodies: list[bytes], secret: str, concurrency: int) -> float:
+    """The same signed POSTs from one bare aiohttp session: sends per second."""
+    import aiohttp
+
+    from receiver.signatures import parse_key, sign_v1
+
+    key = parse_key(secret).material
+    queue = list(reversed(bodies))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            while queue:
+                body = queue.pop()
+                msg = "evt_" + str(len(queue))
+                ts = str(int(time.time()))
+                headers = {
+                    "content-type": "application/json",
+                    "webhook-id": msg,
+                    "webhook-timestamp": ts,
+                    "webhook-signature": sign_v1(key, msg, ts, body),
+                }
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"subscriber answered {response.status}")
+
+        started = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout=600)
+        return len(bodies) / (time.monotonic() - started)
+
+
+async def bench_fanout(args: argparse.Namespace) -> int:
+    from receiver.fanout import event_body
+    from store import EventRow
+
+    print(f"machine: {machine()}")
+    scratch = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
+    db = scratch / "receiver.db"
+    await seed_events(db, args.events)
+    port, sink_port = free_port(), free_port()
+    sink = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench:bare",
+        "--factory",
+        "--app-dir",
+        str(HERE),
+        "--port",
+        str(sink_port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    sink_url = f"http://127.0.0.1:{sink_port}/hook"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RECEIVER_")}
+    env.update(
+        RECEIVER_PORT=str(port),
+        RECEIVER_DATABASE_URL=f"sqlite:///{db}",
+        RECEIVER_PROVIDER_URL="http://127.0.0.1:9",  # unused: every task is already done
+        RECEIVER_WEBHOOK_SECRETS=dev_secret(),
+        RECEIVER_OUTBOUND_ALLOW="127.0.0.0/8",
+        RECEIVER_FANOUT_CONCURRENCY=str(args.concurrency),
+        RECEIVER_FANOUT_PER_SUBSCRIBER=str(args.concurrency),
+    )
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "receiver",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=open(scratch / "receiver.log", "wb"),  # noqa: SIM115
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_ready(url, server)
+        await wait_ready(f"http://127.0.0.1:{sink_port}", sink, "/")
+        async with httpx.AsyncClient(timeout=60) as client:
+            subscription = (await client.post(f"{url}/v1/subscriptions", json={"url": sink_url})).json()
+            started = time.monotonic()
+            replay = (
+                await client.post(f"{url}/v1/events/replay", json={"subscription_id": subscription["id"]})
+            ).json()
+            deadline = started + 600
+            while True:
+                status = (await client.get(f"{url}/v1/replays/{replay['id']}")).json()
+                if status["done"] or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            elapsed = time.monotonic() - started
+        delivered = status["by_status"].get("delivered", 0)
+        rate = delivered / elapsed
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(
+                "SELECT id, video_id, type, created_at, data FROM events ORDER BY pk"
+            ).fetchall()
+        bodies = [event_body(EventRow(0, r[0], 0, r[1], r[2], r[3], json.loads(r[4]))) for r in rows]
+        baseline = await aiohttp_baseline(sink_url, bodies, subscription["secret"], args.concurrency)
+    finally:
+        for process in (server, sink):
+            process.terminate()
+            await process.wait()
+    ratio = rate / baseline
+    print(
+        f"workload: {args.events} stored events replayed to one local subscriber, "
+        f"{args.concurrency} sends in flight (RECEIVER_FANOUT_PER_SUBSCRIBER={args.concurrency})"
+    )
+    print(f"  receiver: {delivered:,} signed events delivered and recorded in {elapsed:.1f} s: {rate:,.0f}/s")
+    print(f"  bare aiohttp session, same signed POSTs: {baseline:,.0f}/s")
+    print(f"  ratio: {ratio:.1%} of bare aiohttp")
+    ok = delivered == args.events and ratio >= 0.25
+    print("result:", "PASS" if ok else "FAIL", "(target: >= 25% of bare aiohttp, every event delivered)")
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -541,6 +704,10 @@ def main(argv: list[str] | None = None) -> int:
     ingest.add_argument("--keep", action="store_true", help="keep the scratch folder (store, server log)")
     ingest.add_argument("--profile", help="also record the server with py-spy (collapsed stacks) here")
     ingest.set_defaults(run=bench_ingest)
+    fanout = commands.add_parser("fanout", help="events/s delivered to a subscriber vs bare aiohttp")
+    fanout.add_argument("--events", type=int, default=20_000)
+    fanout.add_argument("--concurrency", type=int, default=64)
+    fanout.set_defaults(run=bench_fanout)
     args = parser.parse_args(argv)
     logging.getLogger("receiver").setLevel(logging.ERROR)  # no start-up warnings between figures
     try:
