@@ -3,6 +3,7 @@
     scripts/bench polling   learned poll schedule vs a naive fixed-interval poller
     scripts/bench ingest    signed deliveries/s into the real service vs a bare Starlette endpoint
     scripts/bench fanout    signed events/s delivered to a subscriber vs a bare aiohttp session
+    scripts/bench scale     read latency with 1,000,000 deliveries and 200,000 tasks in the store
 
 All traffic stays on 127.0.0.1; every load loop is bounded in count and in time.
 """
@@ -684,6 +685,181 @@ async def bench_fanout(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# -- scale ----------------------------------------------------------------------------------------
+
+
+async def seed_scale(db: Path, tasks: int, deliveries: int, seed: int) -> None:
+    """A migrated store with `tasks` tasks and `deliveries` deliveries spread over them."""
+    import random as _random
+
+    from receiver.tasks import transition
+    from store.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(db), decide=transition)
+    await store.open()
+    await store.close()
+    rng = _random.Random(seed)
+    now = time.time() - 86_400
+    statuses = ["completed"] * 7 + ["failed"] * 2 + ["in_progress"]
+    headers = json.dumps(
+        {
+            "host": "receiver.example",
+            "user-agent": "OpenAI/1.0",
+            "content-type": "application/json",
+            "webhook-id": "msg_x" * 4,
+            "webhook-timestamp": "1795500000",
+            "webhook-signature": "v1," + "A" * 44,
+            "content-length": "300",
+        }
+    )
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("PRAGMA journal_mode = WAL")
+        batch = []
+        for i in range(1, tasks + 1):
+            status = rng.choice(statuses)
+            video = json.dumps(
+                {
+                    "id": f"video_{i:010d}",
+                    "model": "seedance-2.0",
+                    "prompt": f"scene {i}",
+                    "created_at": int(now),
+                    "content": {"video_url": f"https://cdn.example/{i}.mp4"},
+                }
+            )
+            terminal = status in ("completed", "failed")
+            batch.append(
+                (
+                    i,
+                    f"video_{i:010d}",
+                    f"{i:064x}",
+                    status,
+                    video,
+                    now + i * 0.1,
+                    now + i * 0.1 + 60 if terminal else None,
+                    "webhook" if terminal else None,
+                    None if terminal else now + 86_400,
+                )
+            )
+        conn.executemany(
+            "INSERT INTO tasks (pk, video_id, token_hash, status, model, video, request, created_at,"
+            " updated_at, terminal_at, resolved_by, next_poll_at)"
+            " VALUES (?, ?, ?, ?, 'seedance-2.0', ?, '{}', ?, ?, ?, ?, ?)",
+            [(p, v, t, st, vid, c, c, term, rb, nxt) for p, v, t, st, vid, c, term, rb, nxt in batch],
+        )
+        chunk = 100_000
+        for start in range(0, deliveries, chunk):
+            rows = []
+            for n in range(start, min(start + chunk, deliveries)):
+                task = rng.randrange(1, tasks + 1)
+                body = json.dumps(
+                    {
+                        "id": f"video_{task:010d}",
+                        "object": "video",
+                        "status": "in_progress",
+                        "progress": n % 100,
+                        "model": "seedance-2.0",
+                        "pad": "x" * 150,
+                    }
+                )
+                rows.append(
+                    (f"msg:{n:012d}", task, f"video_{task:010d}", headers, body.encode(), now + n * 0.01)
+                )
+            conn.executemany(
+                "INSERT INTO deliveries (dedupe_key, task_pk, video_id, route, verified_by, headers, body,"
+                " status, outcome, received_at, last_seen_at) VALUES (?, ?, ?, 'task', 'standard-v1', ?, ?,"
+                " 'in_progress', 'applied', ?, ?)",
+                [(k, t, v, h, b, r, r) for k, t, v, h, b, r in rows],
+            )
+            conn.commit()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("ANALYZE")
+
+
+async def bench_scale(args: argparse.Namespace) -> int:
+    import random as _random
+
+    print(f"machine: {machine()}")
+    scratch = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    db = scratch / "receiver.db"
+    started = time.monotonic()
+    await seed_scale(db, args.tasks, args.deliveries, args.seed)
+    size = db.stat().st_size
+    print(
+        f"store: {args.tasks:,} tasks, {args.deliveries:,} deliveries, {size / 2**20:,.0f} MiB "
+        f"(built in {time.monotonic() - started:.0f} s)"
+    )
+    port = free_port()
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RECEIVER_")}
+    env.update(
+        RECEIVER_PORT=str(port),
+        RECEIVER_DATABASE_URL=f"sqlite:///{db}",
+        RECEIVER_PROVIDER_URL="http://127.0.0.1:9",
+        RECEIVER_WEBHOOK_SECRETS=dev_secret(),
+        RECEIVER_POLL_AFTER="86400",
+        RECEIVER_API_KEYS="bench-key",
+    )
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "receiver",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=open(scratch / "receiver.log", "wb"),  # noqa: SIM115
+    )
+    url = f"http://127.0.0.1:{port}"
+    rng = _random.Random(args.seed)
+    ok = True
+    try:
+        await wait_ready(url, server)
+        async with httpx.AsyncClient(
+            base_url=url, timeout=30, headers={"authorization": "Bearer bench-key"}
+        ) as client:
+            cases = {
+                "GET /v1/videos/{id}": lambda: (
+                    "/v1/videos/" + f"video_{rng.randrange(1, args.tasks + 1):010d}",
+                    {},
+                ),
+                "GET /v1/videos?status=completed": lambda: ("/v1/videos", {"status": "completed"}),
+                "GET /v1/videos?status=...&after=": lambda: (
+                    "/v1/videos",
+                    {
+                        "status": rng.choice(["completed", "failed", "in_progress"]),
+                        "after": f"video_{rng.randrange(1, args.tasks + 1):010d}",
+                    },
+                ),
+                "GET /v1/deliveries?video_id=": lambda: (
+                    "/v1/deliveries",
+                    {"video_id": f"video_{rng.randrange(1, args.tasks + 1):010d}"},
+                ),
+            }
+            print(f"latency over {args.requests} sequential requests each (one client, end to end):")
+            for label, make in cases.items():
+                for _ in range(20):  # warm-up
+                    path, params = make()
+                    await client.get(path, params=params)
+                latencies = []
+                for _ in range(args.requests):
+                    path, params = make()
+                    t0 = time.perf_counter()
+                    answer = await client.get(path, params=params)
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    if answer.status_code != 200:
+                        raise RuntimeError(f"{label}: {answer.status_code} {answer.text[:200]}")
+                p99 = percentile(latencies, 0.99)
+                ok &= p99 < 20
+                print(f"  {label:36s} p50 {percentile(latencies, 0.5):6.2f} ms  p99 {p99:6.2f} ms")
+    finally:
+        server.terminate()
+        await server.wait()
+    print("result:", "PASS" if ok else "FAIL", "(target: p99 < 20 ms each)")
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -708,6 +884,12 @@ def main(argv: list[str] | None = None) -> int:
     fanout.add_argument("--events", type=int, default=20_000)
     fanout.add_argument("--concurrency", type=int, default=64)
     fanout.set_defaults(run=bench_fanout)
+    scale = commands.add_parser("scale", help="read latency with 1,000,000 deliveries in the store")
+    scale.add_argument("--tasks", type=int, default=200_000)
+    scale.add_argument("--deliveries", type=int, default=1_000_000)
+    scale.add_argument("--requests", type=int, default=2000)
+    scale.add_argument("--seed", type=int, default=1)
+    scale.set_defaults(run=bench_scale)
     args = parser.parse_args(argv)
     logging.getLogger("receiver").setLevel(logging.ERROR)  # no start-up warnings between figures
     try:
