@@ -19,6 +19,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
 from receiver.context import Context
+from receiver.http import parse_retry_after
 from receiver.settings import Network
 from receiver.signatures import parse_key, sign_v1
 from store import Attempt, EventRow, OutboxJob, StoreError
@@ -90,15 +91,6 @@ def event_body(event: EventRow) -> bytes:
         "data": event.data,
     }
     return orjson.dumps(body)
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 class Dispatcher:
@@ -256,7 +248,7 @@ class Dispatcher:
                 raise BlockedAddress("plain http is allowed only inside RECEIVER_OUTBOUND_ALLOW")
         async with self._http.post(url, data=body, headers=headers, allow_redirects=False) as response:
             await response.content.read(ANSWER_CAP)  # read a little, never the whole of a huge answer
-            return response.status, _retry_after(response.headers.get("retry-after"))
+            return response.status, parse_retry_after(response.headers.get("retry-after"))
 
     def _judge(
         self,

@@ -13,7 +13,25 @@ from starlette.types import Receive
 
 from receiver.errors import InvalidRequest, PayloadTooLarge, Unauthorized
 
-__all__ = ["authorize", "json_response", "page_params", "read_asgi_body", "read_body", "read_json_object"]
+__all__ = [
+    "authorize",
+    "json_response",
+    "page_params",
+    "parse_retry_after",
+    "read_asgi_body",
+    "read_body",
+    "read_json_object",
+]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the delay form), or None when absent or not a number."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

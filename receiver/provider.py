@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from receiver.http import parse_retry_after
+
 __all__ = ["Provider", "ProviderError"]
 
 _MAX_ANSWER = 4 * 1024 * 1024
@@ -36,16 +38,6 @@ class ProviderError(Exception):
     @property
     def retryable(self) -> bool:
         return self.status is None or self.status in (408, 409, 425, 429) or self.status >= 500
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 def _provider_message(response: httpx.Response) -> str:
@@ -92,7 +84,7 @@ class Provider:
             raise ProviderError(
                 _provider_message(response),
                 status=response.status_code,
-                retry_after=_retry_after(response),
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
         try:
             body = response.json()

@@ -281,6 +281,19 @@ async def wait_ready(url: str, process: asyncio.subprocess.Process, path: str = 
     raise RuntimeError("server did not become ready")
 
 
+def start_receiver(env: dict[str, str], scratch: Path) -> Any:
+    """`receiver serve` in a child process, its log in the scratch folder."""
+    return asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "receiver",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=open(scratch / "receiver.log", "wb"),
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -387,15 +400,7 @@ async def bench_ingest(args: argparse.Namespace) -> int:
             RECEIVER_POLL_AFTER="86400",
             RECEIVER_API_KEYS="bench-key",
         )
-        server = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "receiver",
-            "serve",
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=open(scratch / "receiver.log", "wb"),  # noqa: SIM115
-        )
+        server = await start_receiver(env, scratch)
         url = f"http://127.0.0.1:{port}"
         try:
             await wait_ready(url, server)
@@ -631,15 +636,7 @@ async def bench_fanout(args: argparse.Namespace) -> int:
         RECEIVER_FANOUT_CONCURRENCY=str(args.concurrency),
         RECEIVER_FANOUT_PER_SUBSCRIBER=str(args.concurrency),
     )
-    server = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "receiver",
-        "serve",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=open(scratch / "receiver.log", "wb"),  # noqa: SIM115
-    )
+    server = await start_receiver(env, scratch)
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_ready(url, server)
@@ -799,15 +796,7 @@ async def bench_scale(args: argparse.Namespace) -> int:
         RECEIVER_POLL_AFTER="86400",
         RECEIVER_API_KEYS="bench-key",
     )
-    server = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "receiver",
-        "serve",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=open(scratch / "receiver.log", "wb"),  # noqa: SIM115
-    )
+    server = await start_receiver(env, scratch)
     url = f"http://127.0.0.1:{port}"
     rng = _random.Random(args.seed)
     ok = True
