@@ -102,7 +102,6 @@ def _task(row: sqlite3.Row | aiosqlite.Row) -> TaskRow:
         duplicates=_derived(row, "duplicates"),
         polls=row["polls"],
         anomalies=row["anomalies"],
-        last_delivery_at=None,
         next_poll_at=row["next_poll_at"],
         poll_failures=row["poll_failures"],
         confirm_pending=bool(row["confirm_pending"]),
@@ -371,14 +370,6 @@ class SQLiteStore:
         )
         return [_delivery(r) for r in rows]
 
-    async def due_tasks(self, now: float, limit: int) -> list[TaskRow]:
-        rows = await self._fetchall(
-            "SELECT * FROM tasks WHERE next_poll_at <= ? AND video_id IS NOT NULL"
-            " ORDER BY next_poll_at LIMIT ?",
-            (now, limit),
-        )
-        return [_task(r) for r in rows]
-
     async def next_due(self) -> float | None:
         rows = await self._fetchall(
             "SELECT min(next_poll_at) AS due FROM tasks"
@@ -405,10 +396,6 @@ class SQLiteStore:
             "SELECT min(created_at) AS t FROM tasks WHERE status IN ('submitting', 'queued', 'in_progress')"
         )
         return TaskStats({(r["status"], r["resolved_by"]): r["n"] for r in rows}, oldest[0]["t"])
-
-    async def get_event_for_task(self, task_pk: int) -> EventRow | None:
-        rows = await self._fetchall("SELECT * FROM events WHERE task_pk = ?", (task_pk,))
-        return _event(rows[0]) if rows else None
 
     # -- writes ------------------------------------------------------------------------------
 
