@@ -314,6 +314,27 @@ class SQLiteStore:
         # hold a read snapshot that every other read on this connection then shares (stale reads).
         return list(await self._reader.execute_fetchall(sql, params))
 
+    async def _cursor(self, table: str, column: str, value: str) -> int:
+        """The pk of the row a list's `after` names (UnknownCursor when none does)."""
+        found = await self._fetchall(f"SELECT pk FROM {table} WHERE {column} = ?", (value,))
+        if not found:
+            raise UnknownCursor(value)
+        return int(found[0]["pk"])
+
+    async def _page(
+        self,
+        select: str,
+        pk: str,
+        where: list[str],
+        params: list[Any],
+        limit: int,
+        build: Callable[[aiosqlite.Row], Any],
+    ) -> Page:
+        """Newest first, one row more than asked to know whether there is more."""
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._fetchall(f"{select}{clause} ORDER BY {pk} DESC LIMIT ?", (*params, limit + 1))
+        return Page([build(r) for r in rows[:limit]], len(rows) > limit)
+
     async def task_by_video(self, video_id: str) -> TaskRow | None:
         rows = await self._fetchall(f"{_TASKS} WHERE t.video_id = ?", (video_id,))
         return _task(rows[0]) if rows else None
@@ -323,22 +344,15 @@ class SQLiteStore:
         return _task(rows[0]) if rows else None
 
     async def list_tasks(self, status: str | None, limit: int, after: str | None) -> Page:
-        where = ["t.video_id IS NOT NULL"]
+        where: list[str] = ["t.video_id IS NOT NULL"]
         params: list[Any] = []
         if after is not None:
-            found = await self._fetchall("SELECT pk FROM tasks WHERE video_id = ?", (after,))
-            if not found:
-                raise UnknownCursor(after)
             where.append("t.pk < ?")
-            params.append(found[0]["pk"])
+            params.append(await self._cursor("tasks", "video_id", after))
         if status is not None:
             where.append("t.status = ?")
             params.append(status)
-        rows = await self._fetchall(
-            f"{_TASKS} WHERE {' AND '.join(where)} ORDER BY t.pk DESC LIMIT ?",
-            (*params, limit + 1),
-        )
-        return Page([_task(r) for r in rows[:limit]], len(rows) > limit)
+        return await self._page(_TASKS, "t.pk", where, params, limit, _task)
 
     async def list_deliveries(self, video_id: str | None, limit: int, after: str | None) -> Page:
         where: list[str] = []
@@ -352,11 +366,7 @@ class SQLiteStore:
         if video_id is not None:
             where.append("video_id = ?")
             params.append(video_id)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = await self._fetchall(
-            f"SELECT * FROM deliveries {clause} ORDER BY pk DESC LIMIT ?", (*params, limit + 1)
-        )
-        return Page([_delivery(r) for r in rows[:limit]], len(rows) > limit)
+        return await self._page("SELECT * FROM deliveries", "pk", where, params, limit, _delivery)
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRow | None:
         pk = delivery_pk(delivery_id)
@@ -833,19 +843,12 @@ class SQLiteStore:
         return _subscription(rows[0]) if rows else None
 
     async def list_subscriptions(self, limit: int, after: str | None) -> Page:
-        where = ["task_pk IS NULL", "status != 'deleted'"]
+        where: list[str] = ["task_pk IS NULL", "status != 'deleted'"]
         params: list[Any] = []
         if after is not None:
-            found = await self._fetchall("SELECT pk FROM subscriptions WHERE id = ?", (after,))
-            if not found:
-                raise UnknownCursor(after)
             where.append("pk < ?")
-            params.append(found[0]["pk"])
-        rows = await self._fetchall(
-            f"SELECT * FROM subscriptions WHERE {' AND '.join(where)} ORDER BY pk DESC LIMIT ?",
-            (*params, limit + 1),
-        )
-        return Page([_subscription(r) for r in rows[:limit]], len(rows) > limit)
+            params.append(await self._cursor("subscriptions", "id", after))
+        return await self._page("SELECT * FROM subscriptions", "pk", where, params, limit, _subscription)
 
     async def set_subscription_status(
         self, subscription_id: str, status: str, now: float, reason: str | None = None
@@ -1034,22 +1037,13 @@ class SQLiteStore:
         where: list[str] = []
         params: list[Any] = []
         if after is not None:
-            found = await self._fetchall("SELECT pk FROM events WHERE id = ?", (after,))
-            if not found:
-                raise UnknownCursor(after)
             where.append("pk < ?")
-            params.append(found[0]["pk"])
-        if video_id is not None:
-            where.append("video_id = ?")
-            params.append(video_id)
-        if event_type is not None:
-            where.append("type = ?")
-            params.append(event_type)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = await self._fetchall(
-            f"SELECT * FROM events {clause} ORDER BY pk DESC LIMIT ?", (*params, limit + 1)
-        )
-        return Page([_event(r) for r in rows[:limit]], len(rows) > limit)
+            params.append(await self._cursor("events", "id", after))
+        for column, value in (("video_id", video_id), ("type", event_type)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return await self._page("SELECT * FROM events", "pk", where, params, limit, _event)
 
     async def get_event(self, event_id: str) -> EventRow | None:
         rows = await self._fetchall("SELECT * FROM events WHERE id = ?", (event_id,))
@@ -1072,7 +1066,7 @@ class SQLiteStore:
     async def list_outbox(
         self, status: str, subscription_id: str | None, limit: int, after: int | None
     ) -> Page:
-        where = ["o.status = ?"]
+        where: list[str] = ["o.status = ?"]
         params: list[Any] = [status]
         if subscription_id is not None:
             where.append("s.id = ?")
@@ -1080,10 +1074,7 @@ class SQLiteStore:
         if after is not None:
             where.append("o.pk < ?")
             params.append(after)
-        rows = await self._fetchall(
-            _OUTBOX_SELECT + f" WHERE {' AND '.join(where)} ORDER BY o.pk DESC LIMIT ?", (*params, limit + 1)
-        )
-        return Page([_outbox(r, []) for r in rows[:limit]], len(rows) > limit)
+        return await self._page(_OUTBOX_SELECT, "o.pk", where, params, limit, lambda r: _outbox(r, []))
 
     async def events_after(self, event_id: str | None, limit: int) -> list[EventRow]:
         after = 0
