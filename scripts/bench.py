@@ -294,6 +294,31 @@ def start_receiver(env: dict[str, str], scratch: Path) -> Any:
     )
 
 
+def start_bare(port: int) -> Any:
+    """The bare Starlette endpoint (the baseline, and the fan-out's subscriber) in a child process:
+    one uvicorn worker, uvloop, httptools, no access log, as the service runs."""
+    return asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench:bare",
+        "--factory",
+        "--app-dir",
+        str(HERE),
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -470,26 +495,7 @@ async def bench_ingest(args: argparse.Namespace) -> int:
     missing = sorted({i for i in answered if i not in stored})
     rate = completed / (result["duration_us"] / 1e6)
 
-    bare = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "bench:bare",
-        "--factory",
-        "--app-dir",
-        str(HERE),
-        "--port",
-        str(bare_port),
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    bare = await start_bare(bare_port)
     bare_url = f"http://127.0.0.1:{bare_port}"
     try:
         await wait_ready(bare_url, bare, "/")
@@ -605,26 +611,7 @@ async def bench_fanout(args: argparse.Namespace) -> int:
     db = scratch / "receiver.db"
     await seed_events(db, args.events)
     port, sink_port = free_port(), free_port()
-    sink = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "bench:bare",
-        "--factory",
-        "--app-dir",
-        str(HERE),
-        "--port",
-        str(sink_port),
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    sink = await start_bare(sink_port)
     sink_url = f"http://127.0.0.1:{sink_port}/hook"
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RECEIVER_")}
     env.update(
