@@ -28,7 +28,6 @@ from receiver.schedule import Scheduler
 from receiver.settings import Settings
 from receiver.signatures import parse_key
 from receiver.simulator import SimConfig, Simulator, dev_secret
-from receiver.tasks import transition
 from store import Store, open_store
 
 __all__ = ["Receiver", "create_app"]
@@ -125,7 +124,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             own_store = store is None
-            the_store = store or open_store(settings.database_url, decide=transition)
+            the_store = store or open_store(settings.database_url)
             if own_store:
                 await the_store.open()
                 stack.push_async_callback(the_store.close)

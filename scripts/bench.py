@@ -539,10 +539,9 @@ bare = _bare
 
 async def seed_events(db: Path, count: int) -> None:
     """`count` terminal tasks and their events, written straight into a migrated store."""
-    from receiver.tasks import transition
     from store.sqlite import SQLiteStore
 
-    store = SQLiteStore(str(db), decide=transition)
+    store = SQLiteStore(str(db))
     await store.open()  # migrations
     await store.close()
     now = time.time()
@@ -676,10 +675,9 @@ async def seed_scale(db: Path, tasks: int, deliveries: int, seed: int) -> None:
     """A migrated store with `tasks` tasks and `deliveries` deliveries spread over them."""
     import random as _random
 
-    from receiver.tasks import transition
     from store.sqlite import SQLiteStore
 
-    store = SQLiteStore(str(db), decide=transition)
+    store = SQLiteStore(str(db))
     await store.open()
     await store.close()
     rng = _random.Random(seed)

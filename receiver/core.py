@@ -1,0 +1,271 @@
+"""What each write does to a task, decided from the rows read (pure): the change sets stores write.
+
+Every backend reads the rows a write needs, asks a function here, and writes the TaskChange it
+returns in the same transaction. The rules (duplicate versus anomaly for thin deliveries, the
+merge of a submit answer, the completion estimate, how `resolved_by` is inferred, the throttle
+on pushing a poll back, the event's shape, orphan submits) live here once, so a second backend
+adds SQL, never rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from typing import Any
+
+from receiver.tasks import ANOMALY, APPLIED, DUPLICATE, TERMINAL, UNCHANGED, Transition, transition
+from store.errors import WrongVideo
+from store.records import DeliveryRow, NewDelivery, NewEvent, TaskChange, TaskRow
+
+__all__ = [
+    "ORPHAN_AFTER",
+    "apply_change",
+    "claims_video",
+    "on_delivery",
+    "on_poll",
+    "on_replay",
+    "on_submit_answer",
+    "on_submit_retry",
+]
+
+# A submit still "submitting" after this long lost its process (the provider call times out at 30 s).
+ORPHAN_AFTER = 120.0
+
+PENDING_CONFIRM = "pending_confirm"  # thin or unsigned: only our own GET may settle it
+PUSH = "push"  # still running, as we knew: only the next poll moves back
+IGNORED = "ignored"
+UNMATCHED = "unmatched"
+
+
+def on_submit_retry(
+    stored_hash: str | None,
+    stored_status: str,
+    stored_created_at: float,
+    request_hash: str | None,
+    now: float,
+) -> str:
+    """A submit reuses an Idempotency-Key: "mismatch" (another body), "in_flight" (the first is
+    still being submitted), "release" (its process died before the provider answered: free the
+    key so this retry can submit) or "exists" (answer the first task)."""
+    if stored_hash != request_hash:
+        return "mismatch"
+    if stored_status == "submitting":
+        return "in_flight" if stored_created_at > now - ORPHAN_AFTER else "release"
+    return "exists"
+
+
+def claims_video(task: TaskRow, video_id: str | None) -> bool:
+    """Whether an update naming `video_id` would give the task its video id (a delivery that
+    overtook our submit). The store then checks no other task holds that id."""
+    return task.video_id is None and video_id is not None
+
+
+def on_delivery(task: TaskRow, d: NewDelivery, *, video_free: bool) -> tuple[str, TaskChange]:
+    """A new delivery for `task` (read with the lean columns): its outcome and the change."""
+    outcome, result = _plan(task, d.status, d.video, d.actionable, d.needs_confirm)
+    claim = d.video_id if video_free and claims_video(task, d.video_id) else None
+    push = d.next_poll_at
+    write_as = outcome
+    if outcome == UNCHANGED and push is not None and task.next_poll_at is not None:
+        # Still running, as we knew: push the next poll back only when it was due soon, so a
+        # stream of progress updates does not rewrite the task each time.
+        if task.next_poll_at > d.received_at + 0.5 * (push - d.received_at):
+            push = None
+        write_as = PUSH if push is not None else UNCHANGED
+    change = _write(
+        task, write_as, result, d.received_at, resolved_by="webhook", next_poll_at=push, claim=claim
+    )
+    return outcome, change
+
+
+def on_replay(
+    task: TaskRow,
+    delivery: DeliveryRow,
+    status: str | None,
+    video: dict[str, Any] | None,
+    needs_confirm: bool,
+    now: float,
+    *,
+    video_free: bool,
+) -> tuple[str, TaskChange, str | None]:
+    """A stored delivery run again (replay, or a late match once its task is known): the
+    outcome, the task's change, and the delivery's new stored outcome (None: keep it). A replay
+    of a settled delivery only reports what it would do now, and keeps the record of what it did."""
+    first_match = delivery.task_pk is None
+    claim = (
+        delivery.video_id if first_match and video_free and claims_video(task, delivery.video_id) else None
+    )
+    outcome, result = _plan(task, status, video, True, needs_confirm)
+    change = _write(task, outcome, result, now, resolved_by="webhook", next_poll_at=None, claim=claim)
+    return outcome, change, (outcome if delivery.outcome == UNMATCHED else None)
+
+
+def on_poll(
+    task: TaskRow,
+    status: str | None,
+    video: dict[str, Any] | None,
+    now: float,
+    next_poll_at: float | None,
+    *,
+    resolved_by: str | None = None,
+    failed: bool = False,
+) -> TaskChange:
+    """What our own GET (or a deadline) does to `task` (read whole)."""
+    change = TaskChange()
+    terminal = task.status in TERMINAL
+    if resolved_by != "deadline":
+        change.adds["polls"] = 1
+    if failed or status is None or video is None:
+        change.adds["poll_failures"] = 1
+        _set(change, task, "next_poll_at", None if terminal else next_poll_at)
+        return change
+    result = transition(task.status, task.video, status, video)
+    # A thin or unsigned delivery asked for this GET: the result came by webhook.
+    source = resolved_by or ("webhook" if task.confirm_pending else "poll")
+    _merge(change, _write(task, result.outcome, result, now, resolved_by=source, next_poll_at=next_poll_at))
+    if not result.became_terminal and not terminal:
+        change.sets.pop("next_poll_at", None)
+        _set(change, task, "next_poll_at", next_poll_at)
+        _set(change, task, "poll_failures", 0)
+        change.sets["last_open_poll_at"] = now
+    return change
+
+
+def on_submit_answer(
+    task: TaskRow,
+    video_id: str,
+    status: str,
+    video: dict[str, Any],
+    now: float,
+    next_poll_at: float,
+) -> TaskChange:
+    """The provider answered our submit. A delivery may have overtaken it: then its state stays
+    and the answer only fills in what only it carries (prompt, parameters...)."""
+    if task.video_id is not None and task.video_id != video_id:
+        raise WrongVideo(video_id)
+    change = TaskChange()
+    change.sets["updated_at"] = now
+    _set(change, task, "video_id", video_id)
+    result = transition(task.status, task.video, status, video)
+    if result.outcome != APPLIED:
+        merged = {**video, **task.video}
+        if merged != task.video:
+            change.sets["video"] = merged
+    else:
+        claim = video_id if task.video_id is None else None
+        _merge(
+            change,
+            _write(task, APPLIED, result, now, resolved_by="poll", next_poll_at=next_poll_at, claim=claim),
+        )
+    if task.status == "submitting" and not result.became_terminal:
+        after = apply_change(task, change)
+        if after.status not in TERMINAL and after.next_poll_at is None:
+            change.sets["next_poll_at"] = next_poll_at
+    return change
+
+
+def apply_change(task: TaskRow, change: TaskChange) -> TaskRow:
+    """The task as it reads after `change` (a batch deciding several updates of one task)."""
+    fields = {f.name for f in dataclasses.fields(TaskRow)}
+    values: dict[str, Any] = {k: v for k, v in change.sets.items() if k in fields}
+    for name, delta in change.adds.items():
+        if name in fields:
+            values[name] = getattr(task, name) + delta
+    return dataclasses.replace(task, **values) if values else task
+
+
+# -- the pieces ------------------------------------------------------------------------------
+
+
+def _plan(
+    task: TaskRow,
+    status: str | None,
+    video: dict[str, Any] | None,
+    actionable: bool,
+    needs_confirm: bool,
+) -> tuple[str, Transition | None]:
+    """What an update does to its task: its outcome and the transition, if any."""
+    if not actionable:
+        return IGNORED, None
+    if needs_confirm or status is None or video is None:
+        if task.status in TERMINAL:
+            return (DUPLICATE if status in (None, task.status) else ANOMALY), None
+        return PENDING_CONFIRM, None
+    result = transition(task.status, task.video, status, video)
+    return result.outcome, result
+
+
+def _write(
+    task: TaskRow,
+    outcome: str,
+    result: Transition | None,
+    now: float,
+    *,
+    resolved_by: str,
+    next_poll_at: float | None,
+    claim: str | None = None,
+) -> TaskChange:
+    """The change an outcome makes: only the columns whose values change."""
+    change = TaskChange()
+    if claim is not None:
+        change.sets["video_id"] = claim
+    if outcome == PENDING_CONFIRM:
+        _set(change, task, "confirm_pending", True)
+        change.sets["next_poll_at"] = now
+    elif outcome == ANOMALY:
+        change.adds["anomalies"] = 1
+    elif outcome == PUSH and next_poll_at is not None:
+        _push(change, task, next_poll_at)
+    elif outcome == APPLIED and result is not None:
+        change.sets.update(status=result.status, video=result.video, updated_at=now)
+        if result.became_terminal:
+            change.sets.update(
+                terminal_at=now,
+                resolved_by=resolved_by,
+                next_poll_at=None,
+                confirm_pending=False,
+                completion=_completion(task, now, resolved_by),
+            )
+            change.event = _event(task, result, now, claim)
+        elif next_poll_at is not None:
+            _push(change, task, next_poll_at)
+    return change
+
+
+def _push(change: TaskChange, task: TaskRow, next_poll_at: float) -> None:
+    """A newer non-terminal state pushes the next poll back, never forward."""
+    _set(change, task, "next_poll_at", max(task.next_poll_at or 0.0, next_poll_at))
+
+
+def _set(change: TaskChange, task: TaskRow, column: str, value: Any) -> None:
+    """Set a column only when its value changes: an update that rewrites an indexed column with
+    its own value still costs a dead index entry on PostgreSQL."""
+    if getattr(task, column, object()) != value:
+        change.sets[column] = value
+
+
+def _merge(into: TaskChange, other: TaskChange) -> None:
+    into.sets.update(other.sets)
+    for name, delta in other.adds.items():
+        into.adds[name] = into.adds.get(name, 0) + delta
+    into.event = other.event or into.event
+
+
+def _completion(task: TaskRow, now: float, resolved_by: str) -> float | None:
+    """Seconds from submit to result, as well as we know them (what the poll schedule learns)."""
+    if resolved_by == "webhook":
+        return now - task.created_at
+    if resolved_by == "poll":
+        # The result appeared between the last poll that saw it open and this one.
+        since = task.last_open_poll_at or task.created_at
+        return (since + now) / 2 - task.created_at
+    return None
+
+
+def _event(task: TaskRow, result: Transition, now: float, claim: str | None) -> NewEvent:
+    """The terminal result's one event: the video object as recorded, under a fresh id."""
+    video_id = task.video_id or claim or str(result.video.get("id"))
+    data = {**result.video, "id": video_id, "object": "video", "status": result.status}
+    data.pop("provider_status", None)
+    kind = "video.completed" if result.status == "completed" else "video.failed"
+    return NewEvent("evt_" + secrets.token_hex(12), kind, video_id, now, data)

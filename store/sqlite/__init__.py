@@ -1,0 +1,13 @@
+"""The embedded SQLite store: one process, WAL, one writer thread that groups commits."""
+
+from __future__ import annotations
+
+from store.sqlite.fanout import FanoutStore
+from store.sqlite.tasks import TaskStore
+
+__all__ = ["SQLiteStore"]
+
+
+class SQLiteStore(TaskStore, FanoutStore):
+    """Tasks, deliveries and polls (store.sqlite.tasks); fan-out (store.sqlite.fanout); one
+    writer (store.sqlite.writer) and schema versions (store.sqlite.migrations) under both."""

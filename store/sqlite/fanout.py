@@ -1,0 +1,305 @@
+"""SQLite: subscriptions, events, the transactional outbox, attempts and replays."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from typing import Any
+
+from store.errors import UnknownCursor
+from store.records import (
+    Attempt,
+    AttemptRow,
+    EventRow,
+    OutboxJob,
+    OutboxRow,
+    OutboxStats,
+    Page,
+    ReplayFilter,
+    SubscriptionRow,
+)
+from store.sqlite import rows
+from store.sqlite.base import SQLiteBase
+
+__all__ = ["FanoutStore"]
+
+
+class FanoutStore(SQLiteBase):
+    async def create_subscription(
+        self, url: str, events: list[str] | None, secret: str, now: float
+    ) -> SubscriptionRow:
+        def unit(conn: sqlite3.Connection) -> SubscriptionRow:
+            cursor = conn.execute(
+                "INSERT INTO subscriptions (id, url, events, secret, status, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, 'active', ?, ?)",
+                (
+                    "sub_" + secrets.token_hex(12),
+                    url,
+                    json.dumps(events) if events is not None else None,
+                    secret,
+                    now,
+                    now,
+                ),
+            )
+            return rows.subscription(
+                conn.execute("SELECT * FROM subscriptions WHERE pk = ?", (cursor.lastrowid,)).fetchone()
+            )
+
+        return await self._write(unit)
+
+    async def get_subscription(self, subscription_id: str) -> SubscriptionRow | None:
+        found = await self._fetchall(
+            "SELECT * FROM subscriptions WHERE id = ? AND status != 'deleted'", (subscription_id,)
+        )
+        return rows.subscription(found[0]) if found else None
+
+    async def list_subscriptions(self, limit: int, after: str | None) -> Page:
+        where: list[str] = ["task_pk IS NULL", "status != 'deleted'"]
+        params: list[Any] = []
+        if after is not None:
+            where.append("pk < ?")
+            params.append(await self._cursor("subscriptions", "id", after))
+        return await self._page("SELECT * FROM subscriptions", "pk", where, params, limit, rows.subscription)
+
+    async def set_subscription_status(
+        self, subscription_id: str, status: str, now: float, reason: str | None = None
+    ) -> SubscriptionRow | None:
+        def unit(conn: sqlite3.Connection) -> SubscriptionRow | None:
+            row = conn.execute(
+                "SELECT * FROM subscriptions WHERE id = ? AND status != 'deleted'", (subscription_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE subscriptions SET status = ?, updated_at = ?, disabled_reason = ? WHERE pk = ?",
+                (status, now, reason, row["pk"]),
+            )
+            if status in ("deleted", "disabled"):
+                conn.execute(
+                    "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, settled_at = ?"
+                    " WHERE subscription_pk = ? AND status = 'pending'",
+                    (now, row["pk"]),
+                )
+            return rows.subscription(
+                conn.execute("SELECT * FROM subscriptions WHERE pk = ?", (row["pk"],)).fetchone()
+            )
+
+        return await self._write(unit)
+
+    async def claim_outbox(
+        self, now: float, limit: int, per_subscription: int, busy: dict[int, int], lease: float
+    ) -> list[OutboxJob]:
+        """Take due sends, at most `per_subscription` in flight per subscriber (counting `busy`),
+        so that one slow or dead subscriber never holds the others' places."""
+
+        full = [pk for pk, n in busy.items() if n >= per_subscription]
+
+        def unit(conn: sqlite3.Connection) -> list[OutboxJob]:
+            # The earliest due sends, skipping subscribers already at their cap; a window a few
+            # times the room, so one subscriber's backlog costs the others one round at most.
+            found = conn.execute(
+                "SELECT o.pk AS opk, o.subscription_pk AS spk FROM outbox o"
+                " JOIN subscriptions s ON s.pk = o.subscription_pk"
+                " WHERE o.status = 'pending' AND o.next_attempt_at <= ? AND s.status = 'active'"
+                f" AND o.subscription_pk NOT IN ({','.join('?' * len(full))})"
+                " ORDER BY o.next_attempt_at LIMIT ?",
+                (now, *full, limit * 4),
+            ).fetchall()
+            taken: list[int] = []
+            counts = dict(busy)
+            for row in found:
+                if counts.get(row["spk"], 0) >= per_subscription:
+                    continue
+                counts[row["spk"]] = counts.get(row["spk"], 0) + 1
+                taken.append(row["opk"])
+                if len(taken) == limit:
+                    break
+            if not taken:
+                return []
+            marks = ",".join("?" * len(taken))
+            conn.execute(
+                f"UPDATE outbox SET next_attempt_at = ? WHERE pk IN ({marks})", (now + lease, *taken)
+            )
+            joined = conn.execute(
+                "SELECT o.pk AS opk, o.attempts AS oattempts, e.*, s.pk AS s_pk, s.id AS s_id,"
+                " s.url AS s_url, s.events AS s_events, s.secret AS s_secret, s.status AS s_status,"
+                " s.task_pk AS s_task_pk FROM outbox o JOIN events e ON e.pk = o.event_pk"
+                f" JOIN subscriptions s ON s.pk = o.subscription_pk WHERE o.pk IN ({marks})",
+                taken,
+            ).fetchall()
+            return [
+                OutboxJob(
+                    pk=r["opk"],
+                    attempts=r["oattempts"],
+                    event=rows.event(r),
+                    subscription=SubscriptionRow(
+                        pk=r["s_pk"],
+                        id=r["s_id"],
+                        url=r["s_url"],
+                        events=json.loads(r["s_events"]) if r["s_events"] else None,
+                        secret=r["s_secret"],
+                        status=r["s_status"],
+                        task_pk=r["s_task_pk"],
+                    ),
+                )
+                for r in joined
+            ]
+
+        return await self._write(unit)
+
+    async def record_attempt(self, attempt: Attempt) -> None:
+        a = attempt
+
+        def unit(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO attempts (outbox_pk, at, status, latency_ms, error) VALUES (?, ?, ?, ?, ?)",
+                (a.outbox_pk, a.at, a.status, a.latency_ms, a.error),
+            )
+            status = {"retry": "pending"}.get(a.outcome, a.outcome)
+            conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, status = ?, next_attempt_at = ?,"
+                " settled_at = CASE WHEN ? = 'pending' THEN NULL ELSE ? END, last_status = ?,"
+                " last_error = ? WHERE pk = ? AND status = 'pending'",
+                (
+                    status,
+                    a.next_attempt_at if status == "pending" else None,
+                    status,
+                    a.at,
+                    a.status,
+                    a.error,
+                    a.outbox_pk,
+                ),
+            )
+            if a.disable_subscription:
+                row = conn.execute(
+                    "SELECT subscription_pk FROM outbox WHERE pk = ?", (a.outbox_pk,)
+                ).fetchone()
+                conn.execute(
+                    "UPDATE subscriptions SET status = 'disabled', disabled_reason = ?, updated_at = ?"
+                    " WHERE pk = ?",
+                    ("the subscriber answered 410 Gone", a.at, row["subscription_pk"]),
+                )
+                conn.execute(
+                    "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, settled_at = ?"
+                    " WHERE subscription_pk = ? AND status = 'pending'",
+                    (a.at, row["subscription_pk"]),
+                )
+
+        await self._write(unit)
+
+    async def next_outbox_due(self) -> float | None:
+        found = await self._fetchall(
+            "SELECT min(o.next_attempt_at) AS due FROM outbox o JOIN subscriptions s"
+            " ON s.pk = o.subscription_pk WHERE o.status = 'pending' AND s.status = 'active'"
+        )
+        due = found[0]["due"] if found else None
+        return float(due) if due is not None else None
+
+    async def queue_replay(self, selection: ReplayFilter, now: float, replay_id: str) -> tuple[int, int]:
+        """Queue the selected events again, under their own ids, to one subscriber or to every
+        subscriber they match now. Returns (events selected, sends queued)."""
+        sel = selection
+
+        def unit(conn: sqlite3.Connection) -> tuple[int, int]:
+            where: list[str] = []
+            params: list[Any] = []
+            if sel.video_id is not None:
+                where.append("e.video_id = ?")
+                params.append(sel.video_id)
+            if sel.since is not None:
+                where.append("e.created_at >= ?")
+                params.append(sel.since)
+            if sel.until is not None:
+                where.append("e.created_at < ?")
+                params.append(sel.until)
+            if sel.event_ids is not None:
+                where.append(f"e.id IN ({','.join('?' * len(sel.event_ids))})")
+                params.extend(sel.event_ids)
+            clause = " AND ".join(where) or "1"
+            selected = conn.execute(f"SELECT count(*) FROM events e WHERE {clause}", params).fetchone()[0]
+            if sel.subscription_id is not None:
+                match = "s.id = ? AND (s.task_pk IS NULL OR s.task_pk = e.task_pk)"
+                match_params: list[Any] = [sel.subscription_id]
+            else:
+                match = (
+                    "(s.task_pk = e.task_pk OR (s.task_pk IS NULL AND (s.events IS NULL OR EXISTS"
+                    " (SELECT 1 FROM json_each(s.events) WHERE value = e.type))))"
+                )
+                match_params = []
+            cursor = conn.execute(
+                "INSERT INTO outbox (event_pk, subscription_pk, replay_id, status, next_attempt_at,"
+                " created_at) SELECT e.pk, s.pk, ?, 'pending', ?, ? FROM events e JOIN subscriptions s"
+                f" ON {match} WHERE s.status IN ('active', 'paused') AND {clause} ORDER BY e.pk",
+                (replay_id, now, now, *match_params, *params),
+            )
+            return selected, cursor.rowcount
+
+        return await self._write(unit)
+
+    async def replay_progress(self, replay_id: str) -> dict[str, int]:
+        found = await self._fetchall(
+            "SELECT status, count(*) AS n FROM outbox WHERE replay_id = ? GROUP BY status", (replay_id,)
+        )
+        return {r["status"]: r["n"] for r in found}
+
+    async def list_events(
+        self, video_id: str | None, event_type: str | None, limit: int, after: str | None
+    ) -> Page:
+        where: list[str] = []
+        params: list[Any] = []
+        if after is not None:
+            where.append("pk < ?")
+            params.append(await self._cursor("events", "id", after))
+        for column, value in (("video_id", video_id), ("type", event_type)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return await self._page("SELECT * FROM events", "pk", where, params, limit, rows.event)
+
+    async def get_event(self, event_id: str) -> EventRow | None:
+        found = await self._fetchall("SELECT * FROM events WHERE id = ?", (event_id,))
+        return rows.event(found[0]) if found else None
+
+    async def event_sends(self, event_pk: int) -> list[OutboxRow]:
+        found = await self._fetchall(rows.OUTBOX_SELECT + " WHERE o.event_pk = ? ORDER BY o.pk", (event_pk,))
+        attempts = await self._fetchall(
+            "SELECT a.* FROM attempts a JOIN outbox o ON o.pk = a.outbox_pk WHERE o.event_pk = ?"
+            " ORDER BY a.pk",
+            (event_pk,),
+        )
+        log: dict[int, list[AttemptRow]] = {}
+        for a in attempts:
+            log.setdefault(a["outbox_pk"], []).append(
+                AttemptRow(a["at"], a["status"], a["latency_ms"], a["error"])
+            )
+        return [rows.outbox(r, log.get(r["pk"], [])) for r in found]
+
+    async def list_outbox(
+        self, status: str, subscription_id: str | None, limit: int, after: int | None
+    ) -> Page:
+        where: list[str] = ["o.status = ?"]
+        params: list[Any] = [status]
+        if subscription_id is not None:
+            where.append("s.id = ?")
+            params.append(subscription_id)
+        if after is not None:
+            where.append("o.pk < ?")
+            params.append(after)
+        return await self._page(
+            rows.OUTBOX_SELECT, "o.pk", where, params, limit, lambda r: rows.outbox(r, [])
+        )
+
+    async def events_after(self, event_id: str | None, limit: int) -> list[EventRow]:
+        after = 0
+        if event_id is not None:
+            found = await self._fetchall("SELECT pk FROM events WHERE id = ?", (event_id,))
+            if not found:
+                raise UnknownCursor(event_id)
+            after = found[0]["pk"]
+        found = await self._fetchall("SELECT * FROM events WHERE pk > ? ORDER BY pk LIMIT ?", (after, limit))
+        return [rows.event(r) for r in found]
+
+    async def outbox_stats(self) -> OutboxStats:
+        found = await self._fetchall("SELECT status, count(*) AS n FROM outbox GROUP BY status")
+        return OutboxStats({r["status"]: r["n"] for r in found})
