@@ -21,11 +21,13 @@ __all__ = [
     "ORPHAN_AFTER",
     "apply_change",
     "claims_video",
+    "merge",
     "on_delivery",
     "on_poll",
     "on_replay",
     "on_submit_answer",
     "on_submit_retry",
+    "pick_sends",
 ]
 
 # A submit still "submitting" after this long lost its process (the provider call times out at 30 s).
@@ -122,7 +124,7 @@ def on_poll(
     result = transition(task.status, task.video, status, video)
     # A thin or unsigned delivery asked for this GET: the result came by webhook.
     source = resolved_by or ("webhook" if task.confirm_pending else "poll")
-    _merge(change, _write(task, result.outcome, result, now, resolved_by=source, next_poll_at=next_poll_at))
+    merge(change, _write(task, result.outcome, result, now, resolved_by=source, next_poll_at=next_poll_at))
     if not result.became_terminal and not terminal:
         change.sets.pop("next_poll_at", None)
         _set(change, task, "next_poll_at", next_poll_at)
@@ -153,7 +155,7 @@ def on_submit_answer(
             change.sets["video"] = merged
     else:
         claim = video_id if task.video_id is None else None
-        _merge(
+        merge(
             change,
             _write(task, APPLIED, result, now, resolved_by="poll", next_poll_at=next_poll_at, claim=claim),
         )
@@ -244,7 +246,8 @@ def _set(change: TaskChange, task: TaskRow, column: str, value: Any) -> None:
         change.sets[column] = value
 
 
-def _merge(into: TaskChange, other: TaskChange) -> None:
+def merge(into: TaskChange, other: TaskChange) -> None:
+    """Fold `other` (a later change of the same task) into `into`."""
     into.sets.update(other.sets)
     for name, delta in other.adds.items():
         into.adds[name] = into.adds.get(name, 0) + delta
@@ -269,3 +272,19 @@ def _event(task: TaskRow, result: Transition, now: float, claim: str | None) -> 
     data.pop("provider_status", None)
     kind = "video.completed" if result.status == "completed" else "video.failed"
     return NewEvent("evt_" + secrets.token_hex(12), kind, video_id, now, data)
+
+
+def pick_sends(due: list[tuple[int, int]], in_flight: dict[int, int], cap: int, limit: int) -> list[int]:
+    """From due sends (outbox pk, subscription pk), earliest first, take up to `limit` while no
+    subscriber goes past `cap` in flight, so one slow or dead subscriber never holds the others'
+    places."""
+    counts = dict(in_flight)
+    taken: list[int] = []
+    for outbox_pk, subscription_pk in due:
+        if counts.get(subscription_pk, 0) >= cap:
+            continue
+        counts[subscription_pk] = counts.get(subscription_pk, 0) + 1
+        taken.append(outbox_pk)
+        if len(taken) == limit:
+            break
+    return taken

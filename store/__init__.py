@@ -69,4 +69,8 @@ def open_store(url: str) -> Store:
         if path.startswith("/"):
             path = path[1:]  # sqlite:///rel.db -> rel.db; sqlite:////abs.db -> /abs.db
         return SQLiteStore(path or ":memory:")
+    if url.startswith(("postgresql://", "postgres://")):
+        from store.postgres import PostgresStore
+
+        return PostgresStore(url)
     raise ValueError(f"unsupported store URL scheme: {url.split(':', 1)[0]!r}")

@@ -7,6 +7,8 @@ import secrets
 import sqlite3
 from typing import Any
 
+from receiver import core
+from store import rows
 from store.errors import UnknownCursor
 from store.records import (
     Attempt,
@@ -19,7 +21,6 @@ from store.records import (
     ReplayFilter,
     SubscriptionRow,
 )
-from store.sqlite import rows
 from store.sqlite.base import SQLiteBase
 
 __all__ = ["FanoutStore"]
@@ -106,15 +107,8 @@ class FanoutStore(SQLiteBase):
                 " ORDER BY o.next_attempt_at LIMIT ?",
                 (now, *full, limit * 4),
             ).fetchall()
-            taken: list[int] = []
-            counts = dict(busy)
-            for row in found:
-                if counts.get(row["spk"], 0) >= per_subscription:
-                    continue
-                counts[row["spk"]] = counts.get(row["spk"], 0) + 1
-                taken.append(row["opk"])
-                if len(taken) == limit:
-                    break
+            due = [(row["opk"], row["spk"]) for row in found]
+            taken = core.pick_sends(due, busy, per_subscription, limit)
             if not taken:
                 return []
             marks = ",".join("?" * len(taken))

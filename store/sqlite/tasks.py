@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from receiver import core
+from store import rows
 from store.errors import UnknownCursor, UnknownToken, WrongVideo
 from store.records import (
     CreateResult,
@@ -26,7 +27,6 @@ from store.records import (
     TaskStats,
     delivery_pk,
 )
-from store.sqlite import rows
 from store.sqlite.base import SQLiteBase
 
 __all__ = ["TaskStore", "write_change"]

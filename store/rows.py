@@ -1,14 +1,16 @@
-"""SQLite rows to records: the conversions every part of the SQLite store shares."""
+"""Rows to records, for every backend (sqlite3, aiosqlite and asyncpg rows all read by name)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
+from typing import Any
 
-import aiosqlite
 import orjson
 
 from store.records import AttemptRow, DeliveryRow, EventRow, OutboxRow, SubscriptionRow, TaskRow
+
+# sqlite3.Row, aiosqlite.Row and asyncpg.Record: read by column name.
+Row = Any
 
 __all__ = [
     "LEAN",
@@ -34,19 +36,19 @@ TASKS = (
 LEAN = "pk, video_id, status, video, created_at, next_poll_at, last_open_poll_at"
 
 
-def lean_task(row: sqlite3.Row) -> TaskRow:
+def lean_task(row: Row) -> TaskRow:
     return TaskRow(row[0], row[1], row[2], orjson.loads(row[3]), row[4], row[5], row[6])
 
 
-def _derived(row: sqlite3.Row | aiosqlite.Row, name: str) -> int:
+def _derived(row: Row, name: str) -> int:
     """A count the API reads add (see TASKS); 0 where a write path read the bare row."""
     try:
         return int(row[name])
-    except IndexError:
+    except (IndexError, KeyError):
         return 0
 
 
-def task(row: sqlite3.Row | aiosqlite.Row) -> TaskRow:
+def task(row: Row) -> TaskRow:
     return TaskRow(
         pk=row["pk"],
         video_id=row["video_id"],
@@ -70,7 +72,7 @@ def task(row: sqlite3.Row | aiosqlite.Row) -> TaskRow:
     )
 
 
-def event(row: sqlite3.Row | aiosqlite.Row) -> EventRow:
+def event(row: Row) -> EventRow:
     return EventRow(
         pk=row["pk"],
         id=row["id"],
@@ -82,7 +84,7 @@ def event(row: sqlite3.Row | aiosqlite.Row) -> EventRow:
     )
 
 
-def delivery(row: sqlite3.Row | aiosqlite.Row) -> DeliveryRow:
+def delivery(row: Row) -> DeliveryRow:
     return DeliveryRow(
         pk=row["pk"],
         id=f"dlv_{row['pk']}",
@@ -108,7 +110,7 @@ OUTBOX_SELECT = (
 )
 
 
-def outbox(row: sqlite3.Row | aiosqlite.Row, log: list[AttemptRow]) -> OutboxRow:
+def outbox(row: Row, log: list[AttemptRow]) -> OutboxRow:
     return OutboxRow(
         pk=row["pk"],
         event_id=row["event_id"],
@@ -127,7 +129,7 @@ def outbox(row: sqlite3.Row | aiosqlite.Row, log: list[AttemptRow]) -> OutboxRow
     )
 
 
-def subscription(row: sqlite3.Row | aiosqlite.Row) -> SubscriptionRow:
+def subscription(row: Row) -> SubscriptionRow:
     return SubscriptionRow(
         pk=row["pk"],
         id=row["id"],

@@ -1,0 +1,177 @@
+"""The PostgreSQL store's shared machinery: the pool, migrations, wake-ups across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from store.errors import StoreUnavailable, UnknownCursor
+from store.records import Page
+
+__all__ = ["CHANNEL", "PostgresBase", "guard", "migrate"]
+
+log = logging.getLogger("receiver.store")
+
+CHANNEL = "receiver"
+# Processes x POOL_SIZE must stay well under the server's max_connections (100 by default):
+# 4 to 64 connections measured the same rate per process (one writer does the hot path).
+POOL_SIZE = 8
+ACQUIRE_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 10.0
+_MIGRATION_LOCK = 0x7265636569766572  # "receiver": one key for every process's migrations
+_UNAVAILABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+@contextlib.asynccontextmanager
+async def guard() -> AsyncIterator[None]:
+    """Database and connection failures become StoreUnavailable (a 503 for the caller)."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        log.warning("store: %s", type(exc).__name__)
+        raise StoreUnavailable(f"the store is unavailable ({type(exc).__name__})") from None
+
+
+def _steps() -> list[str]:
+    text = resources.files("store.postgres").joinpath("schema.sql").read_text("utf-8")
+    return [p for p in re.split(r"^-- migration \d+:.*$", text, flags=re.M) if p.strip()]
+
+
+async def migrate(conn: asyncpg.Connection) -> int:
+    """Apply what is missing, under an advisory lock: N processes may start at once."""
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS receiver_migrations"
+            " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = await conn.fetchval("SELECT coalesce(max(version), 0) FROM receiver_migrations")
+        steps = _steps()
+        for number, script in enumerate(steps[done:], start=done + 1):
+            async with conn.transaction():
+                await conn.execute(script)
+                await conn.execute("INSERT INTO receiver_migrations (version) VALUES ($1)", number)
+        return len(steps)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+
+class PostgresBase:
+    """One bounded pool per process; one dedicated connection LISTENs for the others' news."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._pool: asyncpg.Pool | None = None
+        self._listeners: list[Callable[[str], None]] = []
+        self._listen_task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        try:
+            conn = await asyncpg.connect(self._url, timeout=ACQUIRE_TIMEOUT)
+        except (*_UNAVAILABLE, ValueError) as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL ({type(exc).__name__})") from None
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        self._pool = await asyncpg.create_pool(
+            self._url, min_size=2, max_size=POOL_SIZE, command_timeout=COMMAND_TIMEOUT
+        )
+        self._listen_task = asyncio.create_task(self._listen(), name="store-listener")
+
+    async def close(self) -> None:
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listen_task
+            self._listen_task = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def ping(self) -> None:
+        async with self._tx() as conn:
+            await conn.execute("SELECT 1")
+
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(topic)` when any process commits news ("events", "outbox", "tasks")."""
+        self._listeners.append(listener)
+
+    async def _listen(self) -> None:
+        """LISTEN on a connection of its own, reconnecting; while it is down, the workers' own
+        timers are the fallback (a notification sent meanwhile is lost, a poll is not)."""
+
+        def heard(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            for topic in payload.split(","):
+                self._notify_local(topic)
+
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._url, timeout=ACQUIRE_TIMEOUT)
+                await conn.add_listener(CHANNEL, heard)
+                for topic in ("events", "outbox", "tasks"):
+                    self._notify_local(topic)  # what was missed while disconnected
+                while not conn.is_closed():
+                    await asyncio.sleep(1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("store listener: %s; reconnecting", type(exc).__name__)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            await asyncio.sleep(1.0)
+
+    def _notify_local(self, topic: str) -> None:
+        for listener in self._listeners:
+            listener(topic)
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection in a transaction (READ COMMITTED), failures mapped to StoreUnavailable."""
+        if self._pool is None:
+            raise StoreUnavailable("the store is not open")
+        async with guard(), self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
+            yield conn
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        if self._pool is None:
+            raise StoreUnavailable("the store is not open")
+        async with guard():
+            return list(await self._pool.fetch(sql, *args, timeout=COMMAND_TIMEOUT))
+
+    async def _page(
+        self,
+        select: str,
+        order: str,
+        where: list[str],
+        args: list[Any],
+        limit: int,
+        build: Callable[[asyncpg.Record], Any],
+    ) -> Page:
+        """Newest first, one row more than asked to know whether there is more."""
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        args = [*args, limit + 1]
+        found = await self._fetch(f"{select}{clause} ORDER BY {order} LIMIT ${len(args)}", *args)
+        return Page([build(r) for r in found[:limit]], len(found) > limit)
+
+    async def _position(self, table: str, column: str, value: Any, order: str = "tx") -> tuple[int, int]:
+        """The (tx, pk) of the row a cursor names (UnknownCursor when none does)."""
+        found = await self._fetch(f"SELECT {order} AS tx, pk FROM {table} WHERE {column} = $1", value)
+        if not found or found[0]["tx"] is None:
+            raise UnknownCursor(str(value))
+        return int(found[0]["tx"]), int(found[0]["pk"])
+
+
+# Rows a reader may show: written by transactions older than every one still running, so none
+# that commits later can sort before them.
+VISIBLE = "{tx} < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"

@@ -1,0 +1,91 @@
+"""PostgreSQL: writing receiver.core's change sets, one task or a batch of tasks at a time."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import asyncpg
+import orjson
+
+from store.records import NewEvent, TaskChange
+
+__all__ = ["record_events", "write_change", "write_changes"]
+
+_LISTED = "listed_tx = pg_current_xact_id()::text::bigint"
+
+
+def _value(column: str, value: Any) -> Any:
+    return orjson.dumps(value).decode() if column == "video" else value
+
+
+def _statement(change: TaskChange) -> str:
+    """UPDATE for a change's columns: $1 is the task's pk, then the sets, then the adds."""
+    sets = [f"{column} = ${n}" for n, column in enumerate(change.sets, start=2)]
+    start = 2 + len(change.sets)
+    sets += [f"{column} = {column} + ${n}" for n, column in enumerate(change.adds, start=start)]
+    if "video_id" in change.sets:
+        sets.append(_LISTED)  # it joins the task list now: at this transaction's place
+    return f"UPDATE tasks SET {', '.join(sets)} WHERE pk = $1"
+
+
+def _args(task_pk: int, change: TaskChange) -> tuple[Any, ...]:
+    return (task_pk, *(_value(c, v) for c, v in change.sets.items()), *change.adds.values())
+
+
+async def write_change(conn: asyncpg.Connection, task_pk: int, change: TaskChange) -> int | None:
+    """One task's change; for a terminal result its event and sends. Returns the sends queued
+    when it recorded an event, else None."""
+    if change.sets or change.adds:
+        await conn.execute(_statement(change), *_args(task_pk, change))
+    if change.event is None:
+        return None
+    return (await record_events(conn, [(task_pk, change.event)]))[task_pk]
+
+
+async def write_changes(conn: asyncpg.Connection, changes: dict[int, TaskChange]) -> dict[int, int]:
+    """Many tasks' changes: one pipelined statement per shape of change (the ack path's batches
+    mostly share one or two shapes). Returns the sends queued per task that recorded an event."""
+    shapes: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    for pk in sorted(changes):  # rows in pk order: no deadlock between processes
+        change = changes[pk]
+        if change.sets or change.adds:
+            shapes[_statement(change)].append(_args(pk, change))
+    for sql, rows in shapes.items():
+        await conn.executemany(sql, rows)
+    events = [(pk, c.event) for pk, c in changes.items() if c.event is not None]
+    return await record_events(conn, events) if events else {}
+
+
+async def record_events(conn: asyncpg.Connection, events: list[tuple[int, NewEvent]]) -> dict[int, int]:
+    """Terminal results' events and their sends (the transactional outbox), in this transaction:
+    "recorded but never queued" cannot happen. Returns the sends queued per task."""
+    created = await conn.fetch(
+        "INSERT INTO events (id, task_pk, video_id, type, created_at, data)"
+        " SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::float8[], $6::text[])"
+        " RETURNING pk, task_pk, type, created_at",
+        [e.id for _, e in events],
+        [pk for pk, _ in events],
+        [e.video_id for _, e in events],
+        [e.type for _, e in events],
+        [e.created_at for _, e in events],
+        [json.dumps(e.data) for _, e in events],
+    )
+    sends = await conn.fetch(
+        "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at)"
+        " SELECT e.pk, s.pk, 'pending', e.at, e.at"
+        " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[]) AS e(pk, task_pk, type, at)"
+        " JOIN subscriptions s ON s.status IN ('active', 'paused') AND (s.task_pk = e.task_pk"
+        " OR (s.task_pk IS NULL AND (s.events IS NULL OR s.events ? e.type)))"
+        " RETURNING event_pk",
+        [r["pk"] for r in created],
+        [r["task_pk"] for r in created],
+        [r["type"] for r in created],
+        [r["created_at"] for r in created],
+    )
+    task_of = {r["pk"]: r["task_pk"] for r in created}
+    counts = dict.fromkeys(task_of.values(), 0)
+    for row in sends:
+        counts[task_of[row["event_pk"]]] += 1
+    return counts

@@ -1,0 +1,302 @@
+"""PostgreSQL: subscriptions, events, the transactional outbox, attempts and replays.
+
+Sends are claimed with a lease written into next_attempt_at (the row leaves the due range) and
+into leased_until, which is what makes the per-subscriber limit hold for the fleet: the sends
+in flight are counted in the database, under one advisory lock that orders claims."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from receiver import core
+from store import rows
+from store.errors import UnknownCursor
+from store.postgres.base import CHANNEL, VISIBLE, PostgresBase
+from store.records import (
+    Attempt,
+    AttemptRow,
+    EventRow,
+    OutboxJob,
+    OutboxRow,
+    OutboxStats,
+    Page,
+    ReplayFilter,
+    SubscriptionRow,
+)
+
+__all__ = ["FanoutStore"]
+
+_CLAIM_LOCK = 0x6F7574626F78  # "outbox": claims take turns, so fleet-wide counts stay true
+
+
+class FanoutStore(PostgresBase):
+    async def create_subscription(
+        self, url: str, events: list[str] | None, secret: str, now: float
+    ) -> SubscriptionRow:
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO subscriptions (id, url, events, secret, status, created_at, updated_at)"
+                " VALUES ($1, $2, $3::jsonb, $4, 'active', $5, $5) RETURNING *",
+                "sub_" + secrets.token_hex(12),
+                url,
+                json.dumps(events) if events is not None else None,
+                secret,
+                now,
+            )
+        return rows.subscription(row)
+
+    async def get_subscription(self, subscription_id: str) -> SubscriptionRow | None:
+        found = await self._fetch(
+            "SELECT * FROM subscriptions WHERE id = $1 AND status != 'deleted'", subscription_id
+        )
+        return rows.subscription(found[0]) if found else None
+
+    async def list_subscriptions(self, limit: int, after: str | None) -> Page:
+        where = ["task_pk IS NULL", "status != 'deleted'"]
+        args: list[Any] = []
+        if after is not None:
+            found = await self._fetch("SELECT pk FROM subscriptions WHERE id = $1", after)
+            if not found:
+                raise UnknownCursor(after)
+            args.append(found[0]["pk"])
+            where.append("pk < $1")
+        return await self._page(
+            "SELECT * FROM subscriptions", "pk DESC", where, args, limit, rows.subscription
+        )
+
+    async def set_subscription_status(
+        self, subscription_id: str, status: str, now: float, reason: str | None = None
+    ) -> SubscriptionRow | None:
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                "UPDATE subscriptions SET status = $2, updated_at = $3, disabled_reason = $4"
+                " WHERE id = $1 AND status != 'deleted' RETURNING *",
+                subscription_id,
+                status,
+                now,
+                reason,
+            )
+            if row is None:
+                return None
+            if status in ("deleted", "disabled"):
+                await conn.execute(
+                    "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, leased_until = NULL,"
+                    " settled_at = $1 WHERE subscription_pk = $2 AND status = 'pending'",
+                    now,
+                    row["pk"],
+                )
+            elif status == "active":
+                await conn.execute("SELECT pg_notify($1, 'outbox')", CHANNEL)
+        return rows.subscription(row)
+
+    async def claim_outbox(
+        self, now: float, limit: int, per_subscription: int, busy: dict[int, int], lease: float
+    ) -> list[OutboxJob]:
+        """Take due sends, at most `per_subscription` in flight per subscriber across every
+        process (the database counts them; `busy`, one process's view, is not needed here)."""
+        async with self._tx() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _CLAIM_LOCK)
+            in_flight = {
+                r["spk"]: r["n"]
+                for r in await conn.fetch(
+                    "SELECT subscription_pk AS spk, count(*) AS n FROM outbox"
+                    " WHERE status = 'pending' AND leased_until > $1 GROUP BY subscription_pk",
+                    now,
+                )
+            }
+            full = [pk for pk, n in in_flight.items() if n >= per_subscription]
+            found = await conn.fetch(
+                "SELECT o.pk AS opk, o.subscription_pk AS spk FROM outbox o"
+                " JOIN subscriptions s ON s.pk = o.subscription_pk"
+                " WHERE o.status = 'pending' AND o.next_attempt_at <= $1 AND s.status = 'active'"
+                " AND o.subscription_pk <> ALL($2::bigint[]) ORDER BY o.next_attempt_at LIMIT $3",
+                now,
+                full,
+                limit * 4,
+            )
+            taken = core.pick_sends([(r["opk"], r["spk"]) for r in found], in_flight, per_subscription, limit)
+            if not taken:
+                return []
+            joined = await conn.fetch(
+                "WITH claimed AS (UPDATE outbox SET next_attempt_at = $2, leased_until = $2"
+                " WHERE pk = ANY($1::bigint[]) RETURNING pk, attempts, event_pk, subscription_pk)"
+                " SELECT c.pk AS opk, c.attempts AS oattempts, e.*, s.pk AS s_pk, s.id AS s_id,"
+                " s.url AS s_url, s.events AS s_events, s.secret AS s_secret, s.status AS s_status,"
+                " s.task_pk AS s_task_pk FROM claimed c JOIN events e ON e.pk = c.event_pk"
+                " JOIN subscriptions s ON s.pk = c.subscription_pk ORDER BY c.pk",
+                taken,
+                now + lease,
+            )
+        return [
+            OutboxJob(
+                pk=r["opk"],
+                attempts=r["oattempts"],
+                event=rows.event(r),
+                subscription=SubscriptionRow(
+                    pk=r["s_pk"],
+                    id=r["s_id"],
+                    url=r["s_url"],
+                    events=json.loads(r["s_events"]) if r["s_events"] else None,
+                    secret=r["s_secret"],
+                    status=r["s_status"],
+                    task_pk=r["s_task_pk"],
+                ),
+            )
+            for r in joined
+        ]
+
+    async def record_attempt(self, attempt: Attempt) -> None:
+        a = attempt
+        status = {"retry": "pending"}.get(a.outcome, a.outcome)
+        async with self._tx() as conn:
+            await conn.execute(
+                "INSERT INTO attempts (outbox_pk, at, status, latency_ms, error) VALUES ($1, $2, $3, $4, $5)",
+                a.outbox_pk,
+                a.at,
+                a.status,
+                a.latency_ms,
+                a.error,
+            )
+            subscription_pk = await conn.fetchval(
+                "UPDATE outbox SET attempts = attempts + 1, status = $1, next_attempt_at = $2,"
+                " leased_until = NULL, settled_at = $3, last_status = $4, last_error = $5"
+                " WHERE pk = $6 AND status = 'pending' RETURNING subscription_pk",
+                status,
+                a.next_attempt_at if status == "pending" else None,
+                None if status == "pending" else a.at,
+                a.status,
+                a.error,
+                a.outbox_pk,
+            )
+            if a.disable_subscription and subscription_pk is not None:
+                await conn.execute(
+                    "UPDATE subscriptions SET status = 'disabled', disabled_reason = $1, updated_at = $2"
+                    " WHERE pk = $3",
+                    "the subscriber answered 410 Gone",
+                    a.at,
+                    subscription_pk,
+                )
+                await conn.execute(
+                    "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, leased_until = NULL,"
+                    " settled_at = $1 WHERE subscription_pk = $2 AND status = 'pending'",
+                    a.at,
+                    subscription_pk,
+                )
+
+    async def next_outbox_due(self) -> float | None:
+        found = await self._fetch(
+            "SELECT min(o.next_attempt_at) AS due FROM outbox o JOIN subscriptions s"
+            " ON s.pk = o.subscription_pk WHERE o.status = 'pending' AND s.status = 'active'"
+        )
+        due = found[0]["due"] if found else None
+        return float(due) if due is not None else None
+
+    async def queue_replay(self, selection: ReplayFilter, now: float, replay_id: str) -> tuple[int, int]:
+        """Queue the selected events again, under their own ids, to one subscriber or to every
+        subscriber they match now. Returns (events selected, sends queued)."""
+        sel = selection
+        where: list[str] = []
+        args: list[Any] = [replay_id, now]
+        for condition, value in (
+            ("e.video_id = ${}", sel.video_id),
+            ("e.created_at >= ${}", sel.since),
+            ("e.created_at < ${}", sel.until),
+            ("e.id = ANY(${}::text[])", sel.event_ids),
+        ):
+            if value is not None:
+                args.append(value)
+                where.append(condition.format(len(args)))
+        if sel.subscription_id is not None:
+            args.append(sel.subscription_id)
+            match = f"s.id = ${len(args)} AND (s.task_pk IS NULL OR s.task_pk = e.task_pk)"
+        else:
+            match = (
+                "(s.task_pk = e.task_pk OR (s.task_pk IS NULL AND (s.events IS NULL OR s.events ? e.type)))"
+            )
+        clause = " AND ".join(where) or "true"
+        async with self._tx() as conn:
+            counted = await conn.fetchrow(
+                "WITH chosen AS (SELECT e.pk, e.task_pk, e.type FROM events e"
+                f" WHERE {clause}), queued AS (INSERT INTO outbox (event_pk, subscription_pk, replay_id,"
+                " status, next_attempt_at, created_at) SELECT e.pk, s.pk, $1, 'pending', $2, $2"
+                f" FROM chosen e JOIN subscriptions s ON {match} WHERE s.status IN ('active', 'paused')"
+                " ORDER BY e.pk RETURNING 1)"
+                " SELECT (SELECT count(*) FROM chosen) AS selected, (SELECT count(*) FROM queued) AS queued",
+                *args,
+            )
+            if counted["queued"]:
+                await conn.execute("SELECT pg_notify($1, 'outbox')", CHANNEL)
+        return int(counted["selected"]), int(counted["queued"])
+
+    async def replay_progress(self, replay_id: str) -> dict[str, int]:
+        found = await self._fetch(
+            "SELECT status, count(*) AS n FROM outbox WHERE replay_id = $1 GROUP BY status", replay_id
+        )
+        return {r["status"]: r["n"] for r in found}
+
+    async def list_events(
+        self, video_id: str | None, event_type: str | None, limit: int, after: str | None
+    ) -> Page:
+        where = [VISIBLE.format(tx="tx")]
+        args: list[Any] = []
+        if after is not None:
+            args += await self._position("events", "id", after)
+            where.append(f"(tx, pk) < (${len(args) - 1}, ${len(args)})")
+        for column, value in (("video_id", video_id), ("type", event_type)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        return await self._page("SELECT * FROM events", "tx DESC, pk DESC", where, args, limit, rows.event)
+
+    async def get_event(self, event_id: str) -> EventRow | None:
+        found = await self._fetch("SELECT * FROM events WHERE id = $1", event_id)
+        return rows.event(found[0]) if found else None
+
+    async def event_sends(self, event_pk: int) -> list[OutboxRow]:
+        found = await self._fetch(rows.OUTBOX_SELECT + " WHERE o.event_pk = $1 ORDER BY o.pk", event_pk)
+        attempts = await self._fetch(
+            "SELECT a.* FROM attempts a JOIN outbox o ON o.pk = a.outbox_pk WHERE o.event_pk = $1"
+            " ORDER BY a.pk",
+            event_pk,
+        )
+        log: dict[int, list[AttemptRow]] = {}
+        for a in attempts:
+            log.setdefault(a["outbox_pk"], []).append(
+                AttemptRow(a["at"], a["status"], a["latency_ms"], a["error"])
+            )
+        return [rows.outbox(r, log.get(r["pk"], [])) for r in found]
+
+    async def list_outbox(
+        self, status: str, subscription_id: str | None, limit: int, after: int | None
+    ) -> Page:
+        where = ["o.status = $1"]
+        args: list[Any] = [status]
+        if subscription_id is not None:
+            args.append(subscription_id)
+            where.append(f"s.id = ${len(args)}")
+        if after is not None:
+            args.append(after)
+            where.append(f"o.pk < ${len(args)}")
+        return await self._page(
+            rows.OUTBOX_SELECT, "o.pk DESC", where, args, limit, lambda r: rows.outbox(r, [])
+        )
+
+    async def events_after(self, event_id: str | None, limit: int) -> list[EventRow]:
+        """Events in commit order after `event_id`: ordered by (writing transaction, pk) and
+        read only below the oldest transaction still running, so an event that commits late
+        is never skipped by a reader that has moved on."""
+        tx, pk = (0, 0) if event_id is None else await self._position("events", "id", event_id)
+        found = await self._fetch(
+            f"SELECT * FROM events WHERE (tx, pk) > ($1, $2) AND {VISIBLE.format(tx='tx')}"
+            " ORDER BY tx, pk LIMIT $3",
+            tx,
+            pk,
+            limit,
+        )
+        return [rows.event(r) for r in found]
+
+    async def outbox_stats(self) -> OutboxStats:
+        found = await self._fetch("SELECT status, count(*) AS n FROM outbox GROUP BY status")
+        return OutboxStats({r["status"]: r["n"] for r in found})

@@ -1,0 +1,116 @@
+-- migration 1: the whole schema, as SQLite has it after its step 4, shaped for many writers.
+-- Times are Unix seconds (double precision) as in SQLite; JSON is kept as text (written and
+-- read by orjson, never queried inside) except a subscription's event types.
+-- `tx` is the writing transaction's id: readers that follow a table (the event stream, list
+-- cursors) order by (tx, pk) and read only below the oldest running transaction, so a row
+-- that commits late is never skipped (a smaller id can commit later under concurrent writers).
+CREATE TABLE tasks (
+    pk                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    video_id          text UNIQUE,
+    token_hash        text NOT NULL UNIQUE,
+    status            text NOT NULL,
+    model             text NOT NULL,
+    video             text NOT NULL,
+    request           text NOT NULL,
+    callback_url      text,
+    idem_scope        text,
+    idem_key          text,
+    request_hash      text,
+    created_at        double precision NOT NULL,
+    updated_at        double precision NOT NULL,
+    terminal_at       double precision,
+    resolved_by       text,
+    polls             integer NOT NULL DEFAULT 0,
+    anomalies         integer NOT NULL DEFAULT 0,
+    next_poll_at      double precision,
+    poll_failures     integer NOT NULL DEFAULT 0,
+    confirm_pending   boolean NOT NULL DEFAULT false,
+    expires_at        double precision,
+    last_open_poll_at double precision,
+    completion        double precision,
+    listed_tx         bigint,                  -- the transaction that gave it its video id
+    UNIQUE (idem_scope, idem_key)
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
+CREATE INDEX tasks_due ON tasks (next_poll_at) WHERE next_poll_at IS NOT NULL AND video_id IS NOT NULL;
+CREATE INDEX tasks_status ON tasks (status, pk);
+CREATE INDEX tasks_listed ON tasks (listed_tx, pk) WHERE video_id IS NOT NULL;
+CREATE INDEX tasks_model_terminal ON tasks (model, terminal_at) WHERE terminal_at IS NOT NULL;
+
+CREATE TABLE deliveries (
+    pk           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- public id: dlv_<pk>
+    dedupe_key   text NOT NULL UNIQUE,
+    task_pk      bigint REFERENCES tasks (pk) ON DELETE SET NULL,
+    video_id     text,
+    route        text NOT NULL,
+    verified_by  text NOT NULL,
+    headers      text NOT NULL,
+    body         bytea NOT NULL,
+    event_type   text,
+    status       text,
+    outcome      text NOT NULL,
+    repeats      integer NOT NULL DEFAULT 0,
+    received_at  double precision NOT NULL,
+    last_seen_at double precision NOT NULL,
+    tx           bigint NOT NULL DEFAULT pg_current_xact_id()::text::bigint
+) WITH (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.02);
+CREATE INDEX deliveries_video ON deliveries (video_id, pk);
+CREATE INDEX deliveries_task ON deliveries (task_pk);
+CREATE INDEX deliveries_order ON deliveries (tx, pk);
+CREATE INDEX deliveries_unmatched ON deliveries (video_id) WHERE outcome = 'unmatched';
+
+CREATE TABLE events (
+    pk          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          text NOT NULL UNIQUE,
+    task_pk     bigint NOT NULL UNIQUE REFERENCES tasks (pk),  -- one terminal result, one event
+    video_id    text NOT NULL,
+    type        text NOT NULL,
+    created_at  double precision NOT NULL,
+    data        text NOT NULL,
+    tx          bigint NOT NULL DEFAULT pg_current_xact_id()::text::bigint
+);
+CREATE INDEX events_video ON events (video_id);
+CREATE INDEX events_created ON events (created_at);
+CREATE INDEX events_order ON events (tx, pk);
+
+CREATE TABLE subscriptions (
+    pk          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          text NOT NULL UNIQUE,
+    url         text NOT NULL,
+    events      jsonb,                         -- list of event types; NULL: all
+    secret      text NOT NULL,
+    status      text NOT NULL,
+    task_pk     bigint UNIQUE REFERENCES tasks (pk) ON DELETE CASCADE,
+    created_at  double precision NOT NULL,
+    updated_at  double precision NOT NULL,
+    disabled_reason text
+);
+
+CREATE TABLE outbox (
+    pk              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_pk        bigint NOT NULL REFERENCES events (pk),
+    subscription_pk bigint NOT NULL REFERENCES subscriptions (pk) ON DELETE CASCADE,
+    replay_id       text,
+    status          text NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at double precision,
+    created_at      double precision NOT NULL,
+    settled_at      double precision,
+    last_status     integer,
+    last_error      text,
+    leased_until    double precision           -- a process is sending it until then (fleet limits)
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02);
+CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX outbox_leased ON outbox (subscription_pk) WHERE status = 'pending' AND leased_until IS NOT NULL;
+CREATE INDEX outbox_event ON outbox (event_pk);
+CREATE INDEX outbox_dead ON outbox (subscription_pk, pk) WHERE status = 'dead';
+CREATE INDEX outbox_replay ON outbox (replay_id) WHERE replay_id IS NOT NULL;
+
+CREATE TABLE attempts (
+    pk          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    outbox_pk   bigint NOT NULL REFERENCES outbox (pk) ON DELETE CASCADE,
+    at          double precision NOT NULL,
+    status      integer,
+    latency_ms  double precision NOT NULL,
+    error       text
+);
+CREATE INDEX attempts_outbox ON attempts (outbox_pk);
