@@ -155,6 +155,7 @@ def create_app(
                 scheduler=scheduler,
             )
             app.state.ctx = ctx
+            the_store.on_change(ctx.heard)
             stop = asyncio.Event()
             poller = Poller(ctx, concurrency=settings.poll_concurrency, rate=settings.poll_rate)
             ctx.workers.append(asyncio.create_task(poller.run(stop), name="poller"))

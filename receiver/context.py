@@ -34,6 +34,16 @@ class Context:
     def wake_poller(self) -> None:
         self.poll_wakeup.set()
 
+    def heard(self, topic: str) -> None:
+        """Another process committed news (the store's cross-process wake-up)."""
+        if topic == "tasks":
+            self.poll_wakeup.set()
+        elif topic == "outbox":
+            self.fanout_wakeup.set()
+        elif topic == "events":
+            self.new_events.set()
+            self.new_events = asyncio.Event()
+
     def terminal_recorded(self, sends: int | None = None) -> None:
         """A terminal result (so an event, and `sends` sends; None: unknown) was just committed."""
         if sends is None or sends > 0:

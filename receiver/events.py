@@ -27,6 +27,7 @@ EVENT_TYPES = ("video.completed", "video.failed")
 _MAX_REPLAY_IDS = 1000
 _STREAM_BATCH = 100
 _KEEPALIVE = 15.0
+_RECHECK = 1.0
 
 
 def _ctx(request: Request) -> Context:
@@ -290,6 +291,7 @@ async def stream_events(request: Request) -> Response:
     async def frames() -> AsyncIterator[bytes]:
         cursor = last
         yield b": connected\n\n"
+        quiet = 0.0
         while True:
             signal = ctx.new_events
             rows = await ctx.store.events_after(cursor, _STREAM_BATCH)
@@ -302,10 +304,18 @@ async def stream_events(request: Request) -> Response:
                 cursor = row.id
             if len(rows) == _STREAM_BATCH:
                 continue
+            if rows:
+                quiet = 0.0
+            # Woken by a new event here or (through the store) in another process; a short
+            # timeout as well, for what another process recorded while the wake-up was lost
+            # and for events that became readable only when an older transaction ended.
             try:
-                await asyncio.wait_for(signal.wait(), timeout=_KEEPALIVE)
+                await asyncio.wait_for(signal.wait(), timeout=_RECHECK)
             except TimeoutError:
-                yield b": keep-alive\n\n"
+                quiet += _RECHECK
+                if quiet >= _KEEPALIVE:
+                    quiet = 0.0
+                    yield b": keep-alive\n\n"
 
     headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
     return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)

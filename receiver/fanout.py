@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import logging
 import random
@@ -112,7 +111,6 @@ class Dispatcher:
         self._per_subscriber = per_subscriber
         self._rng = rng or random.Random()
         self._monotonic = monotonic
-        self._busy: dict[int, int] = {}  # subscription pk -> sends in flight
         self._keys: dict[str, bytes] = {}  # decoded subscriber secrets
         self._running: set[asyncio.Task[None]] = set()
         self._finished = asyncio.Event()
@@ -161,24 +159,17 @@ class Dispatcher:
                 await self._finished.wait()
 
     async def _claim(self, room: int) -> list[OutboxJob]:
-        return await self._ctx.store.claim_outbox(
-            self._ctx.clock(), room, self._per_subscriber, self._busy, self._lease
-        )
+        return await self._ctx.store.claim_outbox(self._ctx.clock(), room, self._per_subscriber, self._lease)
 
     def _spawn(self, jobs: list[OutboxJob]) -> int:
         for job in jobs:
-            key = job.subscription.pk
-            self._busy[key] = self._busy.get(key, 0) + 1
             sending = asyncio.create_task(self._deliver(job))
             self._running.add(sending)
-            sending.add_done_callback(functools.partial(self._done, key=key))
+            sending.add_done_callback(self._done)
         return len(jobs)
 
-    def _done(self, task: asyncio.Task[None], key: int) -> None:
+    def _done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
-        self._busy[key] -= 1
-        if not self._busy[key]:
-            del self._busy[key]
         self._finished.set()
 
     def _signing_key(self, job: OutboxJob) -> bytes | None:

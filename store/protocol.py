@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from store.records import (
@@ -30,6 +31,9 @@ class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(topic)` when another process commits news: "tasks" (something may be
+        due to poll), "outbox" (sends to make), "events" (new events to stream)."""
 
     async def create_task(self, new: NewTask) -> CreateResult: ...
     async def finish_submit(
@@ -85,8 +89,11 @@ class Store(Protocol):
         self, subscription_id: str, status: str, now: float, reason: str | None = None
     ) -> SubscriptionRow | None: ...
     async def claim_outbox(
-        self, now: float, limit: int, per_subscription: int, busy: dict[int, int], lease: float
-    ) -> list[OutboxJob]: ...
+        self, now: float, limit: int, per_subscription: int, lease: float
+    ) -> list[OutboxJob]:
+        """Due sends, leased until now + lease, at most `per_subscription` in flight per
+        subscriber counting every process's leases."""
+
     async def record_attempt(self, attempt: Attempt) -> None: ...
     async def next_outbox_due(self) -> float | None: ...
     async def queue_replay(self, selection: ReplayFilter, now: float, replay_id: str) -> tuple[int, int]: ...

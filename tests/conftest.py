@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import pytest
 import uvicorn
@@ -202,3 +207,63 @@ class Subscriber:
     def ids(self) -> set[str]:
         """The webhook-ids seen, after the subscriber's own dedupe."""
         return {r.webhook_id for r in self.received}
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+# The PostgreSQL cases run against RECEIVER_TEST_DATABASE_URL if set, else a server on
+# 127.0.0.1:5432 if one answers (scripts/test starts a throwaway one when neither is there).
+# Each test gets a database of its own, dropped afterwards.
+
+PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _pg_run(url: str, *statements: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    # A loop of its own in a thread: fixtures run inside the tests' event loop too.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str | None:
+    """An admin URL of a PostgreSQL server that answers, or None."""
+    url = os.environ.get("RECEIVER_TEST_DATABASE_URL") or PG_DEFAULT
+    try:
+        _pg_run(url, "SELECT 1")
+    except Exception:
+        return None
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str | None) -> Iterator[str]:
+    """A fresh, empty database on the test server (the test is skipped when there is none)."""
+    if postgres_server is None:
+        pytest.skip("no PostgreSQL server answers (set RECEIVER_TEST_DATABASE_URL)")
+    name = "receiver_test_" + secrets.token_hex(6)
+    _pg_run(postgres_server, f"CREATE DATABASE {name}")
+    try:
+        yield _with_database(postgres_server, name)
+    finally:
+        _pg_run(postgres_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each backend in turn: the same cases run on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/receiver.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url

@@ -92,10 +92,10 @@ class FanoutStore(PostgresBase):
         return rows.subscription(row)
 
     async def claim_outbox(
-        self, now: float, limit: int, per_subscription: int, busy: dict[int, int], lease: float
+        self, now: float, limit: int, per_subscription: int, lease: float
     ) -> list[OutboxJob]:
         """Take due sends, at most `per_subscription` in flight per subscriber across every
-        process (the database counts them; `busy`, one process's view, is not needed here)."""
+        process: the database counts them (leased_until)."""
         async with self._tx() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _CLAIM_LOCK)
             in_flight = {

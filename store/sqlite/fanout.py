@@ -78,7 +78,8 @@ class FanoutStore(SQLiteBase):
             )
             if status in ("deleted", "disabled"):
                 conn.execute(
-                    "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, settled_at = ?"
+                    "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, leased_until = NULL,"
+                    " settled_at = ?"
                     " WHERE subscription_pk = ? AND status = 'pending'",
                     (now, row["pk"]),
                 )
@@ -89,14 +90,21 @@ class FanoutStore(SQLiteBase):
         return await self._write(unit)
 
     async def claim_outbox(
-        self, now: float, limit: int, per_subscription: int, busy: dict[int, int], lease: float
+        self, now: float, limit: int, per_subscription: int, lease: float
     ) -> list[OutboxJob]:
-        """Take due sends, at most `per_subscription` in flight per subscriber (counting `busy`),
-        so that one slow or dead subscriber never holds the others' places."""
-
-        full = [pk for pk, n in busy.items() if n >= per_subscription]
+        """Take due sends, at most `per_subscription` in flight per subscriber, counted in the
+        store (leased_until), so that one slow or dead subscriber never holds the others' places."""
 
         def unit(conn: sqlite3.Connection) -> list[OutboxJob]:
+            in_flight = {
+                r["spk"]: r["n"]
+                for r in conn.execute(
+                    "SELECT subscription_pk AS spk, count(*) AS n FROM outbox"
+                    " WHERE status = 'pending' AND leased_until > ? GROUP BY subscription_pk",
+                    (now,),
+                )
+            }
+            full = [pk for pk, n in in_flight.items() if n >= per_subscription]
             # The earliest due sends, skipping subscribers already at their cap; a window a few
             # times the room, so one subscriber's backlog costs the others one round at most.
             found = conn.execute(
@@ -108,12 +116,13 @@ class FanoutStore(SQLiteBase):
                 (now, *full, limit * 4),
             ).fetchall()
             due = [(row["opk"], row["spk"]) for row in found]
-            taken = core.pick_sends(due, busy, per_subscription, limit)
+            taken = core.pick_sends(due, in_flight, per_subscription, limit)
             if not taken:
                 return []
             marks = ",".join("?" * len(taken))
             conn.execute(
-                f"UPDATE outbox SET next_attempt_at = ? WHERE pk IN ({marks})", (now + lease, *taken)
+                f"UPDATE outbox SET next_attempt_at = ?, leased_until = ? WHERE pk IN ({marks})",
+                (now + lease, now + lease, *taken),
             )
             joined = conn.execute(
                 "SELECT o.pk AS opk, o.attempts AS oattempts, e.*, s.pk AS s_pk, s.id AS s_id,"
@@ -153,8 +162,8 @@ class FanoutStore(SQLiteBase):
             status = {"retry": "pending"}.get(a.outcome, a.outcome)
             conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1, status = ?, next_attempt_at = ?,"
-                " settled_at = CASE WHEN ? = 'pending' THEN NULL ELSE ? END, last_status = ?,"
-                " last_error = ? WHERE pk = ? AND status = 'pending'",
+                " leased_until = NULL, settled_at = CASE WHEN ? = 'pending' THEN NULL ELSE ? END,"
+                " last_status = ?, last_error = ? WHERE pk = ? AND status = 'pending'",
                 (
                     status,
                     a.next_attempt_at if status == "pending" else None,
@@ -175,7 +184,8 @@ class FanoutStore(SQLiteBase):
                     ("the subscriber answered 410 Gone", a.at, row["subscription_pk"]),
                 )
                 conn.execute(
-                    "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, settled_at = ?"
+                    "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, leased_until = NULL,"
+                    " settled_at = ?"
                     " WHERE subscription_pk = ? AND status = 'pending'",
                     (a.at, row["subscription_pk"]),
                 )

@@ -1,7 +1,7 @@
 """SQLite schema versions: PRAGMA user_version counts the steps applied; a step is never edited.
 
-Steps 1-3 are the `-- migration N` sections of schema.sql. Later steps are Python functions run
-in the same transaction as the version bump, for changes plain SQL cannot make conditionally.
+Steps 1-3 are the `-- migration N` sections of schema.sql, step 4 a Python function (a repair
+plain SQL cannot make conditionally), steps 5 on the sections of later.sql.
 """
 
 from __future__ import annotations
@@ -58,10 +58,13 @@ def _repair_deliveries(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX deliveries_unmatched ON deliveries (video_id) WHERE outcome = 'unmatched'")
 
 
+def _sql(name: str) -> list[Step]:
+    text = resources.files("store.sqlite").joinpath(name).read_text("utf-8")
+    return [p for p in re.split(r"^-- migration \d+:.*$", text, flags=re.M) if p.strip()]
+
+
 def steps() -> list[Step]:
-    text = resources.files("store.sqlite").joinpath("schema.sql").read_text("utf-8")
-    sql: list[Step] = [p for p in re.split(r"^-- migration \d+:.*$", text, flags=re.M) if p.strip()]
-    return [*sql, _repair_deliveries]
+    return [*_sql("schema.sql"), _repair_deliveries, *_sql("later.sql")]
 
 
 def migrate(conn: sqlite3.Connection) -> int:

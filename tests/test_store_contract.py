@@ -1,0 +1,275 @@
+"""One contract, every backend: the same cases on SQLite and PostgreSQL, concurrency included.
+
+Concurrency cases use two store instances on one database, as two processes would: each has
+its own connections and its own writer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from store import (
+    Attempt,
+    NewDelivery,
+    NewTask,
+    ReplayFilter,
+    Store,
+    UnknownCursor,
+    UnknownToken,
+    WrongVideo,
+    open_store,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str, count: int = 1) -> AsyncIterator[list[Store]]:
+    stores = [open_store(url) for _ in range(count)]
+    for store in stores:
+        await store.open()
+    try:
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
+
+
+def new_task(n: int, now: float, **kwargs: Any) -> NewTask:
+    fields: dict[str, Any] = {
+        "token_hash": f"tok{n}",
+        "model": "m",
+        "request": {"model": "m", "prompt": f"p{n}"},
+        "callback_url": None,
+        "idem_scope": None,
+        "idem_key": None,
+        "request_hash": None,
+        "created_at": now,
+        "expires_at": None,
+    }
+    fields.update(kwargs)
+    return NewTask(**fields)
+
+
+async def submitted(store: Store, n: int, now: float, status: str = "queued") -> int:
+    created = await store.create_task(new_task(n, now))
+    assert created.state == "created" and created.pk is not None
+    await store.finish_submit(created.pk, f"vid{n}", status, {"id": f"vid{n}", "model": "m"}, now, now + 60)
+    return created.pk
+
+
+def delivery(n: int, key: str, status: str | None, now: float, **kwargs: Any) -> NewDelivery:
+    fields: dict[str, Any] = {
+        "dedupe_key": key,
+        "route": "task",
+        "token_hash": f"tok{n}",
+        "video_id": f"vid{n}",
+        "verified_by": "standard-v1",
+        "headers": {"webhook-id": key},
+        "body": b"{}",
+        "event_type": None,
+        "status": status,
+        "video": {"id": f"vid{n}", "status": status} if status else None,
+        "actionable": True,
+        "needs_confirm": False,
+        "received_at": now,
+        "next_poll_at": now + 60,
+    }
+    fields.update(kwargs)
+    return NewDelivery(**fields)
+
+
+async def test_a_delivery_records_the_result_once(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        await store.create_subscription("https://example.com/hook", None, "whsec_x", now)
+        await submitted(store, 1, now)
+        first = await store.record_delivery(delivery(1, "msg:a", "completed", now))
+        assert (first.outcome, first.duplicate, first.terminal, first.sends) == ("applied", False, True, 1)
+        copy = await store.record_delivery(delivery(1, "msg:a", "completed", now + 1))
+        assert copy.duplicate and copy.id == first.id
+        later = await store.record_delivery(delivery(1, "msg:b", "failed", now + 2))
+        assert (later.outcome, later.terminal) == ("anomaly", False)
+        task = await store.task_by_video("vid1")
+        assert task is not None
+        assert (task.status, task.resolved_by, task.deliveries, task.duplicates, task.anomalies) == (
+            "completed",
+            "webhook",
+            3,
+            1,
+            1,
+        )
+        assert task.next_poll_at is None
+        events = await store.list_events("vid1", None, 10, None)
+        assert len(events.rows) == 1 and events.rows[0].data["status"] == "completed"
+        sends = await store.event_sends(events.rows[0].pk)
+        assert [s.status for s in sends] == ["pending"]
+
+
+async def test_unknown_token_and_wrong_video_change_nothing(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        await submitted(store, 1, now)
+        with pytest.raises(UnknownToken):
+            await store.record_delivery(delivery(9, "msg:x", "completed", now))
+        with pytest.raises(WrongVideo):
+            await store.record_delivery(delivery(1, "msg:y", "completed", now, video_id="vid2"))
+        page = await store.list_deliveries(None, 10, None)
+        assert page.rows == []
+        with pytest.raises(UnknownCursor):
+            await store.list_deliveries(None, 10, "dlv_999")
+
+
+async def test_a_delivery_before_the_submit_answer_is_kept_and_merged(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        created = await store.create_task(new_task(1, now))
+        assert created.pk is not None
+        early = await store.record_delivery(delivery(1, "msg:early", "completed", now))
+        assert early.terminal
+        task = await store.finish_submit(
+            created.pk, "vid1", "queued", {"id": "vid1", "prompt": "p1", "model": "m"}, now, now + 60
+        )
+        assert (task.status, task.video_id, task.video["prompt"]) == ("completed", "vid1", "p1")
+        assert not await store.abandon_submit(created.pk)  # the provider called back: keep it
+
+
+async def test_thin_deliveries_wait_for_our_get(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        pk = await submitted(store, 1, now)
+        thin = await store.record_delivery(delivery(1, "msg:thin", None, now, needs_confirm=True))
+        assert thin.outcome == "pending_confirm"
+        due = await store.claim_due(now + 0.1, 10, 90)
+        assert [t.pk for t in due] == [pk] and due[0].confirm_pending
+        task = await store.record_poll(pk, "completed", {"id": "vid1", "status": "completed"}, now + 1, None)
+        assert (task.status, task.resolved_by, task.polls) == ("completed", "webhook", 1)
+
+
+async def test_polls_move_forward_only_and_fail_softly(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        pk = await submitted(store, 1, now)
+        task = await store.record_poll(pk, None, None, now, now + 5, failed=True)
+        assert (task.poll_failures, task.next_poll_at) == (1, now + 5)
+        task = await store.record_poll(pk, "in_progress", {"id": "vid1"}, now + 5, now + 20)
+        assert (task.status, task.poll_failures, task.last_open_poll_at) == ("in_progress", 0, now + 5)
+        task = await store.record_poll(pk, "queued", {"id": "vid1"}, now + 6, now + 30)
+        assert task.status == "in_progress"
+        task = await store.record_poll(pk, "failed", {"id": "vid1", "error": {"code": "x"}}, now + 9, None)
+        assert (task.status, task.resolved_by, task.next_poll_at, task.polls) == ("failed", "poll", None, 4)
+        history = await store.model_history("m", 10)
+        assert len(history) == 1 and history[0].completion == pytest.approx((now + 6 + now + 9) / 2 - now)
+
+
+async def test_copies_of_one_delivery_at_two_processes_apply_once(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url, 2) as (a, b):
+        for n in range(20):
+            await submitted(a, n, now)
+        copies = [
+            store.record_delivery(delivery(n, f"msg:{n}", "completed", now))
+            for n in range(20)
+            for store in (a, b, a, b)
+        ]
+        results = await asyncio.gather(*copies)
+        applied = [r for r in results if not r.duplicate]
+        assert len(applied) == 20 and all(r.outcome == "applied" and r.terminal for r in applied)
+        assert sum(r.duplicate for r in results) == 60
+        events = await a.list_events(None, None, 100, None)
+        assert sorted(e.video_id for e in events.rows) == sorted(f"vid{n}" for n in range(20))
+        task = await b.task_by_video("vid3")
+        assert task is not None and (task.deliveries, task.duplicates) == (4, 3)
+
+
+async def test_one_idempotency_key_at_two_processes_makes_one_task(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url, 2) as (a, b):
+        same = {"idem_scope": "key1", "idem_key": "k", "request_hash": "h"}
+        results = await asyncio.gather(
+            *(store.create_task(new_task(n, now, **same)) for n, store in enumerate((a, b, a, b)))
+        )
+        assert sorted(r.state for r in results) == ["created", "in_flight", "in_flight", "in_flight"]
+        other = await b.create_task(new_task(9, now, **{**same, "request_hash": "other"}))
+        assert other.state == "mismatch"
+        # The first submit's process died: after a while its key is free for the retry.
+        late = await a.create_task(new_task(10, now + 600, **same))
+        assert late.state == "created"
+
+
+async def test_poll_claims_never_overlap_and_leases_expire(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url, 2) as (a, b):
+        for n in range(40):
+            await submitted(a, n, now - 100)
+        claims = await asyncio.gather(*(s.claim_due(now, 7, 90) for s in (a, b, a, b, a, b, a, b)))
+        taken = [t.pk for claim in claims for t in claim]
+        assert len(taken) == len(set(taken)) == 40
+        assert await a.claim_due(now, 100, 90) == []  # leased: out of the due range
+        again = await b.claim_due(now + 91, 100, 90)  # a claimer that died: taken over
+        assert len(again) == 40
+
+
+async def test_send_claims_hold_the_per_subscriber_cap_across_processes(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url, 2) as (a, b):
+        sub = await a.create_subscription("https://example.com/hook", None, "whsec_x", now)
+        for n in range(12):
+            await submitted(a, n, now)
+            await a.record_delivery(delivery(n, f"msg:{n}", "completed", now))
+        claims = await asyncio.gather(*(s.claim_outbox(now + 1, 10, 3, 60) for s in (a, b, a, b)))
+        taken = [job.pk for claim in claims for job in claim]
+        assert len(taken) == len(set(taken)) == 3  # the cap holds for the fleet
+        await a.record_attempt(Attempt(taken[0], now + 2, 200, 5.0, None, "delivered"))
+        more = await b.claim_outbox(now + 2, 10, 3, 60)
+        assert len(more) == 1 and more[0].subscription.id == sub.id
+        # A claimer that died: its leases run out and the sends are taken over.
+        rescued = await a.claim_outbox(now + 200, 20, 20, 60)
+        assert len(rescued) == 11 - 0  # every send not delivered
+
+
+async def test_replay_queues_sends_again_under_the_same_event_id(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        sub = await store.create_subscription("https://example.com/hook", ["video.completed"], "whsec_x", now)
+        await submitted(store, 1, now)
+        await store.record_delivery(delivery(1, "msg:1", "completed", now))
+        selected, queued = await store.queue_replay(ReplayFilter(subscription_id=sub.id), now, "rpl_1")
+        assert (selected, queued) == (1, 1)
+        assert await store.replay_progress("rpl_1") == {"pending": 1}
+        none = await store.queue_replay(ReplayFilter(video_id="nope"), now, "rpl_2")
+        assert none == (0, 0)
+        paused = await store.set_subscription_status(sub.id, "paused", now)
+        assert paused is not None and paused.status == "paused"
+        assert await store.claim_outbox(now + 1, 10, 4, 60) == []
+
+
+async def test_the_event_stream_follows_commit_order(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url, 2) as (a, b):
+        for n in range(10):
+            await submitted(a, n, now)
+        await asyncio.gather(
+            *(
+                s.record_delivery(delivery(n, f"msg:{n}", "completed", now))
+                for n, s in zip(range(10), [a, b] * 5, strict=True)
+            )
+        )
+        seen: list[str] = []
+        cursor = None
+        while True:
+            rows = await b.events_after(cursor, 3)
+            if not rows:
+                break
+            seen += [r.video_id for r in rows]
+            cursor = rows[-1].id
+        assert sorted(seen) == sorted(f"vid{n}" for n in range(10)) and len(seen) == 10
+        newest = await a.list_events(None, None, 4, None)
+        older = await a.list_events(None, None, 10, newest.rows[-1].id)
+        assert len(newest.rows) + len(older.rows) == 10 and newest.has_more and not older.has_more
+        assert not {e.id for e in newest.rows} & {e.id for e in older.rows}
