@@ -142,7 +142,7 @@ def create_app(
             else:
                 assert settings.provider_url is not None
                 base = settings.provider_url
-            provider = Provider(client, base, settings.provider_api_key)
+            provider = Provider(client, base, settings.provider_api_key, float(settings.provider_timeout))
             scheduler = Scheduler(
                 the_store, settings, clock=clock, fixed_interval=settings.poll_fixed_interval
             )

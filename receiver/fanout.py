@@ -27,7 +27,7 @@ __all__ = ["BlockedAddress", "Dispatcher", "event_body", "outbound_session"]
 
 log = logging.getLogger("receiver.fanout")
 
-LEASE_MARGIN = 30.0  # a claimed send is due again this long after its timeout if it never lands
+LEASE_MARGIN = 10.0  # a claimed send is due again this long after its timeout if it never lands
 ANSWER_CAP = 64 * 1024  # bytes of a subscriber's answer we read at most
 
 

@@ -16,7 +16,9 @@ __all__ = ["Poller"]
 
 log = logging.getLogger("receiver.poller")
 
-LEASE = 90.0  # a claimed task is due again after this long if its poll never lands (crash)
+# A claimed task is due again this long after its GET would have timed out, if its poll never
+# lands (the process died): then another process (or this one, restarted) takes it over.
+LEASE_MARGIN = 15.0
 NOT_FOUND_CONFIRMATIONS = 3  # consecutive 404s before a task is failed as not_found
 
 
@@ -36,6 +38,7 @@ class Poller:
         self._in_flight: set[int] = set()  # task pks being polled right now
         self._idle = asyncio.Event()  # set whenever no poll is in flight
         self._idle.set()
+        self._lease = ctx.settings.provider_timeout + LEASE_MARGIN
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim due tasks whenever there is room, poll each in its own task, and sleep until
@@ -56,7 +59,7 @@ class Poller:
             claimed: list[TaskRow] = []
             if room > 0:
                 try:
-                    claimed = await self._ctx.store.claim_due(self._ctx.clock(), room, LEASE)
+                    claimed = await self._ctx.store.claim_due(self._ctx.clock(), room, self._lease)
                 except StoreError as exc:
                     log.warning("poller: store unavailable (%s)", type(exc).__name__)
                 for task in claimed:
@@ -93,7 +96,7 @@ class Poller:
                 await self._idle.wait()  # another loop's polls: let them land first
 
     async def run_once(self) -> int:
-        due = await self._ctx.store.claim_due(self._ctx.clock(), self._batch, LEASE)
+        due = await self._ctx.store.claim_due(self._ctx.clock(), self._batch, self._lease)
         tasks = [task for task in due if task.pk not in self._in_flight]
         if tasks:
             await asyncio.gather(*(self._guarded(task) for task in tasks))

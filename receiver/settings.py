@@ -88,6 +88,7 @@ class Settings:
     task_max_age: int = 86_400
     fanout_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     fanout_timeout: int = 15
+    provider_timeout: int = 30
     fanout_concurrency: int = 64
     fanout_per_subscriber: int = 4
     callback_secret: str | None = field(default=None, repr=False)
@@ -104,10 +105,10 @@ class Settings:
         port = _int(env, "RECEIVER_PORT", 8000, low=0, high=65535)
 
         database_url = env.get("RECEIVER_DATABASE_URL", "sqlite:///receiver.db").strip()
-        if not database_url.startswith("sqlite://"):
+        if not database_url.startswith(("sqlite://", "postgresql://", "postgres://")):
             raise SettingsError(
                 f"RECEIVER_DATABASE_URL: unsupported store {database_url.split(':', 1)[0]!r}; "
-                "use sqlite:///path.db"
+                "use sqlite:///path.db or postgresql://user@host:port/db"
             )
 
         url_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -190,6 +191,7 @@ class Settings:
             task_max_age=_int(env, "RECEIVER_TASK_MAX_AGE", 86_400, low=60, high=90 * 86_400),
             fanout_retry_schedule=schedule,
             fanout_timeout=_int(env, "RECEIVER_FANOUT_TIMEOUT", 15, low=1, high=300),
+            provider_timeout=_int(env, "RECEIVER_PROVIDER_TIMEOUT", 30, low=1, high=300),
             fanout_concurrency=_int(env, "RECEIVER_FANOUT_CONCURRENCY", 64, low=1, high=4096),
             fanout_per_subscriber=_int(env, "RECEIVER_FANOUT_PER_SUBSCRIBER", 4, low=1, high=1024),
             callback_secret=callback_secret,

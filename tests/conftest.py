@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -207,6 +210,46 @@ class Subscriber:
     def ids(self) -> set[str]:
         """The webhook-ids seen, after the subscriber's own dedupe."""
         return {r.webhook_id for r in self.received}
+
+
+class ReceiverProcess:
+    """`python -m receiver serve` in a child process, killable with SIGKILL."""
+
+    def __init__(self, env: dict[str, str], port: int, cwd: Path) -> None:
+        self.env, self.port, self.cwd = env, port, cwd
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def start(self, client: httpx.AsyncClient) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "receiver", "serve", "--port", str(self.port)],
+            env=self.env,
+            cwd=self.cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.cwd / "receiver.log", "ab"),  # noqa: SIM115
+        )
+
+        async def ready() -> bool:
+            assert self.process is not None and self.process.poll() is None, "receiver exited"
+            try:
+                return (await client.get(f"{self.url}/readyz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await wait_until(ready, timeout=30, what="the receiver to be ready")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------

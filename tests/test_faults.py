@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,7 @@ import pytest
 
 from receiver.simulator import SimConfig, Simulator
 from receiver.tasks import RANK
-from tests.conftest import SECRET, StackFactory, free_socket, serve, wait_until
+from tests.conftest import SECRET, ReceiverProcess, StackFactory, free_socket, serve, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -130,46 +127,6 @@ async def test_two_hundred_tasks_against_a_faulty_provider(make_stack: StackFact
         await watching
         await watcher.sample()
         check_outcome(stack.simulator, str(tmp_path / "receiver.db"), watcher)
-
-
-class ReceiverProcess:
-    """`python -m receiver serve` in a child process, killable with SIGKILL."""
-
-    def __init__(self, env: dict[str, str], port: int, cwd: Path) -> None:
-        self.env, self.port, self.cwd = env, port, cwd
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def start(self, client: httpx.AsyncClient) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "receiver", "serve", "--port", str(self.port)],
-            env=self.env,
-            cwd=self.cwd,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.cwd / "receiver.log", "ab"),  # noqa: SIM115
-        )
-
-        async def ready() -> bool:
-            assert self.process is not None and self.process.poll() is None, "receiver exited"
-            try:
-                return (await client.get(f"{self.url}/readyz")).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await wait_until(ready, timeout=30, what="the receiver to be ready")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 @contextlib.asynccontextmanager
