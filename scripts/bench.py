@@ -281,7 +281,7 @@ async def wait_ready(url: str, process: asyncio.subprocess.Process, path: str = 
     raise RuntimeError("server did not become ready")
 
 
-def start_receiver(env: dict[str, str], scratch: Path) -> Any:
+def start_receiver(env: dict[str, str], scratch: Path, name: str = "receiver") -> Any:
     """`receiver serve` in a child process, its log in the scratch folder."""
     return asyncio.create_subprocess_exec(
         sys.executable,
@@ -290,7 +290,7 @@ def start_receiver(env: dict[str, str], scratch: Path) -> Any:
         "serve",
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=open(scratch / "receiver.log", "wb"),
+        stderr=open(scratch / f"{name}.log", "wb"),
     )
 
 
@@ -408,34 +408,74 @@ def write_requests(
     return ids
 
 
-async def bench_ingest(args: argparse.Namespace) -> int:
-    print(f"machine: {machine()}")
+async def stored_keys(database_url: str) -> tuple[set[str], int]:
+    """The dedupe keys in a store (for the acknowledged-but-missing check) and its row count."""
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url[len("sqlite:///") :]) as conn:
+            keys = {k for (k,) in conn.execute("SELECT dedupe_key FROM deliveries")}
+        return keys, len(keys)
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        keys = {r[0] for r in await conn.fetch("SELECT dedupe_key FROM deliveries")}
+    finally:
+        await conn.close()
+    return keys, len(keys)
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(admin_url: str) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for one run, dropped afterwards."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import asyncpg
+
+    name = f"bench_{int(time.time())}_{__import__('os').getpid()}"
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f"CREATE DATABASE {name}")
+    await conn.close()
+    try:
+        yield urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
+    finally:
+        conn = await asyncpg.connect(admin_url)
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await conn.close()
+
+
+async def ingest_run(
+    args: argparse.Namespace, label: str, database_url: str, processes: int, scratch: Path
+) -> dict[str, Any]:
+    """`processes` receivers on one store, each loaded by its own wrk (as behind a balancer)."""
     secret = dev_secret()
-    scratch = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    port, bare_port = free_port(), free_port()
+    ports = [free_port() for _ in range(processes)]
     # The provider: the simulator, in this process; its tasks run for hours, so it stays quiet.
     simulator = Simulator(SimConfig(secret=secret, duration_median=36_000, duration_sigma=0.0))
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RECEIVER_")}
+    servers: list[Any] = []
     async with serve(simulator.app) as (provider_url, _):
         env.update(
-            RECEIVER_PORT=str(port),
-            RECEIVER_DATABASE_URL=f"sqlite:///{scratch}/receiver.db",
+            RECEIVER_DATABASE_URL=database_url,
             RECEIVER_PROVIDER_URL=provider_url,
             RECEIVER_WEBHOOK_SECRETS=secret,
             RECEIVER_POLL_AFTER="86400",
             RECEIVER_API_KEYS="bench-key",
         )
-        server = await start_receiver(env, scratch)
-        url = f"http://127.0.0.1:{port}"
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
         try:
-            await wait_ready(url, server)
+            for n, port in enumerate(ports):
+                servers.append(
+                    await start_receiver({**env, "RECEIVER_PORT": str(port)}, scratch, f"{label}-{n}")
+                )
+                await wait_ready(urls[n], servers[n])
             async with httpx.AsyncClient(timeout=30, headers={"authorization": "Bearer bench-key"}) as client:
                 gate = asyncio.Semaphore(32)
 
                 async def submit(i: int) -> str:
                     async with gate:
                         answer = await client.post(
-                            f"{url}/v1/videos", json={"model": "seedance-2.0", "prompt": str(i)}
+                            f"{urls[i % processes]}/v1/videos",
+                            json={"model": "seedance-2.0", "prompt": str(i)},
                         )
                         answer.raise_for_status()
                         return str(answer.json()["id"])
@@ -443,87 +483,138 @@ async def bench_ingest(args: argparse.Namespace) -> int:
                 video_ids = await asyncio.gather(*(submit(i) for i in range(args.tasks)))
             # The per-task callback URLs, as the provider (the simulator) received them.
             tasks = [(v, str(simulator.tasks[v].callback_url).rsplit("/", 1)[1]) for v in video_ids]
-            ids_file = scratch / "requests.txt"
-            warm_file = scratch / "warm.txt"
-            write_requests(warm_file, tasks, secret, 20_000, "warm", args.seed + 1)
-            issued = write_requests(ids_file, tasks, secret, args.requests, "m", args.seed)
-            print(
-                f"workload: {args.tasks} tasks, {args.requests} prepared deliveries "
-                f"(~80% in_progress, ~20% terminal, 5% repeats), {args.connections} connections, "
-                f"{args.seconds} s, wrk -t1"
+            connections = max(1, args.connections // processes)
+            files, issued = [], []
+            for n in range(processes):
+                warm, load = scratch / f"warm-{label}-{n}.txt", scratch / f"requests-{label}-{n}.txt"
+                write_requests(warm, tasks, secret, 20_000, f"warm{n}-", args.seed + 1)
+                issued.append(write_requests(load, tasks, secret, args.requests, f"m{n}-", args.seed + n))
+                files.append((warm, load))
+            await asyncio.gather(
+                *(run_wrk(u, f[0], 2, connections) for u, f in zip(urls, files, strict=True))
             )
-            await run_wrk(url, warm_file, 2, args.connections)
-            profiler = None
-            if args.profile:
-                profiler = await asyncio.create_subprocess_exec(
-                    "py-spy",
-                    "record",
-                    "--threads",
-                    "-r",
-                    "200",
-                    "-f",
-                    "raw",
-                    "-o",
-                    args.profile,
-                    "-d",
-                    str(args.seconds),
-                    "-p",
-                    str(server.pid),
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
-                )
-            cpu_before = cpu_seconds(server.pid)
-            result = await run_wrk(url, ids_file, args.seconds, args.connections)
-            server_cpu = (cpu_seconds(server.pid) - cpu_before) / (result["duration_us"] / 1e6)
-            if profiler is not None:
-                await profiler.wait()
-            peak = rss_peak_kib(server.pid)
+            cpu_before = [cpu_seconds(s.pid) for s in servers]
+            results = await asyncio.gather(
+                *(run_wrk(u, f[1], args.seconds, connections) for u, f in zip(urls, files, strict=True))
+            )
+            seconds = max(r["duration_us"] for r in results) / 1e6
+            cpu = sum(cpu_seconds(s.pid) - b for s, b in zip(servers, cpu_before, strict=True)) / seconds
+            peak = max(rss_peak_kib(s.pid) for s in servers)
         finally:
-            server.terminate()
-            await server.wait()
+            for server in servers:
+                server.terminate()
+                await server.wait()
     # What was acknowledged must be stored: wrk issues requests in file order with at most
     # `connections` outstanding, so every id before (completed - connections) was answered 2xx.
-    db = scratch / "receiver.db"
-    with sqlite3.connect(db) as conn:
-        stored = {
-            k[4:] for (k,) in conn.execute("SELECT dedupe_key FROM deliveries") if k.startswith("msg:m")
-        }
-        rows = conn.execute("SELECT count(*) FROM deliveries").fetchone()[0]
-    size = sum(p.stat().st_size for p in scratch.glob("receiver.db*"))
-    completed = result["requests"]
-    answered = issued[: max(0, min(completed, len(issued)) - args.connections)]
-    missing = sorted({i for i in answered if i not in stored})
-    rate = completed / (result["duration_us"] / 1e6)
+    keys, rows = await stored_keys(database_url)
+    lost: list[str] = []
+    checked = 0
+    for result, ids in zip(results, issued, strict=True):
+        answered = ids[: max(0, min(result["requests"], len(ids)) - connections)]
+        checked += len(answered)
+        lost += sorted({i for i in answered if f"msg:{i}" not in keys})
+    if lost:
+        print(f"  {label}: acknowledged but not stored: {', '.join(lost[:5])}")
+    missing = len(lost)
+    return {
+        "rate": sum(r["requests"] for r in results) / seconds,
+        "p50": max(r["p50_us"] for r in results) / 1000,
+        "p99": max(r["p99_us"] for r in results) / 1000,
+        "non2xx": sum(r["non2xx"] for r in results),
+        "errors": sum(r["socket_errors"] for r in results),
+        "cpu": cpu,
+        "peak_mib": peak / 1024,
+        "rows": rows,
+        "checked": checked,
+        "missing": missing,
+        "files": files,
+    }
 
+
+async def _pg_admin(args: argparse.Namespace) -> str | None:
+    """The PostgreSQL server to measure: --database-url, RECEIVER_TEST_DATABASE_URL, else the
+    local one if it answers."""
+    import asyncpg
+
+    url = args.database_url or __import__("os").environ.get("RECEIVER_TEST_DATABASE_URL")
+    url = url or "postgresql://postgres@127.0.0.1:5432/postgres"
+
+    async def answers() -> bool:
+        try:
+            conn = await asyncpg.connect(url, timeout=3)
+        except Exception:
+            return False
+        await conn.close()
+        return True
+
+    return url if await answers() else None
+
+
+async def bench_ingest(args: argparse.Namespace) -> int:
+    print(f"machine: {machine()}")
+    pg_admin = await _pg_admin(args)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    print(
+        f"workload: {args.tasks} tasks, {args.requests} prepared deliveries per process "
+        f"(~80% in_progress, ~20% terminal, 5% repeats), {args.connections} connections in all, "
+        f"{args.seconds} s, wrk -t1 per process"
+    )
+    runs: dict[str, dict[str, Any]] = {}
+
+    def show(label: str, r: dict[str, Any]) -> None:
+        print(
+            f"  {label:<34} {r['rate']:>9,.0f} deliveries/s  p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  "
+            f"non-2xx {r['non2xx']}  socket errors {r['errors']}  server CPU {r['cpu']:.0%}  "
+            f"peak RSS {r['peak_mib']:.0f} MiB  missing {r['missing']} of {r['checked']:,} acknowledged"
+        )
+
+    runs["sqlite"] = await ingest_run(args, "sqlite", f"sqlite:///{scratch}/receiver.db", 1, scratch)
+    show("SQLite (WAL, synchronous=FULL)", runs["sqlite"])
+    if pg_admin is None:
+        print("!!! no PostgreSQL answers (--database-url): the PostgreSQL runs are skipped")
+    else:
+        for processes in (1, 2):
+            async with scratch_database(pg_admin) as url:
+                label = f"pg{processes}"
+                runs[label] = await ingest_run(args, label, url, processes, scratch)
+            show(f"PostgreSQL, {processes} process{'es' if processes > 1 else ''}", runs[label])
+
+    bare_port = free_port()
     bare = await start_bare(bare_port)
     bare_url = f"http://127.0.0.1:{bare_port}"
+    warm, load = runs["sqlite"]["files"][0]
     try:
         await wait_ready(bare_url, bare, "/")
-        await run_wrk(bare_url, warm_file, 2, args.connections)
-        baseline = await run_wrk(bare_url, ids_file, args.seconds, args.connections)
+        await run_wrk(bare_url, warm, 2, args.connections)
+        baseline = await run_wrk(bare_url, load, args.seconds, args.connections)
     finally:
         bare.terminate()
         await bare.wait()
     bare_rate = baseline["requests"] / (baseline["duration_us"] / 1e6)
-    ratio = rate / bare_rate
-    p99_ms = result["p99_us"] / 1000
     print(
-        f"  receiver (durable, WAL + synchronous=FULL): {rate:,.0f} deliveries/s  "
-        f"p50 {result['p50_us'] / 1000:.2f} ms  p99 {p99_ms:.2f} ms  non-2xx {result['non2xx']}  "
-        f"socket errors {result['socket_errors']}  server CPU {server_cpu:.0%}"
-    )
-    print(
-        f"  bare Starlette endpoint:                   {bare_rate:,.0f} requests/s  "
+        f"  {'bare Starlette endpoint':<34} {bare_rate:>9,.0f} requests/s    "
         f"p50 {baseline['p50_us'] / 1000:.2f} ms  p99 {baseline['p99_us'] / 1000:.2f} ms"
     )
-    print(f"  ratio: {ratio:.1%} of the bare endpoint")
+    sqlite_ratio = runs["sqlite"]["rate"] / bare_rate
+    print(f"  SQLite: {sqlite_ratio:.1%} of the bare endpoint")
+    clean = all(r["missing"] == 0 and r["non2xx"] == 0 for r in runs.values())
+    ok = sqlite_ratio >= 0.33 and runs["sqlite"]["p99"] < 25 and clean
+    if "pg1" in runs:
+        pg1, pg2 = runs["pg1"], runs["pg2"]
+        print(f"  PostgreSQL, 1 process: {pg1['rate'] / runs['sqlite']['rate']:.1%} of SQLite")
+        print(f"  PostgreSQL, 2 processes: {pg2['rate'] / pg1['rate']:.2f}x one process")
+        ok = (
+            ok
+            and pg1["rate"] >= 0.8 * runs["sqlite"]["rate"]
+            and pg1["p99"] < 25
+            and pg2["rate"] > pg1["rate"]
+        )
     print(
-        f"  server peak RSS: {peak / 1024:.0f} MiB; store: {size / max(rows, 1):,.0f} bytes per stored "
-        f"delivery ({rows:,} deliveries, {size / 2**20:.0f} MiB with WAL)"
+        "result:",
+        "PASS" if ok else "FAIL",
+        "(targets: SQLite >= 33% of bare with p99 < 25 ms; PostgreSQL 1 process >= 80% of SQLite with "
+        "p99 < 25 ms; 2 processes faster than 1; none missing)",
     )
-    print(f"  acknowledged deliveries checked: {len(answered):,}; missing from the store: {len(missing)}")
-    ok = ratio >= 0.33 and p99_ms < 25 and not missing and result["non2xx"] == 0
-    print("result:", "PASS" if ok else "FAIL", "(targets: >= 33% of bare, p99 < 25 ms, none missing)")
     import shutil
 
     if not args.keep:
@@ -852,7 +943,11 @@ def main(argv: list[str] | None = None) -> int:
     ingest.add_argument("--connections", type=int, default=64)
     ingest.add_argument("--seed", type=int, default=1)
     ingest.add_argument("--keep", action="store_true", help="keep the scratch folder (store, server log)")
-    ingest.add_argument("--profile", help="also record the server with py-spy (collapsed stacks) here")
+    ingest.add_argument(
+        "--database-url",
+        help="PostgreSQL server for the PostgreSQL runs (a scratch database is made on it); default:"
+        " RECEIVER_TEST_DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/postgres if it answers",
+    )
     ingest.set_defaults(run=bench_ingest)
     fanout = commands.add_parser("fanout", help="events/s delivered to a subscriber vs bare aiohttp")
     fanout.add_argument("--events", type=int, default=20_000)
