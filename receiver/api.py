@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import json
 import logging
 import secrets
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from receiver import jsonpolicy
 from receiver.context import Context
 from receiver.errors import Conflict, InvalidRequest, NotFound, Unavailable, UpstreamError
 from receiver.http import authorize, json_response, page_params, read_json_object
+from receiver.ids import parse_id
 from receiver.ingest import reprocess
+from receiver.outbound import OutboundURLError, check_url
 from receiver.payloads import STATUSES, PayloadError, normalise_status
 from receiver.provider import ProviderError
+from receiver.redact import redact_headers, strip_callbacks, strip_text
 from receiver.settings import Settings
 from store import DeliveryRow, NewTask, StoreUnavailable, TaskRow, UnknownCursor, WrongVideo
 
@@ -68,44 +70,11 @@ def _choice(body: dict[str, Any], name: str, options: tuple[str, ...]) -> None:
 
 
 def check_outbound_url(settings: Settings, url: object, param: str) -> str:
-    """A URL we may POST to: https, or http/private only inside RECEIVER_OUTBOUND_ALLOW."""
-    if not isinstance(url, str) or len(url) > 2048:
-        raise InvalidRequest(f"{param} must be a URL string", param=param)
+    """A URL we may POST to (receiver.outbound's rule), else a 400 naming `param`."""
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port
-    except ValueError:
-        raise InvalidRequest(f"{param} is not a valid URL", param=param) from None
-    if parts.scheme not in ("https", "http") or not host:
-        raise InvalidRequest(f"{param} must be an https URL", param=param)
-    if parts.username or parts.password:
-        raise InvalidRequest(f"{param} must not carry credentials", param=param)
-    allowed = settings.outbound_allowed(host)
-    if parts.scheme == "http" and not allowed:
-        raise InvalidRequest(
-            f"{param} must be https (plain http only inside RECEIVER_OUTBOUND_ALLOW)", param=param
-        )
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    private = host == "localhost" or (
-        address is not None
-        and (
-            address.is_private
-            or address.is_loopback
-            or address.is_link_local
-            or address.is_reserved
-            or address.is_multicast
-            or address.is_unspecified
-        )
-    )
-    if private and not allowed:
-        raise InvalidRequest(
-            f"{param} points at a private or loopback address", param=param, code="url_not_allowed"
-        )
-    return url
+        return check_url(url, settings.outbound_allow)
+    except OutboundURLError as exc:
+        raise InvalidRequest(f"{param} {exc}", param=param, code=exc.code) from None
 
 
 def validate_submit(body: dict[str, Any], settings: Settings) -> None:
@@ -147,7 +116,7 @@ def validate_submit(body: dict[str, Any], settings: Settings) -> None:
         metadata = body["metadata"]
         if not isinstance(metadata, dict):
             raise InvalidRequest("metadata must be an object", param="metadata")
-        if len(json.dumps(metadata)) > 16_384:
+        if len(json.dumps(metadata, ensure_ascii=False).encode("utf-8", "surrogatepass")) > 16_384:
             raise InvalidRequest("metadata is larger than 16 KiB", param="metadata")
     for name in ("frame_images", "input_references"):
         if name in body and not isinstance(body[name], list):
@@ -165,7 +134,8 @@ def validate_submit(body: dict[str, Any], settings: Settings) -> None:
 
 def task_view(task: TaskRow, request: dict[str, Any] | None = None) -> dict[str, Any]:
     """The video object we answer with: the provider's fields plus our `receiver` block."""
-    video = dict(task.video)
+    # Rows stored before the provider's echo was stripped on the way in are stripped here too.
+    video: dict[str, Any] = strip_callbacks(task.video)
     video.pop("provider_status", None)
     video.update(id=task.video_id, object="video", status=task.status, model=video.get("model") or task.model)
     if request is not None and "prompt" not in video:
@@ -185,12 +155,18 @@ def task_view(task: TaskRow, request: dict[str, Any] | None = None) -> dict[str,
 
 
 def delivery_view(row: DeliveryRow) -> dict[str, Any]:
+    """A stored delivery as received, minus our callback URL and any credential header. A body
+    outside the JSON policy (kept as received) is shown as text (base64 when not UTF-8), never
+    a failed read."""
     try:
-        body: Any = json.loads(row.body)
+        body: Any = strip_callbacks(jsonpolicy.loads(row.body))
         encoding = "json"
-    except (ValueError, UnicodeDecodeError):
-        body = base64.b64encode(row.body).decode()
-        encoding = "base64"
+    except jsonpolicy.JSONPolicyError:
+        try:
+            body, encoding = strip_text(row.body.decode("utf-8")), "text"
+        except UnicodeDecodeError:
+            body = base64.b64encode(strip_text(row.body.decode("latin-1")).encode("latin-1")).decode()
+            encoding = "base64"
     return {
         "id": row.id,
         "object": "delivery",
@@ -204,7 +180,7 @@ def delivery_view(row: DeliveryRow) -> dict[str, Any]:
         "status": row.status,
         "outcome": row.outcome,
         "repeats": row.repeats,
-        "headers": row.headers,
+        "headers": redact_headers(row.headers),
         "body": body,
         "body_encoding": encoding,
     }
@@ -282,15 +258,18 @@ async def submit(request: Request) -> Response:
     try:
         answer = await ctx.provider.create(outbound)
         status = normalise_status(answer.get("status", "queued"))
-    except (ProviderError, PayloadError) as exc:
+    except Exception as exc:
+        # Whatever went wrong, no row is left in "submitting" unless the provider called back.
         kept = not await store_call(ctx.store.abandon_submit(created.pk))
         if kept:
             log.warning("submit failed after the provider called back; task kept")
         if isinstance(exc, PayloadError):
             raise UpstreamError(f"the provider's answer is unusable: {exc}") from None
-        raise _provider_failure(exc) from None
+        if isinstance(exc, ProviderError):
+            raise _provider_failure(exc) from None
+        raise
+    # The provider's answer comes without our callback URL (receiver.provider strips it).
     video = {k: v for k, v in answer.items() if k not in ("status", "object")}
-    video.pop("callback_url", None)  # our minted URL is a credential: never echo it
     now = ctx.clock()
     first_poll = await ctx.scheduler.first_poll_at(body["model"], now)
     try:
@@ -319,7 +298,7 @@ async def store_call(awaitable: Any) -> Any:
 async def get_video(request: Request) -> Response:
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
-    task = await ctx.store.task_by_video(request.path_params["video_id"])
+    task = await ctx.store.task_by_video(parse_id("video", request.path_params["video_id"]))
     if task is None:
         raise NotFound("no such video", param="id")
     return json_response(task_view(task))
@@ -328,7 +307,7 @@ async def get_video(request: Request) -> Response:
 async def list_videos(request: Request) -> Response:
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
-    limit, after = page_params(request)
+    limit, after = page_params(request, "video")
     status = request.query_params.get("status")
     if status is not None and status not in STATUSES:
         raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
@@ -344,8 +323,10 @@ async def list_videos(request: Request) -> Response:
 async def list_deliveries(request: Request) -> Response:
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
-    limit, after = page_params(request)
+    limit, after = page_params(request, "delivery")
     video_id = request.query_params.get("video_id") or None
+    if video_id is not None:
+        parse_id("video", video_id, "video_id")
     try:
         page = await ctx.store.list_deliveries(video_id, limit, after)
     except UnknownCursor:
@@ -358,7 +339,7 @@ async def list_deliveries(request: Request) -> Response:
 async def replay_delivery(request: Request) -> Response:
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
-    delivery = await ctx.store.get_delivery(request.path_params["delivery_id"])
+    delivery = await ctx.store.get_delivery(parse_id("delivery", request.path_params["delivery_id"]))
     if delivery is None:
         raise NotFound("no such delivery", param="id")
     result = await store_call(reprocess(ctx, delivery))

@@ -18,6 +18,8 @@ from receiver.context import Context
 from receiver.errors import InvalidRequest, NotFound
 from receiver.fanout import event_body
 from receiver.http import authorize, json_response, page_params, read_json_object
+from receiver.ids import parse_id
+from receiver.redact import strip_callbacks
 from receiver.signatures import SecretFormatError, parse_key
 from store import EventRow, OutboxRow, ReplayFilter, SubscriptionRow, UnknownCursor
 
@@ -57,7 +59,7 @@ def event_view(row: EventRow) -> dict[str, Any]:
         "object": "event",
         "type": row.type,
         "created_at": int(row.created_at),
-        "data": row.data,
+        "data": strip_callbacks(row.data),
     }
 
 
@@ -115,18 +117,18 @@ async def create_subscription(request: Request) -> Response:
 
 async def list_subscriptions(request: Request) -> Response:
     ctx = _ctx(request)
-    limit, after = page_params(request)
+    limit, after = page_params(request, "subscription")
     try:
-        page = await ctx.store.list_subscriptions(limit, after)
+        rows = await ctx.store.list_subscriptions(limit, after)
     except UnknownCursor:
         raise InvalidRequest("after names no subscription", param="after") from None
     return json_response(
-        {"object": "list", "data": [subscription_view(s) for s in page.rows], "has_more": page.has_more}
+        {"object": "list", "data": [subscription_view(s) for s in rows.rows], "has_more": rows.has_more}
     )
 
 
 async def _subscription(ctx: Context, request: Request) -> SubscriptionRow:
-    row = await ctx.store.get_subscription(request.path_params["subscription_id"])
+    row = await ctx.store.get_subscription(parse_id("subscription", request.path_params["subscription_id"]))
     if row is None or row.task_pk is not None:
         raise NotFound("no such subscription", param="id")
     return row
@@ -162,24 +164,25 @@ async def resume_subscription(request: Request) -> Response:
 
 async def list_events(request: Request) -> Response:
     ctx = _ctx(request)
-    limit, after = page_params(request)
+    limit, after = page_params(request, "event")
     event_type = request.query_params.get("type")
     if event_type is not None and event_type not in EVENT_TYPES:
         raise InvalidRequest(f"type must be one of {', '.join(EVENT_TYPES)}", param="type")
+    video_id = request.query_params.get("video_id") or None
+    if video_id is not None:
+        parse_id("video", video_id, "video_id")
     try:
-        page = await ctx.store.list_events(
-            request.query_params.get("video_id") or None, event_type, limit, after
-        )
+        rows = await ctx.store.list_events(video_id, event_type, limit, after)
     except UnknownCursor:
         raise InvalidRequest("after names no event", param="after") from None
     return json_response(
-        {"object": "list", "data": [event_view(e) for e in page.rows], "has_more": page.has_more}
+        {"object": "list", "data": [event_view(e) for e in rows.rows], "has_more": rows.has_more}
     )
 
 
 async def get_event(request: Request) -> Response:
     ctx = _ctx(request)
-    event = await ctx.store.get_event(request.path_params["event_id"])
+    event = await ctx.store.get_event(parse_id("event", request.path_params["event_id"]))
     if event is None:
         raise NotFound("no such event", param="id")
     view = event_view(event)
@@ -226,6 +229,12 @@ async def replay_events(request: Request) -> Response:
         if name in body and not isinstance(body[name], str):
             raise InvalidRequest(f"{name} must be a string", param=name)
     subscription_id = body.get("subscription_id")
+    if subscription_id is not None:
+        parse_id("subscription", subscription_id, "subscription_id")
+    if "video_id" in body:
+        parse_id("video", body["video_id"], "video_id")
+    for event_id in event_ids or ():
+        parse_id("event", event_id, "event_ids")
     if subscription_id is not None and await ctx.store.get_subscription(subscription_id) is None:
         raise InvalidRequest("subscription_id names no subscription", param="subscription_id")
     selection = ReplayFilter(
@@ -237,13 +246,17 @@ async def replay_events(request: Request) -> Response:
     )
     replay_id = "rpl_" + secrets.token_hex(12)
     selected, queued = await store_call(ctx.store.queue_replay(selection, ctx.clock(), replay_id))
+    if not queued:
+        # Nothing was queued, so nothing is kept under that id: answer none rather than an id
+        # that GET /v1/replays/{id} would not know.
+        return json_response({"id": None, "object": "replay", "events": selected, "sends": 0})
     ctx.fanout_wakeup.set()
     return json_response({"id": replay_id, "object": "replay", "events": selected, "sends": queued})
 
 
 async def replay_status(request: Request) -> Response:
     ctx = _ctx(request)
-    counts = await ctx.store.replay_progress(request.path_params["replay_id"])
+    counts = await ctx.store.replay_progress(parse_id("replay", request.path_params["replay_id"]))
     if not counts:
         raise NotFound("no such replay", param="id")
     total = sum(counts.values())
@@ -260,17 +273,14 @@ async def replay_status(request: Request) -> Response:
 
 async def dead_letters(request: Request) -> Response:
     ctx = _ctx(request)
-    limit, after = page_params(request)
-    cursor: int | None = None
-    if after is not None:
-        if not after.startswith("snd_") or not after[4:].isdigit():
-            raise InvalidRequest("after must be a send id (snd_...)", param="after")
-        cursor = int(after[4:])
-    page = await ctx.store.list_outbox(
-        "dead", request.query_params.get("subscription_id") or None, limit, cursor
-    )
+    limit, after = page_params(request, "send")
+    cursor = int(after[len("snd_") :]) if after is not None else None
+    subscription_id = request.query_params.get("subscription_id") or None
+    if subscription_id is not None:
+        parse_id("subscription", subscription_id, "subscription_id")
+    rows = await ctx.store.list_outbox("dead", subscription_id, limit, cursor)
     return json_response(
-        {"object": "list", "data": [send_view(s) for s in page.rows], "has_more": page.has_more}
+        {"object": "list", "data": [send_view(s) for s in rows.rows], "has_more": rows.has_more}
     )
 
 
@@ -278,10 +288,12 @@ async def stream_events(request: Request) -> Response:
     """Server-Sent Events of new events; Last-Event-ID (header or ?last_event_id) resumes."""
     ctx = _ctx(request)
     last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if last is not None:
+        parse_id("event", last, "Last-Event-ID")
     if last is None:
         # A fresh reader starts from now: only events recorded after it connected.
-        page = await ctx.store.list_events(None, None, 1, None)
-        last = page.rows[0].id if page.rows else None
+        newest = await ctx.store.list_events(None, None, 1, None)
+        last = newest.rows[0].id if newest.rows else None
     else:
         try:
             await ctx.store.events_after(last, 1)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -19,7 +18,8 @@ from aiohttp.resolver import ThreadedResolver
 
 from receiver.context import Context
 from receiver.http import parse_retry_after
-from receiver.settings import Network
+from receiver.outbound import Network, OutboundURLError, address_allowed, host_address, in_allow
+from receiver.redact import strip_callbacks
 from receiver.signatures import parse_key, sign_v1
 from store import Attempt, EventRow, OutboxJob, StoreError
 
@@ -33,13 +33,6 @@ ANSWER_CAP = 64 * 1024  # bytes of a subscriber's answer we read at most
 
 class BlockedAddress(OSError):
     """The subscriber's host resolves to an address we may not send to."""
-
-
-def address_allowed(address: str, allow: Iterable[Network]) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if any(ip in network for network in allow):
-        return True
-    return ip.is_global and not ip.is_multicast
 
 
 class GuardedResolver(AbstractResolver):
@@ -87,7 +80,7 @@ def event_body(event: EventRow) -> bytes:
         "object": "event",
         "type": event.type,
         "created_at": int(event.created_at),
-        "data": event.data,
+        "data": strip_callbacks(event.data),
     }
     return orjson.dumps(body)
 
@@ -225,17 +218,15 @@ class Dispatcher:
         host = parts.hostname or ""
         allow = self._ctx.settings.outbound_allow
         try:
-            literal = ipaddress.ip_address(host)
-        except ValueError:
-            literal = None
-        if literal is not None and not address_allowed(str(literal), allow):
-            # aiohttp skips the resolver for literal addresses: check them here.
-            raise BlockedAddress(f"{host} is a private, loopback or link-local address")
+            literal = host_address(host)
+        except OutboundURLError as exc:
+            raise BlockedAddress(str(exc)) from None
+        if literal is not None and not address_allowed(literal, allow):
+            # aiohttp skips the resolver for literal addresses: check them here (the same rule).
+            raise BlockedAddress(f"{host} is a private, loopback or reserved address")
         if parts.scheme != "https":
             infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 80)
-            if not infos or not all(
-                any(ipaddress.ip_address(str(i[4][0])) in n for n in allow) for i in infos
-            ):
+            if not infos or not all(in_allow(str(i[4][0]), allow) for i in infos):
                 raise BlockedAddress("plain http is allowed only inside RECEIVER_OUTBOUND_ALLOW")
         async with self._http.post(url, data=body, headers=headers, allow_redirects=False) as response:
             await response.content.read(ANSWER_CAP)  # read a little, never the whole of a huge answer

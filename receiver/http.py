@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
+from receiver import jsonpolicy
 from receiver.errors import InvalidRequest, PayloadTooLarge, Unauthorized
+from receiver.ids import PageParams, parse_page
 
 __all__ = [
     "authorize",
@@ -22,6 +25,9 @@ __all__ = [
     "read_body",
     "read_json_object",
 ]
+
+
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}", re.ASCII)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -46,7 +52,7 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 async def read_asgi_body(receive: Receive, content_length: str | None, cap: int) -> bytes:
     """The whole body, or 413 as soon as it passes `cap` (whatever Content-Length claims)."""
     if content_length is not None:
-        if not content_length.isdigit():
+        if not _CONTENT_LENGTH.fullmatch(content_length):
             raise InvalidRequest("Content-Length is not a number", code="bad_content_length")
         if int(content_length) > cap:
             raise PayloadTooLarge(f"body larger than {cap} bytes")
@@ -76,9 +82,9 @@ async def read_json_object(request: Request, cap: int) -> dict[str, Any]:
     if not body.strip():
         raise InvalidRequest("request body must be a JSON object", code="invalid_json")
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("request body is not valid JSON", code="invalid_json") from None
+        value = jsonpolicy.loads(body)
+    except jsonpolicy.JSONPolicyError as exc:
+        raise InvalidRequest(f"request body is not acceptable JSON: {exc}", code="invalid_json") from None
     if not isinstance(value, dict):
         raise InvalidRequest("request body must be a JSON object", code="invalid_json")
     return value
@@ -102,11 +108,6 @@ def authorize(request: Request, api_keys: tuple[str, ...]) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def page_params(request: Request) -> tuple[int, str | None]:
-    raw = request.query_params.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
-        raise InvalidRequest("limit must be a whole number from 1 to 100", param="limit")
-    after = request.query_params.get("after")
-    if after is not None and not after:
-        raise InvalidRequest("after must not be empty", param="after")
-    return int(raw), after
+def page_params(request: Request, kind: str) -> PageParams:
+    """`limit` and `after` of a list route whose ids are of `kind` (see receiver.ids)."""
+    return parse_page(request.query_params, kind)

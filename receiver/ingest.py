@@ -8,13 +8,14 @@ import logging
 import re
 from collections.abc import Callable
 
-import orjson
 from starlette.types import Receive, Scope, Send
 
+from receiver import jsonpolicy
 from receiver.context import Context
 from receiver.errors import ApiError, InvalidRequest, NotFound, Unauthorized, Unavailable
 from receiver.http import read_asgi_body
 from receiver.payloads import PayloadError, VideoUpdate, normalise
+from receiver.redact import redact_headers, strip_callbacks
 from receiver.signatures import (
     STANDARD_HEADER_FAMILIES,
     NoSignature,
@@ -24,16 +25,11 @@ from receiver.signatures import (
 )
 from store import DeliveryRow, NewDelivery, StoreUnavailable, UnknownToken, WrongVideo
 
-__all__ = ["IngestApp", "dedupe_key", "ingest", "redact", "reprocess"]
+__all__ = ["IngestApp", "dedupe_key", "ingest", "reprocess"]
 
 log = logging.getLogger("receiver.ingest")
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
-
-
-def redact(headers: dict[str, str]) -> dict[str, str]:
-    return {k: ("[redacted]" if k in _SECRET_HEADERS else v) for k, v in headers.items()}
 
 
 def dedupe_key(headers: dict[str, str], verification: Verification, update: VideoUpdate, body: bytes) -> str:
@@ -50,15 +46,19 @@ def dedupe_key(headers: dict[str, str], verification: Verification, update: Vide
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-def _parse(body: bytes) -> VideoUpdate:
+def _parse(body: bytes, token: str | None) -> VideoUpdate:
+    """The JSON policy, then the payload shapes; the video to store never holds our callback URL."""
     try:
-        parsed = orjson.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("body is not JSON", code="invalid_json") from None
+        parsed = jsonpolicy.loads(body)
+    except jsonpolicy.JSONPolicyError as exc:
+        raise InvalidRequest(f"body is not acceptable JSON: {exc}", code="invalid_json") from None
     try:
-        return normalise(parsed)
+        update = normalise(parsed)
     except PayloadError as exc:
         raise InvalidRequest(str(exc), code="invalid_payload") from None
+    if update.video is not None:
+        update.video = strip_callbacks(update.video, (token,) if token else ())
+    return update
 
 
 async def ingest(ctx: Context, scope: Scope, receive: Receive, token: str | None) -> tuple[bytes, str]:
@@ -79,7 +79,7 @@ async def ingest(ctx: Context, scope: Scope, receive: Receive, token: str | None
         verification = Verification("unsigned", None, None)
     except SignatureError as exc:
         raise Unauthorized(f"invalid webhook signature: {exc}", code="invalid_signature") from None
-    update = _parse(body)
+    update = _parse(body, token)
     if token is None and update.actionable and update.video_id is None:
         raise InvalidRequest("body names no video", code="invalid_payload")
     unsigned = verification.scheme == "unsigned"
@@ -89,7 +89,7 @@ async def ingest(ctx: Context, scope: Scope, receive: Receive, token: str | None
         token_hash=hashlib.sha256(token.encode()).hexdigest() if token is not None else None,
         video_id=update.video_id,
         verified_by=verification.scheme,
-        headers=redact(headers),
+        headers=redact_headers(headers),
         body=body,
         event_type=update.event_type,
         status=update.status,
@@ -159,8 +159,8 @@ class IngestApp:
 async def reprocess(ctx: Context, delivery: DeliveryRow) -> str:
     """Run a stored delivery through the transition function again (replay, late match)."""
     try:
-        update = normalise(json.loads(delivery.body))
-    except (ValueError, UnicodeDecodeError, PayloadError):
+        update = _parse(delivery.body, None)
+    except InvalidRequest:
         return delivery.outcome
     if not update.actionable:
         return "ignored"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from receiver.ids import valid_video_id
+
 __all__ = ["PayloadError", "VideoUpdate", "normalise", "normalise_status"]
 
 STATUSES = ("queued", "in_progress", "completed", "failed")
@@ -73,8 +75,9 @@ def normalise_status(value: object) -> str:
 
 
 def _video_id(value: object, where: str) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > _MAX_ID:
-        raise PayloadError(f"{where} must be a non-empty string naming the video")
+    if not valid_video_id(value):
+        raise PayloadError(f"{where} must be a video id (1 to 200 printable ASCII characters)")
+    assert isinstance(value, str)
     return value
 
 

@@ -7,7 +7,10 @@ from typing import Any
 
 import httpx
 
+from receiver import jsonpolicy
 from receiver.http import parse_retry_after
+from receiver.ids import valid_video_id
+from receiver.redact import strip_callbacks, strip_text
 
 __all__ = ["Provider", "ProviderError"]
 
@@ -41,14 +44,15 @@ class ProviderError(Exception):
 
 
 def _provider_message(response: httpx.Response) -> str:
+    """The provider's own error message, without our callback URL (it may quote it back)."""
     try:
-        body = response.json()
-    except ValueError:
+        body = jsonpolicy.loads(response.content)
+    except jsonpolicy.JSONPolicyError:
         return f"provider answered {response.status_code}"
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         message = body["error"].get("message")
         if isinstance(message, str) and message:
-            return message[:500]
+            return strip_text(message)[:500]
     return f"provider answered {response.status_code}"
 
 
@@ -87,14 +91,17 @@ class Provider:
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
         try:
-            body = response.json()
-        except ValueError:
+            body = jsonpolicy.loads(response.content)
+        except jsonpolicy.JSONPolicyError as exc:
             raise ProviderError(
-                "provider answered with something that is not JSON", status=response.status_code
+                f"provider answered with something that is not acceptable JSON ({exc})",
+                status=response.status_code,
             ) from None
-        if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"]:
+        if not isinstance(body, dict) or not valid_video_id(body.get("id")):
             raise ProviderError("provider answer is not a video object", status=response.status_code)
-        return body
+        # Everything the provider says passes here: our callback URL stops at the door.
+        stripped: dict[str, Any] = strip_callbacks(body)
+        return stripped
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", "/v1/videos", body)

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from receiver.outbound import Network
 from receiver.signatures import Key, SecretFormatError, parse_key
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["Network", "Settings", "SettingsError"]
 
 
 class SettingsError(ValueError):
@@ -20,17 +21,17 @@ class SettingsError(ValueError):
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_WHOLE = re.compile(r"[+-]?[0-9]{1,18}", re.ASCII)
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCII)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from None
+    if not _WHOLE.fullmatch(raw.strip()):
+        raise SettingsError(f"{name}: expected a whole number, got {raw!r}")
+    value = int(raw.strip())
     if not low <= value <= high:
         raise SettingsError(f"{name}: must be between {low} and {high}, got {value}")
     return value
@@ -55,6 +56,20 @@ def _url(name: str, raw: str) -> str:
     if parts.query or parts.fragment:
         raise SettingsError(f"{name}: must not carry a query or fragment")
     return raw.strip().rstrip("/")
+
+
+def _host(env: Mapping[str, str]) -> str:
+    """RECEIVER_HOST: an IPv4 or IPv6 address, or a host name (never a mistyped address)."""
+    raw = env.get("RECEIVER_HOST", "127.0.0.1").strip() or "127.0.0.1"
+    bare = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    labels = bare.rstrip(".").split(".")
+    if ":" in bare or labels[-1].isdigit() or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise SettingsError(f"RECEIVER_HOST: {raw!r} is not an IP address or a host name")
+    return bare
 
 
 def is_loopback_host(host: str) -> bool:
@@ -93,6 +108,11 @@ class Settings:
     fanout_per_subscriber: int = 4
     callback_secret: str | None = field(default=None, repr=False)
     outbound_allow: tuple[Network, ...] = ()
+    # Connection limits (see receiver/server.py).
+    max_header_bytes: int = 32_768
+    header_timeout: float = 5.0
+    keepalive_timeout: float = 5.0
+    max_connections: int = 1000
 
     @property
     def simulated(self) -> bool:
@@ -101,7 +121,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        host = env.get("RECEIVER_HOST", "127.0.0.1").strip() or "127.0.0.1"
+        host = _host(env)
         port = _int(env, "RECEIVER_PORT", 8000, low=0, high=65535)
 
         database_url = env.get("RECEIVER_DATABASE_URL", "sqlite:///receiver.db").strip()
@@ -196,15 +216,8 @@ class Settings:
             fanout_per_subscriber=_int(env, "RECEIVER_FANOUT_PER_SUBSCRIBER", 4, low=1, high=1024),
             callback_secret=callback_secret,
             outbound_allow=tuple(networks),
+            max_header_bytes=_int(env, "RECEIVER_MAX_HEADER_BYTES", 32_768, low=1024, high=1 << 20),
+            header_timeout=float(_int(env, "RECEIVER_HEADER_TIMEOUT", 5, low=1, high=300)),
+            keepalive_timeout=float(_int(env, "RECEIVER_KEEPALIVE_TIMEOUT", 5, low=1, high=3600)),
+            max_connections=_int(env, "RECEIVER_MAX_CONNECTIONS", 1000, low=16, high=1_000_000),
         )
-
-    def outbound_allowed(self, host: str) -> bool:
-        """True when host is a literal IP inside RECEIVER_OUTBOUND_ALLOW."""
-        try:
-            address = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            if is_loopback_host(host):
-                address = ipaddress.ip_address("127.0.0.1")
-            else:
-                return False
-        return any(address in net for net in self.outbound_allow)

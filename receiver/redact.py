@@ -1,0 +1,73 @@
+"""What never leaves the receiver (pure): our per-task callback URLs, and credential headers.
+
+`strip_callbacks` is the one place that removes our own callback URL (its token is a
+credential) from anything a provider sends back: video objects from submits, polls and
+deliveries, provider error messages, and stored rows on their way out. `redact_headers` is the
+one rule for the headers we keep with a delivery.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["REDACTED", "is_secret_header", "redact_headers", "strip_callbacks", "strip_text"]
+
+REDACTED = "[redacted]"
+CALLBACK_PLACEHOLDER = "[receiver callback URL]"
+
+# {anything}/webhooks/{token}: the token alphabet of secrets.token_urlsafe, at any scheme/host,
+# also percent-encoded slashes as some providers echo URLs inside query strings.
+_CALLBACK = re.compile(
+    r"(?:[A-Za-z][A-Za-z0-9+.-]*:(?://|%2F%2F)[^\s\"'<>]*?)?(?:/|%2F)webhooks(?:/|%2F)[A-Za-z0-9_-]{16,}",
+    re.IGNORECASE,
+)
+
+# Header names that carry a credential. Signatures are not credentials (they are shown so a
+# delivery can be checked again); idempotency keys only name a message.
+_SECRET_NAMES = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+_SECRET_WORDS = ("key", "token", "secret", "auth", "password", "passwd", "credential", "session", "cookie")
+_NOT_SECRET = frozenset({"idempotency-key", "x-openrouter-idempotency-key"})
+
+
+def is_secret_header(name: str) -> bool:
+    name = name.lower()
+    if name in _SECRET_NAMES:
+        return True
+    if name in _NOT_SECRET:
+        return False
+    return any(word in name for word in _SECRET_WORDS)
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: (REDACTED if is_secret_header(k) else v) for k, v in headers.items()}
+
+
+def strip_text(text: str, tokens: Iterable[str] = ()) -> str:
+    """`text` with every callback URL of ours (and each known token) replaced."""
+    for token in tokens:
+        if token and token in text:
+            text = text.replace(token, REDACTED)
+    if "webhooks" in text.lower():
+        text = _CALLBACK.sub(CALLBACK_PLACEHOLDER, text)
+    return text
+
+
+def strip_callbacks(value: Any, tokens: Iterable[str] = ()) -> Any:
+    """A copy of a JSON value with no callback URL of ours in it. A top-level `callback_url`
+    (the provider echoing what we sent) is dropped altogether."""
+    known = tuple(t for t in tokens if t)
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k != "callback_url"}
+    return _strip(value, known)
+
+
+def _strip(value: Any, tokens: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return strip_text(value, tokens)
+    if isinstance(value, dict):
+        return {strip_text(k, tokens): _strip(v, tokens) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strip(v, tokens) for v in value]
+    return value
