@@ -11,10 +11,31 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+def _check_database(url: str) -> None:
+    """Stop with one line naming RECEIVER_DATABASE_URL when the store cannot be written there
+    (before anything starts, instead of a traceback from the lifespan)."""
+    from pathlib import Path
 
+    from receiver.settings import SettingsError
+
+    if not url.startswith("sqlite://"):
+        return
+    path = Path(url[len("sqlite:///") :] if url.startswith("sqlite:///") else url[len("sqlite://") :])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab"):
+            pass
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise PermissionError(13, "the directory is not writable (SQLite keeps its journal there)")
+    except OSError as exc:
+        raise SettingsError(
+            f"RECEIVER_DATABASE_URL: cannot write {str(path.absolute())!r} ({exc.strerror or exc})"
+        ) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
     from receiver.app import create_app
+    from receiver.server import make_server, raise_fd_limit
     from receiver.settings import Settings, SettingsError
 
     env = dict(os.environ)
@@ -24,6 +45,8 @@ def _serve(args: argparse.Namespace) -> int:
         env["RECEIVER_PORT"] = str(args.port)
     try:
         settings = Settings.from_env(env)
+        _check_database(settings.database_url)
+        raise_fd_limit(settings)
     except SettingsError as exc:
         print(f"receiver: {exc}", file=sys.stderr)
         return 2
@@ -34,16 +57,9 @@ def _serve(args: argparse.Namespace) -> int:
     # The store's commit thread hands each batch back to the event loop; a short GIL switch
     # interval keeps that hand-off from waiting out the default 5 ms behind busy request work.
     sys.setswitchinterval(0.0005)
-    uvicorn.run(
-        app,
-        proxy_headers=False,
-        host=settings.host,
-        port=settings.port,
-        access_log=False,
-        log_level="warning",
-        lifespan="on",
-    )
-    return 0
+    server = make_server(app, settings)
+    server.run()
+    return 0 if server.started else 1
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -224,6 +224,7 @@ async def submit(request: Request) -> Response:
     token = secrets.token_urlsafe(32)
     expires_after = body.get("execution_expires_after")
     created = await store_call(
+        ctx,
         ctx.store.create_task(
             NewTask(
                 token_hash=hashlib.sha256(token.encode()).hexdigest(),
@@ -260,7 +261,7 @@ async def submit(request: Request) -> Response:
         status = normalise_status(answer.get("status", "queued"))
     except Exception as exc:
         # Whatever went wrong, no row is left in "submitting" unless the provider called back.
-        kept = not await store_call(ctx.store.abandon_submit(created.pk))
+        kept = not await store_call(ctx, ctx.store.abandon_submit(created.pk))
         if kept:
             log.warning("submit failed after the provider called back; task kept")
         if isinstance(exc, PayloadError):
@@ -274,7 +275,7 @@ async def submit(request: Request) -> Response:
     first_poll = await ctx.scheduler.first_poll_at(body["model"], now)
     try:
         task = await store_call(
-            ctx.store.finish_submit(created.pk, answer["id"], status, video, now, first_poll)
+            ctx, ctx.store.finish_submit(created.pk, answer["id"], status, video, now, first_poll)
         )
     except WrongVideo:
         raise UpstreamError("the provider answered with a video id that belongs to another task") from None
@@ -288,11 +289,15 @@ async def submit(request: Request) -> Response:
     return json_response(task_view(fresh or task, body))
 
 
-async def store_call(awaitable: Any) -> Any:
+async def store_call(ctx: Context, awaitable: Any) -> Any:
+    """Await a store write: StoreUnavailable becomes a 503, and the outcome feeds /readyz."""
     try:
-        return await awaitable
+        result = await awaitable
     except StoreUnavailable:
+        ctx.writes.failed()
         raise Unavailable("the store cannot take writes right now; retry", code="store_unavailable") from None
+    ctx.writes.ok()
+    return result
 
 
 async def get_video(request: Request) -> Response:
@@ -342,7 +347,7 @@ async def replay_delivery(request: Request) -> Response:
     delivery = await ctx.store.get_delivery(parse_id("delivery", request.path_params["delivery_id"]))
     if delivery is None:
         raise NotFound("no such delivery", param="id")
-    result = await store_call(reprocess(ctx, delivery))
+    result = await store_call(ctx, reprocess(ctx, delivery))
     fresh = await ctx.store.get_delivery(delivery.id)
     view = delivery_view(fresh or delivery)
     view["replay_outcome"] = result

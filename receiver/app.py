@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -77,6 +79,8 @@ async def readyz(request: Request) -> Response:
         await asyncio.wait_for(ctx.store.ping(), timeout=2.0)
     except Exception:
         problems.append("store not writable")
+    if ctx.writes.failing:
+        problems.append("recent writes failed")
     if not ctx.workers or any(w.done() for w in ctx.workers):
         problems.append("workers not running")
     if problems:
@@ -99,19 +103,28 @@ def create_app(
         logging.getLogger(name).setLevel(logging.WARNING)
     keys = settings.webhook_keys
     simulator: Simulator | None = None
+    simulator_key: str | None = None
     if settings.simulated:
         secret = next((k for k in keys if k.scheme == "whsec"), None)
         if secret is None:
             text = dev_secret()
             keys = (*keys, parse_key(text))
-            simulator = Simulator(SimConfig(secret=text, duration_median=2.0), clock=clock)
         else:
-            import base64
-
-            simulator = Simulator(
-                SimConfig(secret="whsec_" + base64.b64encode(secret.material).decode(), duration_median=2.0),
-                clock=clock,
-            )
+            text = "whsec_" + base64.b64encode(secret.material).decode()
+        # The built-in simulator is a demo of the provider for this receiver only: it takes the
+        # receiver's own API keys (and one the receiver itself uses), and delivers only to
+        # this receiver's callback URLs.
+        simulator_key = secrets.token_urlsafe(32) if settings.api_keys else None
+        simulator = Simulator(
+            SimConfig(
+                secret=text,
+                duration_median=2.0,
+                api_key=simulator_key,
+                api_keys=settings.api_keys,
+                callback_prefix=f"{settings.public_url}/webhooks/",
+            ),
+            clock=clock,
+        )
     elif not keys:
         log.warning(
             "RECEIVER_WEBHOOK_SECRETS is unset: deliveries cannot be verified, "
@@ -142,7 +155,9 @@ def create_app(
             else:
                 assert settings.provider_url is not None
                 base = settings.provider_url
-            provider = Provider(client, base, settings.provider_api_key, float(settings.provider_timeout))
+            provider = Provider(
+                client, base, simulator_key or settings.provider_api_key, float(settings.provider_timeout)
+            )
             scheduler = Scheduler(
                 the_store, settings, clock=clock, fixed_interval=settings.poll_fixed_interval
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,7 +14,33 @@ from receiver.settings import Settings
 from receiver.signatures import Key
 from store import Store
 
-__all__ = ["Context"]
+__all__ = ["Context", "WriteHealth"]
+
+# How long one failed write keeps /readyz unready when no write has succeeded since. Bounded so
+# that a process nobody sends writes to (because it is unready) still comes back by itself.
+WRITE_FAILURE_WINDOW = 30.0
+
+
+@dataclass
+class WriteHealth:
+    """Outcomes of real writes (a ping that writes nothing cannot see a full disk)."""
+
+    monotonic: Callable[[], float] = time.monotonic
+    last_ok: float | None = None
+    last_failure: float | None = None
+
+    def ok(self) -> None:
+        self.last_ok = self.monotonic()
+
+    def failed(self) -> None:
+        self.last_failure = self.monotonic()
+
+    @property
+    def failing(self) -> bool:
+        failure = self.last_failure
+        if failure is None or (self.last_ok is not None and self.last_ok > failure):
+            return False
+        return self.monotonic() - failure < WRITE_FAILURE_WINDOW
 
 
 @dataclass
@@ -25,6 +52,7 @@ class Context:
     webhook_keys: tuple[Key, ...] = field(repr=False)
     scheduler: Scheduler = field(repr=False)
     metrics: Metrics = field(default_factory=Metrics, repr=False)
+    writes: WriteHealth = field(default_factory=WriteHealth, repr=False)
     poll_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     fanout_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # Replaced on every new event: stream readers wait on the one they saw (a broadcast).

@@ -82,6 +82,11 @@ class PayloadTooLarge(ApiError):
     type = "invalid_request_error"
     code = "payload_too_large"
 
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        # The rest of the body may still be on its way: close rather than read it to the end.
+        self.headers.setdefault("connection", "close")
+
 
 class UpstreamError(ApiError):
     status = 502

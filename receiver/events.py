@@ -111,7 +111,7 @@ async def create_subscription(request: Request) -> Response:
                 raise SecretFormatError("not whsec_")
         except SecretFormatError:
             raise InvalidRequest("secret must be a whsec_<base64> secret", param="secret") from None
-    row = await store_call(ctx.store.create_subscription(url, events, secret, ctx.clock()))
+    row = await store_call(ctx, ctx.store.create_subscription(url, events, secret, ctx.clock()))
     return json_response(subscription_view(row, secret=True))
 
 
@@ -142,7 +142,7 @@ async def get_subscription(request: Request) -> Response:
 async def _set_status(request: Request, status: str) -> Response:
     ctx = _ctx(request)
     row = await _subscription(ctx, request)
-    updated = await store_call(ctx.store.set_subscription_status(row.id, status, ctx.clock()))
+    updated = await store_call(ctx, ctx.store.set_subscription_status(row.id, status, ctx.clock()))
     if updated is None:
         raise NotFound("no such subscription", param="id")
     if status == "active":
@@ -245,7 +245,7 @@ async def replay_events(request: Request) -> Response:
         event_ids=event_ids,
     )
     replay_id = "rpl_" + secrets.token_hex(12)
-    selected, queued = await store_call(ctx.store.queue_replay(selection, ctx.clock(), replay_id))
+    selected, queued = await store_call(ctx, ctx.store.queue_replay(selection, ctx.clock(), replay_id))
     if not queued:
         # Nothing was queued, so nothing is kept under that id: answer none rather than an id
         # that GET /v1/replays/{id} would not know.

@@ -124,6 +124,7 @@ class Dispatcher:
                 try:
                     claimed = self._spawn(await self._claim(room))
                 except StoreError as exc:
+                    self._ctx.writes.failed()
                     log.warning("dispatcher: store unavailable (%s)", type(exc).__name__)
             if room > 0 and claimed == room:
                 continue
@@ -210,6 +211,7 @@ class Dispatcher:
         try:
             await ctx.store.record_attempt(attempt)
         except StoreError as exc:
+            ctx.writes.failed()
             # The lease runs out and the send is attempted again: at least once, same webhook-id.
             log.warning("dispatcher: could not record an attempt (%s)", type(exc).__name__)
 

@@ -106,7 +106,9 @@ async def ingest(ctx: Context, scope: Scope, receive: Receive, token: str | None
     except WrongVideo:
         raise InvalidRequest("this callback URL belongs to another video", code="wrong_video") from None
     except StoreUnavailable:
+        ctx.writes.failed()
         raise Unavailable("cannot store the delivery right now; retry", code="store_unavailable") from None
+    ctx.writes.ok()
     if result.outcome == "pending_confirm":
         ctx.wake_poller()
     if result.terminal:

@@ -61,6 +61,7 @@ class Poller:
                 try:
                     claimed = await self._ctx.store.claim_due(self._ctx.clock(), room, self._lease)
                 except StoreError as exc:
+                    self._ctx.writes.failed()
                     log.warning("poller: store unavailable (%s)", type(exc).__name__)
                 for task in claimed:
                     if task.pk not in self._in_flight:
@@ -111,6 +112,7 @@ class Poller:
                 await self._pace()
                 await self.poll(task)
         except StoreError as exc:
+            self._ctx.writes.failed()
             log.warning("poller: could not record poll of %s (%s)", task.video_id, type(exc).__name__)
         finally:
             self._in_flight.discard(task.pk)

@@ -52,8 +52,11 @@ def _events(args: argparse.Namespace, out: TextIO = sys.stderr) -> int:
             return _fail(response)
         replay = response.json()
         total = replay["sends"]
+        if replay["id"] is None:
+            print(f"nothing to replay: {replay['events']} events matched, no sends queued", flush=True)
+            return 0
         print(f"{replay['id']}: {replay['events']} events, {total} sends queued", flush=True)
-        if args.no_wait or total == 0:
+        if args.no_wait:
             return 0
         started = time.monotonic()
         deadline = started + args.timeout

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import heapq
+import hmac
 import itertools
 import json
 import logging
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from receiver import jsonpolicy
 from receiver.signatures import parse_key, sign_v1
 
 __all__ = ["SimConfig", "SimTask", "Simulator"]
@@ -37,6 +39,11 @@ class SimConfig:
 
     secret: str = field(default="", repr=False)  # whsec_... that signs deliveries; "" = unsigned
     api_key: str | None = field(default=None, repr=False)  # required bearer key, if any
+    # More bearer keys accepted besides api_key (serve: the receiver's RECEIVER_API_KEYS).
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Deliver only to callback URLs of the form {callback_prefix}{token}; None: to any URL.
+    # Under `serve` this is the receiver's own /webhooks/, so the demo is never an open relay.
+    callback_prefix: str | None = None
     duration_median: float = 3.0  # log-normal task durations
     duration_sigma: float = 0.3
     time_scale: float = 1.0
@@ -134,9 +141,23 @@ class Simulator:
     # -- the provider API --------------------------------------------------------------------
 
     def _authorized(self, request: Request) -> bool:
-        if self.config.api_key is None:
+        keys = [k for k in (self.config.api_key, *self.config.api_keys) if k]
+        if not keys:
             return True
-        return bool(request.headers.get("authorization") == f"Bearer {self.config.api_key}")
+        given = request.headers.get("authorization", "").encode("latin-1")
+        matched = False
+        for key in keys:
+            matched |= hmac.compare_digest(given, f"Bearer {key}".encode())
+        return matched
+
+    def _callback_allowed(self, url: object) -> bool:
+        prefix = self.config.callback_prefix
+        if url is None or prefix is None:
+            return True
+        if not isinstance(url, str) or not url.startswith(prefix):
+            return False
+        token = url[len(prefix) :]
+        return 16 <= len(token) <= 128 and all(c.isascii() and (c.isalnum() or c in "-_") for c in token)
 
     @staticmethod
     def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -173,15 +194,17 @@ class Simulator:
         if not self._authorized(request):
             return self._error(401, "invalid API key")
         try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return self._error(400, "body is not JSON")
+            body = jsonpolicy.loads(await request.body())
+        except jsonpolicy.JSONPolicyError:
+            return self._error(400, "body is not acceptable JSON")
         if (
             not isinstance(body, dict)
             or not isinstance(body.get("model"), str)
             or not isinstance(body.get("prompt"), str)
         ):
             return self._error(400, "model and prompt are required")
+        if not self._callback_allowed(body.get("callback_url")):
+            return self._error(400, "this simulated provider delivers only to its receiver's callback URLs")
         config = self.config
         duration = config.duration_median * math.exp(self._rng.gauss(0.0, config.duration_sigma))
         task = SimTask(

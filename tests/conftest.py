@@ -24,6 +24,7 @@ import pytest
 import uvicorn
 
 from receiver.app import create_app
+from receiver.server import ConnectionLimits, guarded_protocol
 from receiver.settings import Settings
 from receiver.signatures import parse_key, sign_v1
 from receiver.simulator import SimConfig, Simulator
@@ -44,11 +45,21 @@ def free_socket() -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, sock: socket.socket | None = None) -> AsyncIterator[str]:
-    """Run `app` under uvicorn on a loopback port in this event loop; yield its base URL."""
+async def serve(
+    app: Any, sock: socket.socket | None = None, *, limits: ConnectionLimits | None = None, **options: Any
+) -> AsyncIterator[str]:
+    """Run `app` under uvicorn on a loopback port in this event loop, with the receiver's
+    guarded HTTP protocol (as `receiver serve` runs it); yield its base URL."""
     sock = sock or free_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        http=guarded_protocol(limits or ConnectionLimits()),
+        **options,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     await wait_until(lambda: server.started or task.done(), timeout=10)

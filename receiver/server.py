@@ -1,0 +1,257 @@
+"""Run the app under uvicorn with connection limits that hold against hostile clients.
+
+uvicorn's HTTP/1.1 protocol (httptools) has no cap on header size and no deadline for headers
+to arrive, and it accepts connections until the process runs out of file descriptors. The
+protocol below adds, per connection: a cap on the bytes of a request head (431), a deadline
+for the head to arrive (the connection is closed; this also ends connections that never send
+anything), and a cap on open connections that makes room for a new one by closing the oldest
+connection that is not in the middle of a request (idle keep-alive, or a head still trickling
+in), so idle sockets can never keep a real delivery out. Idle keep-alive connections close
+after `keepalive_timeout` (uvicorn's own timer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from receiver.settings import Settings, SettingsError
+
+__all__ = ["ConnectionLimits", "Server", "guarded_protocol", "make_server", "raise_fd_limit"]
+
+log = logging.getLogger("receiver")
+
+# After an early answer (413, 431) the client may still be sending: read and drop at most this
+# much, for at most this long, before closing, so it sees the answer instead of a reset.
+LINGER_BYTES = 1 << 20
+LINGER_SECONDS = 2.0
+
+# File descriptors kept free for what is not a client connection: the store, outbound
+# sends, polls, logs.
+FD_RESERVE = 256
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_header_bytes: int = 32_768
+    header_timeout: float = 5.0
+    max_connections: int = 1000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        return cls(settings.max_header_bytes, settings.header_timeout, settings.max_connections)
+
+
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+)
+_HEAD_BODY = (
+    b'{"error":{"type":"invalid_request_error","code":"headers_too_large",'
+    b'"message":"request headers are larger than %d bytes","param":null}}'
+)
+
+
+class _LingeringTransport:
+    """The connection's transport as uvicorn sees it: close() while the request is still
+    arriving half-closes and drains first (closing a socket with unread data sends a reset,
+    which throws away the answer we just wrote)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _GuardedProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        if self._protocol._receiving() and not self._transport.is_closing():
+            self._protocol._linger()
+        else:
+            self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._protocol._lingering or self._transport.is_closing()
+
+
+class _GuardedProtocol(HttpToolsProtocol):
+    limits = ConnectionLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._awaiting_head = True
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._opened_at = 0.0
+        self._lingering = False
+        self._linger_bytes = 0
+        self._raw: asyncio.Transport | None = None
+
+    # -- connection admission ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._opened_at = time.monotonic()
+        if len(self.connections) >= self.limits.max_connections and not self._evict_one():
+            # Every connection is busy with a request: refuse this one outright.
+            transport.abort()
+            return
+        self._raw = transport
+        super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
+        self._arm_head_timer()
+
+    def _idle(self) -> bool:
+        return self._awaiting_head and (self.cycle is None or self.cycle.response_complete)
+
+    def _evict_one(self) -> bool:
+        idle = [c for c in self.connections if isinstance(c, _GuardedProtocol) and c._idle()]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c._opened_at)
+        oldest._abort()
+        # abort() calls connection_lost on the next loop turn: count it gone now.
+        self.connections.discard(oldest)
+        return True
+
+    # -- the request head ----------------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._awaiting_head and self._raw is not None and not self._raw.is_closing():
+            self._raw.close()
+
+    def _receiving(self) -> bool:
+        """Bytes of the current request may still be on their way (a head, or a body)."""
+        return not self._awaiting_head or self._head_bytes > 0
+
+    def _abort(self) -> None:
+        if self._raw is not None:
+            self._raw.abort()
+
+    def _linger(self) -> None:
+        raw = self._raw
+        if raw is None or self._lingering:
+            return
+        self._lingering = True
+        self._disarm_head_timer()
+        self._unset_keepalive_if_required()
+        if raw.can_write_eof():
+            raw.write_eof()
+        self.loop.call_later(LINGER_SECONDS, raw.close)
+
+    def eof_received(self) -> None:
+        if self._lingering and self._raw is not None:
+            self._raw.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._linger_bytes += len(data)
+            if self._linger_bytes > LINGER_BYTES and self._raw is not None:
+                self._raw.close()
+            return
+        if self._awaiting_head:
+            self._arm_head_timer()  # a keep-alive connection starting its next request
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._awaiting_head and self._head_bytes > self.limits.max_header_bytes:
+            self._reject_head()
+
+    def _reject_head(self) -> None:
+        self._disarm_head_timer()
+        if self._raw is None or self.transport.is_closing():
+            return
+        body = _HEAD_BODY % self.limits.max_header_bytes
+        self._raw.write(_HEAD_TOO_LARGE % (len(body), body))
+        self._linger()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._awaiting_head = True
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_head = False
+        self._head_bytes = 0
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._awaiting_head = True
+        self._head_bytes = 0
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        if self._raw is None:  # refused in connection_made: uvicorn never saw it
+            return
+        self._awaiting_head, self._head_bytes = True, 0  # nothing more arrives: close is close
+        super().connection_lost(exc)
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol class with `limits` (a subclass per server: no globals)."""
+    return type("GuardedHttpProtocol", (_GuardedProtocol,), {"limits": limits})
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server that says where it listens once its sockets are bound."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.should_exit:
+            return
+        for server in self.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                log.info("receiver listening on http://%s:%d", shown, port)
+
+
+def make_server(app: Any, settings: Settings, **config: Any) -> Server:
+    """A server for `app` with the connection settings applied (tests pass their own socket)."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "proxy_headers": False,
+        "access_log": False,
+        "log_level": "warning",
+        "lifespan": "on",
+        "http": guarded_protocol(ConnectionLimits.from_settings(settings)),
+        "timeout_keep_alive": settings.keepalive_timeout,
+        # For the h11 fallback; the guarded protocol caps heads itself.
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+    }
+    options.update(config)
+    return Server(uvicorn.Config(app, **options))
+
+
+def raise_fd_limit(settings: Settings) -> None:
+    """Make room for RECEIVER_MAX_CONNECTIONS sockets plus a reserve, or stop naming it."""
+    needed = settings.max_connections + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            target = soft
+        if target < needed:
+            raise SettingsError(
+                f"RECEIVER_MAX_CONNECTIONS: {settings.max_connections} connections need {needed} open "
+                f"files, the limit here is {target} (lower it, or raise `ulimit -n`)"
+            )
