@@ -257,7 +257,8 @@ async def submit(request: Request) -> Response:
     outbound = {k: v for k, v in body.items() if k != "callback_url"}
     outbound["callback_url"] = f"{ctx.settings.public_url}/webhooks/{token}"
     try:
-        answer = await ctx.provider.create(outbound)
+        # The provider may echo our callback URL, or only its token: neither goes further.
+        answer = strip_callbacks(await ctx.provider.create(outbound), (token,))
         status = normalise_status(answer.get("status", "queued"))
     except Exception as exc:
         # Whatever went wrong, no row is left in "submitting" unless the provider called back.
@@ -267,6 +268,7 @@ async def submit(request: Request) -> Response:
         if isinstance(exc, PayloadError):
             raise UpstreamError(f"the provider's answer is unusable: {exc}") from None
         if isinstance(exc, ProviderError):
+            exc.message = strip_text(exc.message, (token,))
             raise _provider_failure(exc) from None
         raise
     # The provider's answer comes without our callback URL (receiver.provider strips it).

@@ -89,7 +89,10 @@ def parse_key(text: str) -> Key:
             raise SecretFormatError("a whpk_ key must decode to 32 bytes (raw Ed25519 public key)")
         return Key("whpk", material)
     if text.startswith("raw:"):
-        material = text[len("raw:") :].encode("utf-8")
+        try:
+            material = text[len("raw:") :].encode("utf-8")
+        except UnicodeEncodeError:  # os.environ keeps undecodable bytes as lone surrogates
+            raise SecretFormatError("a raw: secret is not valid UTF-8") from None
         if not material:
             raise SecretFormatError("a raw: secret is empty")
         return Key("raw", material)

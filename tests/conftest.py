@@ -172,7 +172,13 @@ def make_stack(tmp_path: Path) -> StackFactory:
             )
             settings = replace(settings, **overrides)
             app = create_app(settings, clock=clock)
-            async with serve(app, receiver_sock) as url, httpx.AsyncClient(timeout=10) as client:
+            limits = ConnectionLimits.from_settings(settings)
+            async with (
+                serve(
+                    app, receiver_sock, limits=limits, timeout_keep_alive=settings.keepalive_timeout
+                ) as url,
+                httpx.AsyncClient(timeout=10) as client,
+            ):
                 yield Stack(url, provider_url, client, simulator, app, settings)
 
     return factory
@@ -232,13 +238,15 @@ class ReceiverProcess:
         self.url = f"http://127.0.0.1:{port}"
 
     async def start(self, client: httpx.AsyncClient) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "receiver", "serve", "--port", str(self.port)],
-            env=self.env,
-            cwd=self.cwd,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.cwd / "receiver.log", "ab"),  # noqa: SIM115
-        )
+        # The child holds its own copy of the log file; ours is closed at once.
+        with open(self.cwd / "receiver.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "receiver", "serve", "--port", str(self.port)],
+                env=self.env,
+                cwd=self.cwd,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
 
         async def ready() -> bool:
             assert self.process is not None and self.process.poll() is None, "receiver exited"
