@@ -3,10 +3,11 @@ deliveries, provider answers and stored bodies shown back.
 
 Accepted: RFC 8259 JSON in UTF-8, nested at most MAX_DEPTH deep, with finite numbers and
 integers that fit in 64 bits. Refused (JSONPolicyError): NaN, Infinity and -Infinity (and
-literals such as 1e400 that overflow to them), lone surrogates, deeper nesting, bigger
-integers. Whatever passes can be stored, indexed and written back out by every JSON library
-we use (orjson's writer stops at 255 levels and 64-bit integers; Python's reader near 1,000
-levels), so no stored row can later break a read.
+literals such as 1e400 that overflow to them), lone surrogates, U+0000 in strings (PostgreSQL's
+jsonb cannot hold it), deeper nesting, bigger integers. Whatever passes can be stored, indexed
+and written back out by every JSON library and store we use (orjson's writer stops at 255
+levels and 64-bit integers; Python's reader near 1,000 levels), so no stored row can later
+break a read.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def _walk(value: Any) -> bool:
 
 
 def _string(text: str) -> None:
+    if "\x00" in text:
+        raise JSONPolicyError("strings must not hold U+0000")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

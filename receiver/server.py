@@ -72,6 +72,9 @@ class _LingeringTransport:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
+    def write(self, data: bytes) -> None:  # the hot path: no __getattr__ on every answer
+        self._transport.write(data)
+
     def close(self) -> None:
         if self._protocol._receiving() and not self._transport.is_closing():
             self._protocol._linger()
