@@ -428,9 +428,7 @@ class FullDisk:
 
 
 async def test_not_ready_while_writes_fail(tmp_path: Path) -> None:
-    from receiver.tasks import transition
-
-    real = SQLiteStore(str(tmp_path / "r.db"), decide=transition)
+    real = SQLiteStore(str(tmp_path / "r.db"))
     await real.open()
     store = FullDisk(real)
     sock = free_socket()
