@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import logging
 import secrets
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,20 +22,21 @@ from receiver.errors import Conflict, InvalidRequest, NotFound, Unavailable, Ups
 from receiver.http import authorize, json_response, page_params, read_json_object
 from receiver.ids import parse_id
 from receiver.ingest import reprocess
-from receiver.outbound import OutboundURLError, check_url
+from receiver.outbound import OutboundURLError, address_allowed, check_url, host_address
 from receiver.payloads import STATUSES, PayloadError, normalise_status
 from receiver.provider import ProviderError
 from receiver.redact import redact_headers, strip_callbacks, strip_text
 from receiver.settings import Settings
 from store import DeliveryRow, NewTask, StoreUnavailable, TaskRow, UnknownCursor, WrongVideo
 
-__all__ = ["check_outbound_url", "routes", "store_call", "task_view"]
+__all__ = ["check_outbound_name", "check_outbound_url", "routes", "store_call", "task_view"]
 
 log = logging.getLogger("receiver.api")
 
 RESOLUTIONS = ("360p", "480p", "540p", "720p", "1080p", "1K", "2K", "4K")
 ASPECT_RATIOS = ("adaptive", "16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "9:21")
 _MAX_INT = 2**63 - 1
+RESOLVE_TIMEOUT = 2.0  # seconds a subscribe-time lookup of a URL's host name may take
 
 
 def _string(body: dict[str, Any], name: str, *, required: bool = False, limit: int = 200) -> None:
@@ -75,6 +79,25 @@ def check_outbound_url(settings: Settings, url: object, param: str) -> str:
         return check_url(url, settings.outbound_allow)
     except OutboundURLError as exc:
         raise InvalidRequest(f"{param} {exc}", param=param, code=exc.code) from None
+
+
+async def check_outbound_name(settings: Settings, url: str, param: str) -> None:
+    """The same rule on what a URL's host name resolves to now, so a name pointing inside is
+    refused when subscribing, not only at each send. A name that does not resolve (yet) is left
+    to the check at connect time, which runs on every connection anyway."""
+    host = urlsplit(url).hostname or ""
+    if host_address(host) is not None:
+        return  # an address in itself: check_url has judged it
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout=RESOLVE_TIMEOUT
+        )
+    except (OSError, TimeoutError, UnicodeError):
+        return
+    if not all(address_allowed(str(info[4][0]), settings.outbound_allow) for info in infos):
+        message = f"{param} resolves to a private, loopback or reserved address"
+        raise InvalidRequest(message, param=param, code="url_not_allowed")
 
 
 def validate_submit(body: dict[str, Any], settings: Settings) -> None:
@@ -216,6 +239,8 @@ async def submit(request: Request) -> Response:
     scope = authorize(request, ctx.settings.api_keys)
     body = await read_json_object(request, ctx.settings.max_body_bytes)
     validate_submit(body, ctx.settings)
+    if "callback_url" in body:
+        await check_outbound_name(ctx.settings, body["callback_url"], "callback_url")
     idem_key = request.headers.get("idempotency-key")
     if idem_key is not None and not 1 <= len(idem_key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1 to 255 characters", param="Idempotency-Key")

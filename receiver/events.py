@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from receiver.api import check_outbound_url, store_call
+from receiver.api import check_outbound_name, check_outbound_url, store_call
 from receiver.context import Context
 from receiver.errors import InvalidRequest, NotFound
 from receiver.fanout import event_body
@@ -95,6 +95,7 @@ async def create_subscription(request: Request) -> Response:
     if "url" not in body:
         raise InvalidRequest("url is required", param="url", code="missing_field")
     url = check_outbound_url(ctx.settings, body["url"], "url")
+    await check_outbound_name(ctx.settings, url, "url")
     events = body.get("events")
     if events is not None:
         if not isinstance(events, list) or not events or not all(e in EVENT_TYPES for e in events):

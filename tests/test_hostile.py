@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -309,6 +311,26 @@ async def test_outbound_urls_are_judged_by_one_rule_at_subscribe_time(make_stack
             assert_error(await stack.client.post(f"{stack.url}/v1/subscriptions", json={"url": url}))
             body = {"model": "m", "prompt": "p", "callback_url": url}
             assert_error(await stack.submit(body))
+        await still_up(stack)
+        assert counts(stack) == dict.fromkeys(TABLES, 0)
+
+
+async def test_a_name_that_resolves_inside_is_refused_at_subscribe_time(make_stack: StackFactory) -> None:
+    # This machine's own name resolves through the hosts file, with no network: to a loopback or
+    # private address on every machine we run on (a test that cannot tell is skipped, not passed).
+    name = socket.gethostname()
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)}
+    except OSError:
+        pytest.skip(f"{name} does not resolve here")
+    if any(ipaddress.ip_address(a.split("%")[0]).is_global for a in addresses):
+        pytest.skip(f"{name} resolves to a global address here")
+    async with make_stack(SLOW_TASKS, outbound_allow=(), callback_secret=SECRET) as stack:
+        error = assert_error(
+            await stack.client.post(f"{stack.url}/v1/subscriptions", json={"url": f"https://{name}/h"})
+        )
+        assert error["code"] == "url_not_allowed"
+        assert_error(await stack.submit({"model": "m", "prompt": "p", "callback_url": f"https://{name}/h"}))
         await still_up(stack)
         assert counts(stack) == dict.fromkeys(TABLES, 0)
 
