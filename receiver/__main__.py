@@ -18,6 +18,9 @@ def _check_database(url: str) -> None:
 
     from receiver.settings import SettingsError
 
+    if url.startswith(("postgresql://", "postgres://")):
+        _check_postgres(url)
+        return
     if not url.startswith("sqlite://"):
         return
     path = Path(url[len("sqlite:///") :] if url.startswith("sqlite:///") else url[len("sqlite://") :])
@@ -31,6 +34,28 @@ def _check_database(url: str) -> None:
         raise SettingsError(
             f"RECEIVER_DATABASE_URL: cannot write {str(path.absolute())!r} ({exc.strerror or exc})"
         ) from None
+
+
+def _check_postgres(url: str) -> None:
+    """Open the PostgreSQL store once (connect, migrate) so that a wrong URL or a server that is
+    down stops `serve` with one line; the line names the server, never the password."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from receiver.settings import SettingsError
+    from store import StoreUnavailable, open_store
+
+    async def probe() -> None:
+        store = open_store(url)
+        await store.open()
+        await store.close()
+
+    try:
+        asyncio.run(probe())
+    except (StoreUnavailable, OSError) as exc:
+        parts = urlsplit(url)
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+        raise SettingsError(f"RECEIVER_DATABASE_URL: cannot open PostgreSQL at {where} ({exc})") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
