@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 from receiver.tasks import ANOMALY, APPLIED, DUPLICATE, TERMINAL, UNCHANGED, Transition, transition
@@ -274,14 +275,20 @@ def _event(task: TaskRow, result: Transition, now: float, claim: str | None) -> 
     return NewEvent("evt_" + secrets.token_hex(12), kind, video_id, now, data)
 
 
-def pick_sends(due: list[tuple[int, int]], in_flight: dict[int, int], cap: int, limit: int) -> list[int]:
+def pick_sends(
+    due: list[tuple[int, int]],
+    in_flight: dict[int, int],
+    caps: Mapping[int, int],
+    default_cap: int,
+    limit: int,
+) -> list[int]:
     """From due sends (outbox pk, subscription pk), earliest first, take up to `limit` while no
-    subscriber goes past `cap` in flight, so one slow or dead subscriber never holds the others'
-    places."""
+    subscriber goes past its cap in flight (`caps`, else `default_cap`), so one slow or dead
+    subscriber never holds the others' places."""
     counts = dict(in_flight)
     taken: list[int] = []
     for outbox_pk, subscription_pk in due:
-        if counts.get(subscription_pk, 0) >= cap:
+        if counts.get(subscription_pk, 0) >= caps.get(subscription_pk, default_cap):
             continue
         counts[subscription_pk] = counts.get(subscription_pk, 0) + 1
         taken.append(outbox_pk)

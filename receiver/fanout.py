@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import socket
@@ -16,6 +17,7 @@ import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
+from receiver.congestion import Congestion, Signal
 from receiver.context import Context
 from receiver.http import parse_retry_after
 from receiver.outbound import Network, OutboundURLError, address_allowed, host_address, in_allow
@@ -85,8 +87,17 @@ def event_body(event: EventRow) -> bytes:
     return orjson.dumps(body)
 
 
+def signal_of(status: int | None) -> Signal:
+    """What an attempt that reached out (status None: no answer) says of the subscriber's capacity."""
+    if status is None:
+        return Signal.UNREACHABLE
+    if status >= 500 or status in (408, 429):
+        return Signal.OVERLOADED
+    return Signal.ANSWERED
+
+
 class Dispatcher:
-    """Sends outbox rows with a global and a per-subscriber concurrency limit."""
+    """Sends outbox rows with a global limit and a per-subscriber one that adapts (congestion)."""
 
     def __init__(
         self,
@@ -102,6 +113,10 @@ class Dispatcher:
         self._http = http
         self._limit = concurrency
         self._per_subscriber = per_subscriber
+        self.congestion = Congestion(
+            start=per_subscriber, ceiling=concurrency, timeout=float(ctx.settings.fanout_timeout)
+        )
+        self._sending: dict[int, int] = {}  # subscription pk -> this process's sends in flight
         self._rng = rng or random.Random()
         self._monotonic = monotonic
         self._keys: dict[str, bytes] = {}  # decoded subscriber secrets
@@ -153,17 +168,25 @@ class Dispatcher:
                 await self._finished.wait()
 
     async def _claim(self, room: int) -> list[OutboxJob]:
-        return await self._ctx.store.claim_outbox(self._ctx.clock(), room, self._per_subscriber, self._lease)
+        self.congestion.forget_idle(self._monotonic())
+        return await self._ctx.store.claim_outbox(
+            self._ctx.clock(), room, self.congestion.caps(), self.congestion.start, self._lease
+        )
 
     def _spawn(self, jobs: list[OutboxJob]) -> int:
         for job in jobs:
+            key = job.subscription.pk
+            self._sending[key] = self._sending.get(key, 0) + 1
             sending = asyncio.create_task(self._deliver(job))
             self._running.add(sending)
-            sending.add_done_callback(self._done)
+            sending.add_done_callback(functools.partial(self._done, key=key))
         return len(jobs)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[None], key: int) -> None:
         self._running.discard(task)
+        self._sending[key] -= 1
+        if not self._sending[key]:
+            del self._sending[key]
         self._finished.set()
 
     def _signing_key(self, job: OutboxJob) -> bytes | None:
@@ -182,7 +205,9 @@ class Dispatcher:
         status: int | None = None
         error: str | None = None
         retry_after: float | None = None
+        reached = True  # False: never tried (no key, blocked address), which says nothing of load
         if key is None:
+            reached = False
             error = "RECEIVER_CALLBACK_SECRET is unset: cannot sign"
         else:
             body = event_body(job.event)
@@ -197,15 +222,27 @@ class Dispatcher:
             try:
                 status, retry_after = await self._post(job.subscription.url, body, headers)
             except BlockedAddress as exc:
+                reached = False
                 error = str(exc)
             except TimeoutError:
                 error = "timed out"
             except aiohttp.ClientConnectorError as exc:
                 cause = exc.os_error if isinstance(exc.os_error, BlockedAddress) else exc
+                reached = cause is exc
                 error = f"{type(cause).__name__}: {cause}"[:300]
             except (aiohttp.ClientError, OSError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"[:300]
-        latency_ms = (self._monotonic() - started) * 1000
+        ended = self._monotonic()
+        if reached:
+            self.congestion.record(
+                job.subscription.pk,
+                signal_of(status),
+                started=started,
+                now=ended,
+                latency=ended - started,
+                in_flight=self._sending.get(job.subscription.pk, 1),
+            )
+        latency_ms = (ended - started) * 1000
         attempt = self._judge(job, status, error, retry_after, latency_ms)
         ctx.metrics.fanout.labels(outcome=attempt.outcome).inc()
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from store.records import (
@@ -89,10 +89,10 @@ class Store(Protocol):
         self, subscription_id: str, status: str, now: float, reason: str | None = None
     ) -> SubscriptionRow | None: ...
     async def claim_outbox(
-        self, now: float, limit: int, per_subscription: int, lease: float
+        self, now: float, limit: int, caps: Mapping[int, int], default_cap: int, lease: float
     ) -> list[OutboxJob]:
-        """Due sends, leased until now + lease, at most `per_subscription` in flight per
-        subscriber counting every process's leases."""
+        """Due sends, leased until now + lease, at most `caps[subscription pk]` (`default_cap`
+        for one not in `caps`) in flight per subscriber counting every process's leases."""
 
     async def record_attempt(self, attempt: Attempt) -> None: ...
     async def next_outbox_due(self) -> float | None: ...

@@ -33,6 +33,12 @@ async def subscribe(stack: Any, url: str, **body: Any) -> dict[str, Any]:
     return result
 
 
+async def subscription_pk(stack: Any, subscription: dict[str, Any]) -> int:
+    with sqlite3.connect(stack.settings.database_url.removeprefix("sqlite:///")) as conn:
+        row = conn.execute("SELECT pk FROM subscriptions WHERE id = ?", (subscription["id"],)).fetchone()
+    return int(row[0])
+
+
 async def events_of(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     after = None
@@ -97,9 +103,14 @@ async def test_three_subscribers_healthy_flaky_and_dead(make_stack: StackFactory
             page = (await stack.client.get(f"{stack.url}/v1/dead-letters", params={"limit": 100})).json()
             return len(page["data"]) == TASKS
 
-        await wait_until(all_dead, timeout=60, what="the dead subscriber's sends to be dead-lettered")
+        # Its window shrank to one send in flight at its first timeout: 48 tries of 1.5 s in a row.
+        await wait_until(all_dead, timeout=150, what="the dead subscriber's sends to be dead-lettered")
         assert dead.ids == every
         assert len(dead.received) == TASKS * 4
+        # One in flight at a time since its first timeout; the healthy one's window was never cut.
+        windows = stack.app.state.dispatcher.congestion
+        assert windows.window(await subscription_pk(stack, subs["dead"])).size == 1
+        assert windows.window(await subscription_pk(stack, subs["healthy"])).size >= 4
         detail = (await stack.client.get(f"{stack.url}/v1/events/{events[0]['id']}")).json()
         by_sub = {s["subscription_id"]: s for s in detail["sends"]}
         assert by_sub[subs["dead"]["id"]]["status"] == "dead"

@@ -222,14 +222,14 @@ async def test_send_claims_hold_the_per_subscriber_cap_across_processes(database
         for n in range(12):
             await submitted(a, n, now)
             await a.record_delivery(delivery(n, f"msg:{n}", "completed", now))
-        claims = await asyncio.gather(*(s.claim_outbox(now + 1, 10, 3, 60) for s in (a, b, a, b)))
+        claims = await asyncio.gather(*(s.claim_outbox(now + 1, 10, {}, 3, 60) for s in (a, b, a, b)))
         taken = [job.pk for claim in claims for job in claim]
         assert len(taken) == len(set(taken)) == 3  # the cap holds for the fleet
         await a.record_attempt(Attempt(taken[0], now + 2, 200, 5.0, None, "delivered"))
-        more = await b.claim_outbox(now + 2, 10, 3, 60)
+        more = await b.claim_outbox(now + 2, 10, {}, 3, 60)
         assert len(more) == 1 and more[0].subscription.id == sub.id
         # A claimer that died: its leases run out and the sends are taken over.
-        rescued = await a.claim_outbox(now + 200, 20, 20, 60)
+        rescued = await a.claim_outbox(now + 200, 20, {}, 20, 60)
         assert len(rescued) == 11 - 0  # every send not delivered
 
 
@@ -246,7 +246,7 @@ async def test_replay_queues_sends_again_under_the_same_event_id(database_url: s
         assert none == (0, 0)
         paused = await store.set_subscription_status(sub.id, "paused", now)
         assert paused is not None and paused.status == "paused"
-        assert await store.claim_outbox(now + 1, 10, 4, 60) == []
+        assert await store.claim_outbox(now + 1, 10, {}, 4, 60) == []
 
 
 async def test_the_event_stream_follows_commit_order(database_url: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 from receiver import core
@@ -92,9 +93,9 @@ class FanoutStore(PostgresBase):
         return rows.subscription(row)
 
     async def claim_outbox(
-        self, now: float, limit: int, per_subscription: int, lease: float
+        self, now: float, limit: int, caps: Mapping[int, int], default_cap: int, lease: float
     ) -> list[OutboxJob]:
-        """Take due sends, at most `per_subscription` in flight per subscriber across every
+        """Take due sends, at most its cap (`caps`, else `default_cap`) in flight per subscriber across every
         process: the database counts them (leased_until)."""
         async with self._tx() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _CLAIM_LOCK)
@@ -106,7 +107,7 @@ class FanoutStore(PostgresBase):
                     now,
                 )
             }
-            full = [pk for pk, n in in_flight.items() if n >= per_subscription]
+            full = [pk for pk, n in in_flight.items() if n >= caps.get(pk, default_cap)]
             found = await conn.fetch(
                 "SELECT o.pk AS opk, o.subscription_pk AS spk FROM outbox o"
                 " JOIN subscriptions s ON s.pk = o.subscription_pk"
@@ -116,7 +117,8 @@ class FanoutStore(PostgresBase):
                 full,
                 limit * 4,
             )
-            taken = core.pick_sends([(r["opk"], r["spk"]) for r in found], in_flight, per_subscription, limit)
+            due = [(r["opk"], r["spk"]) for r in found]
+            taken = core.pick_sends(due, in_flight, caps, default_cap, limit)
             if not taken:
                 return []
             joined = await conn.fetch(

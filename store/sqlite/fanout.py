@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 from receiver import core
@@ -90,10 +91,11 @@ class FanoutStore(SQLiteBase):
         return await self._write(unit)
 
     async def claim_outbox(
-        self, now: float, limit: int, per_subscription: int, lease: float
+        self, now: float, limit: int, caps: Mapping[int, int], default_cap: int, lease: float
     ) -> list[OutboxJob]:
-        """Take due sends, at most `per_subscription` in flight per subscriber, counted in the
-        store (leased_until), so that one slow or dead subscriber never holds the others' places."""
+        """Take due sends, at most its cap (`caps`, else `default_cap`) in flight per subscriber,
+        counted in the store (leased_until), so that one slow or dead subscriber never holds the
+        others' places."""
 
         def unit(conn: sqlite3.Connection) -> list[OutboxJob]:
             in_flight = {
@@ -104,7 +106,7 @@ class FanoutStore(SQLiteBase):
                     (now,),
                 )
             }
-            full = [pk for pk, n in in_flight.items() if n >= per_subscription]
+            full = [pk for pk, n in in_flight.items() if n >= caps.get(pk, default_cap)]
             # The earliest due sends, skipping subscribers already at their cap; a window a few
             # times the room, so one subscriber's backlog costs the others one round at most.
             found = conn.execute(
@@ -116,7 +118,7 @@ class FanoutStore(SQLiteBase):
                 (now, *full, limit * 4),
             ).fetchall()
             due = [(row["opk"], row["spk"]) for row in found]
-            taken = core.pick_sends(due, in_flight, per_subscription, limit)
+            taken = core.pick_sends(due, in_flight, caps, default_cap, limit)
             if not taken:
                 return []
             marks = ",".join("?" * len(taken))
