@@ -381,8 +381,33 @@ async def replay_delivery(request: Request) -> Response:
     return json_response(view)
 
 
+async def delivery_health(request: Request) -> Response:
+    """Per model: are the provider's deliveries arriving, and the evidence for the judgement."""
+    ctx = _ctx(request)
+    authorize(request, ctx.settings.api_keys)
+    data = [
+        {
+            "object": "delivery_health",
+            "model": model,
+            "state": health.state,
+            "since": health.since,
+            "checked_at": health.checked_at,
+            "evidence": {
+                "delivered": health.evidence.delivered,
+                "missed": health.evidence.missed,
+                "overdue": health.evidence.overdue,
+                "expected_since_last_delivery": health.evidence.expected,
+                "last_delivery_at": health.evidence.last_delivery_at,
+            },
+        }
+        for model, health in ctx.scheduler.health().items()
+    ]
+    return json_response({"object": "list", "data": data, "has_more": False})
+
+
 def routes() -> list[Route]:
     return [
+        Route("/v1/health/deliveries", delivery_health, methods=["GET"]),
         Route("/v1/videos", submit, methods=["POST"]),
         Route("/v1/videos", list_videos, methods=["GET"]),
         Route("/v1/videos/{video_id:str}", get_video, methods=["GET"]),

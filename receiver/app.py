@@ -68,7 +68,7 @@ async def healthz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
-    body = await ctx.metrics.render(ctx.store, ctx.clock())
+    body = await ctx.metrics.render(ctx.store, ctx.clock(), ctx.scheduler.health())
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -175,6 +175,8 @@ def create_app(
             poller = Poller(ctx, concurrency=settings.poll_concurrency, rate=settings.poll_rate)
             ctx.workers.append(asyncio.create_task(poller.run(stop), name="poller"))
             app.state.poller = poller
+            scheduler.on_stopped = ctx.wake_poller
+            ctx.workers.append(asyncio.create_task(scheduler.watch(stop), name="delivery-health"))
             outbound = outbound_session(
                 settings.outbound_allow, float(settings.fanout_timeout), settings.fanout_concurrency
             )

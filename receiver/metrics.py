@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from receiver.health import ARRIVING, STOPPED, Health
 from store import OutboxStats, Store, TaskStats
+
+HEALTH_VALUES = {ARRIVING: 1.0, STOPPED: 0.0}  # anything else (unknown): -1
 
 __all__ = ["Metrics"]
 
@@ -19,6 +23,7 @@ class _StoreGauges(Collector):
     def __init__(self) -> None:
         self.snapshot: TaskStats | None = None
         self.outbox: OutboxStats | None = None
+        self.health: Mapping[str, Health] = {}
         self.now = 0.0
 
     def collect(self) -> list[GaugeMetricFamily]:
@@ -49,7 +54,14 @@ class _StoreGauges(Collector):
             sends.add_metric([status], count)
         dead = GaugeMetricFamily("receiver_dead_letters", "Sends that exhausted every retry")
         dead.add_metric([], (self.outbox.by_status if self.outbox else {}).get("dead", 0))
-        return [tasks, oldest, sends, dead]
+        health = GaugeMetricFamily(
+            "receiver_delivery_health",
+            "Whether the provider's deliveries arrive, per model: 1 arriving, 0 stopped, -1 unknown",
+            labels=["model"],
+        )
+        for model, judged in sorted(self.health.items()):
+            health.add_metric([model], HEALTH_VALUES.get(judged.state, -1.0))
+        return [tasks, oldest, sends, dead, health]
 
 
 class Metrics:
@@ -78,8 +90,9 @@ class Metrics:
             child = self._delivery_children[outcome] = self.deliveries.labels(outcome=outcome)
         child.inc()
 
-    async def render(self, store: Store, now: float) -> bytes:
+    async def render(self, store: Store, now: float, health: Mapping[str, Health] | None = None) -> bytes:
         self._gauges.snapshot = await store.task_stats()
         self._gauges.outbox = await store.outbox_stats()
+        self._gauges.health = health or {}
         self._gauges.now = now
         return generate_latest(self.registry)

@@ -95,6 +95,9 @@ class Simulator:
         self.gets = 0
         self.deliveries_sent = 0
         self.acknowledged: set[str] = set()  # webhook-ids the receiver answered 2xx
+        # An outage on the provider's side: while set, every delivery falls due unsent and is lost.
+        self.deliveries_stopped = False
+        self.deliveries_lost = 0
         self._rng = random.Random(config.seed)
         self._key = parse_key(config.secret).material if config.secret else None
         self._http = http
@@ -302,6 +305,9 @@ class Simulator:
                     await asyncio.wait_for(self._wakeup.wait(), timeout=min(delay, 1.0))
                 continue
             _, _, video_id, message, status, attempt = heapq.heappop(self._queue)
+            if self.deliveries_stopped:
+                self.deliveries_lost += 1
+                continue
             sending = asyncio.create_task(self._send(video_id, message, status, attempt))
             self._in_flight.add(sending)
             sending.add_done_callback(self._in_flight.discard)

@@ -77,6 +77,13 @@ class Store(Protocol):
     async def claim_due(self, now: float, limit: int, lease: float) -> list[TaskRow]: ...
     async def next_due(self) -> float | None: ...
     async def model_history(self, model: str, limit: int) -> list[HistoryRow]: ...
+    async def open_tasks(self, model: str, limit: int) -> list[float]:
+        """created_at of the model's newest `limit` tasks with no terminal result, newest first."""
+
+    async def advance_polls(self, model: str, first: float, now: float) -> int:
+        """Pull the next poll of each of the model's open tasks in to `first` seconds after its
+        submit (`now` at the earliest), never pushing one back. Returns how many moved."""
+
     async def task_stats(self) -> TaskStats: ...
 
     # -- fan-out ---------------------------------------------------------------------------------

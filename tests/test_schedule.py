@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from receiver.health import ARRIVING, STOPPED, UNKNOWN, Evidence, Health
 from receiver.schedule import History, plan
 from receiver.settings import Settings
 
@@ -44,3 +45,32 @@ def test_first_poll_grows_with_reliability(low: float, high: float) -> None:
 def test_quantiles_interpolate() -> None:
     h = History(completions=(1.0, 2.0, 3.0, 4.0, 5.0), delivered=0, settled=0)
     assert (h.quantile(0.0), h.quantile(0.5), h.quantile(1.0), h.quantile(0.125)) == (1.0, 3.0, 5.0, 1.5)
+
+
+def health(state: str, delivered: int = 20, missed: int = 0) -> Health:
+    return Health(state, 0.0, Evidence(delivered, missed, 0.0, 0.0, None))
+
+
+@pytest.mark.parametrize(
+    ("reliability", "judged", "lazy"),
+    [
+        # Settled history says all is well, but deliveries just stopped: poll early at once.
+        (1.0, health(STOPPED), False),
+        # History still full of the outage's tasks, the latest outcomes delivered: lazy again.
+        (0.0, health(ARRIVING), True),
+        (0.0, health(ARRIVING, delivered=2, missed=18), False),
+        # Nothing judged yet: history decides, as before.
+        (1.0, health(UNKNOWN), True),
+        (0.0, health(UNKNOWN), False),
+        (1.0, None, True),
+    ],
+)
+def test_delivery_health_overrides_settled_history(
+    reliability: float, judged: Health | None, lazy: bool
+) -> None:
+    h = history(reliability)
+    first, ratio, _ = plan(h, SETTINGS, judged)
+    if lazy:
+        assert first > h.quantile(0.99) and ratio == pytest.approx(1.5)
+    else:
+        assert first < h.quantile(0.05) and ratio == pytest.approx(1.2)

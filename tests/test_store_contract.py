@@ -233,6 +233,53 @@ async def test_send_claims_hold_the_per_subscriber_cap_across_processes(database
         assert len(rescued) == 11 - 0  # every send not delivered
 
 
+async def test_send_claims_hold_each_subscribers_own_cap(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url, 2) as (a, b):
+        slow = await a.create_subscription("https://slow.example.com/hook", None, "whsec_x", now)
+        fast = await a.create_subscription("https://fast.example.com/hook", None, "whsec_x", now)
+        for n in range(12):
+            await submitted(a, n, now)
+            await a.record_delivery(delivery(n, f"msg:{n}", "completed", now))
+        caps = {slow.pk: 1, fast.pk: 5}
+        later = now + 1
+        claims = await asyncio.gather(*(s.claim_outbox(later, 10, caps, 3, 60) for s in (a, b, a, b)))
+        by_subscriber: dict[str, int] = {}
+        for job in (job for claim in claims for job in claim):
+            by_subscriber[job.subscription.id] = by_subscriber.get(job.subscription.id, 0) + 1
+        assert by_subscriber == {slow.id: 1, fast.id: 5}
+        # Not in `caps`: the default holds.
+        assert len(await b.claim_outbox(later + 61, 20, {slow.pk: 1}, 3, 60)) == 1 + 3
+
+
+async def test_advance_polls_pulls_lazy_polls_in_never_back(database_url: str) -> None:
+    async with opened(database_url) as (store,):
+        now = 10_000.0
+        plans = {"lazy": (9_990.0, 11_000.0), "young": (9_999.0, 11_000.0), "due": (9_980.0, 9_999.5)}
+        pks = {}
+        for n, (name, (created, next_poll)) in enumerate(plans.items()):
+            made = await store.create_task(new_task(n, created))
+            assert made.pk is not None
+            pks[name] = made.pk
+            await store.finish_submit(made.pk, f"vid{n}", "queued", {}, created, next_poll)
+        other = await store.create_task(new_task(9, 9_990.0, model="other"))
+        assert other.pk is not None
+        await store.finish_submit(other.pk, "vid9", "queued", {}, 9_990.0, 11_000.0)
+        assert await store.open_tasks("m", 10) == [9_999.0, 9_990.0, 9_980.0]
+        assert await store.open_tasks("m", 1) == [9_999.0]
+
+        assert await store.advance_polls("m", 3.0, now) == 2
+        polls = {}
+        for name, pk in pks.items():
+            task = await store.task_by_pk(pk)
+            assert task is not None
+            polls[name] = task.next_poll_at
+        # Past its eager first poll: now; younger: at its eager first poll; already due: kept.
+        assert polls == {"lazy": 10_000.0, "young": 10_002.0, "due": 9_999.5}
+        untouched = await store.task_by_pk(other.pk)
+        assert untouched is not None and untouched.next_poll_at == 11_000.0
+
+
 async def test_replay_queues_sends_again_under_the_same_event_id(database_url: str) -> None:
     now = time.time()
     async with opened(database_url) as (store,):

@@ -127,6 +127,27 @@ class TaskStore(PostgresBase):
         )
         return [HistoryRow(r["completion"], r["terminal_at"], bool(r["delivered"])) for r in found]
 
+    async def open_tasks(self, model: str, limit: int) -> list[float]:
+        # Every open task has a next poll time: the partial index on it holds only open tasks.
+        found = await self._fetch(
+            "SELECT created_at FROM tasks WHERE next_poll_at IS NOT NULL AND video_id IS NOT NULL"
+            " AND model = $1 ORDER BY created_at DESC LIMIT $2",
+            model,
+            limit,
+        )
+        return [r["created_at"] for r in found]
+
+    async def advance_polls(self, model: str, first: float, now: float) -> int:
+        async with self._tx() as conn:
+            status = await conn.execute(
+                "UPDATE tasks SET next_poll_at = GREATEST($1, created_at + $2) WHERE next_poll_at IS NOT NULL"
+                " AND video_id IS NOT NULL AND model = $3 AND next_poll_at > GREATEST($1, created_at + $2)",
+                now,
+                first,
+                model,
+            )
+        return int(status.split()[-1])
+
     async def task_stats(self) -> TaskStats:
         found = await self._fetch(
             "SELECT status, resolved_by, count(*) AS n FROM tasks GROUP BY status, resolved_by"

@@ -146,6 +146,25 @@ class TaskStore(SQLiteBase):
         )
         return [HistoryRow(r["completion"], r["terminal_at"], bool(r["delivered"])) for r in found]
 
+    async def open_tasks(self, model: str, limit: int) -> list[float]:
+        # Every open task has a next poll time: the partial index on it holds only open tasks.
+        found = await self._fetchall(
+            "SELECT created_at FROM tasks WHERE next_poll_at IS NOT NULL AND video_id IS NOT NULL"
+            " AND model = ? ORDER BY created_at DESC LIMIT ?",
+            (model, limit),
+        )
+        return [r["created_at"] for r in found]
+
+    async def advance_polls(self, model: str, first: float, now: float) -> int:
+        def unit(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE tasks SET next_poll_at = max(?, created_at + ?) WHERE next_poll_at IS NOT NULL"
+                " AND video_id IS NOT NULL AND model = ? AND next_poll_at > max(?, created_at + ?)",
+                (now, first, model, now, first),
+            ).rowcount
+
+        return await self._write(unit)
+
     async def task_stats(self) -> TaskStats:
         found = await self._fetchall(
             "SELECT status, resolved_by, count(*) AS n FROM tasks GROUP BY status, resolved_by"
