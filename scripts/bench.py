@@ -94,10 +94,34 @@ class PollingResult:
     resolved: dict[str, int]
 
 
-async def polling_run(
-    label: str, *, lost: bool, naive: bool, tasks: int, rate: float, scale: float, seed: int
-) -> PollingResult:
-    """One workload: `tasks` submits at `rate`/s; durations log-normal (median 60 provider-s)."""
+@dataclasses.dataclass
+class TaskOutcome:
+    submitted: float  # seconds after the run's first submit
+    gets: int
+    delay: float  # extra delay (result recorded minus result ready) / the task's duration
+    resolved_by: str | None
+
+
+@dataclasses.dataclass
+class PollingRun:
+    outcomes: list[TaskOutcome]  # in submit order
+    stopped_at: float | None  # seconds after the first submit when deliveries stopped
+    resumed_at: float | None
+    health: list[tuple[float, str]]  # (seconds after the first submit, state) as the receiver saw it
+
+
+async def polling_workload(
+    *,
+    lost: bool,
+    naive: bool,
+    tasks: int,
+    rate: float,
+    scale: float,
+    seed: int,
+    outage: tuple[float, float] | None = None,
+) -> PollingRun:
+    """`tasks` submits at `rate`/s; durations log-normal (median 60 provider-s). With `outage`
+    (start, end) in seconds after the first submit, the provider delivers nothing in between."""
     secret = dev_secret()
     simulator = Simulator(
         SimConfig(
@@ -109,6 +133,7 @@ async def polling_run(
             seed=seed,
         )
     )
+    health: list[tuple[float, str]] = []
     with tempfile.TemporaryDirectory() as scratch:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -148,6 +173,7 @@ async def polling_run(
             async with httpx.AsyncClient(timeout=30) as client:
                 gate = asyncio.Semaphore(32)
                 start = time.monotonic()
+                wall_start = time.time()
 
                 async def submit(i: int) -> None:
                     await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
@@ -158,7 +184,27 @@ async def polling_run(
                         answer.raise_for_status()
                         ids.append(answer.json()["id"])
 
-                await asyncio.gather(*(submit(i) for i in range(tasks)))
+                async def switch() -> None:
+                    if outage is None:
+                        return
+                    await asyncio.sleep(max(0.0, start + outage[0] - time.monotonic()))
+                    simulator.deliveries_stopped = True
+                    await asyncio.sleep(max(0.0, start + outage[1] - time.monotonic()))
+                    simulator.deliveries_stopped = False
+
+                async def watch() -> None:
+                    # What the receiver says, as an operator would see it (bounded by the run).
+                    last = None
+                    while time.monotonic() < start + tasks / rate + 120:
+                        states = (await client.get(f"{url}/v1/health/deliveries")).json()["data"]
+                        state = states[0]["state"] if states else "unknown"
+                        if state != last:
+                            health.append((time.monotonic() - start, state))
+                            last = state
+                        await asyncio.sleep(0.25)
+
+                watcher = asyncio.create_task(watch())
+                await asyncio.gather(switch(), *(submit(i) for i in range(tasks)))
                 # Drain: every task must end (bounded: the slowest tasks plus a margin).
                 limit = time.monotonic() + 30 * 60 / scale + 60
                 db = f"{scratch}/bench.db"
@@ -170,30 +216,110 @@ async def polling_run(
                     if not open_tasks:
                         break
                     await asyncio.sleep(0.2)
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             server.should_exit = True
             await asyncio.wait_for(serving, timeout=30)
             server_sock.close()
             with sqlite3.connect(f"{scratch}/bench.db") as conn:
                 rows = conn.execute("SELECT video_id, terminal_at, resolved_by FROM tasks").fetchall()
-    order = {vid: i for i, vid in enumerate(ids)}
-    warm = int(len(ids) * 0.25)  # the first quarter teaches the schedule; report the rest
-    delays, gets, resolved = [], [], {}
-    for video_id, terminal_at, resolved_by in rows:
-        if order.get(video_id, -1) < warm or terminal_at is None:
+    found = {video_id: (terminal_at, resolved_by) for video_id, terminal_at, resolved_by in rows}
+    outcomes = []
+    for video_id in sorted(ids, key=lambda v: simulator.tasks[v].created_at):
+        terminal_at, resolved_by = found.get(video_id, (None, None))
+        if terminal_at is None:
             continue
         task = simulator.tasks[video_id]
         done_at = task.created_at + task.duration
-        delays.append(max(0.0, terminal_at - done_at) / task.duration)
-        gets.append(task.gets)
-        resolved[resolved_by] = resolved.get(resolved_by, 0) + 1
+        outcomes.append(
+            TaskOutcome(
+                task.created_at - wall_start,
+                task.gets,
+                max(0.0, terminal_at - done_at) / task.duration,
+                resolved_by,
+            )
+        )
+    return PollingRun(outcomes, *(outage or (None, None)), health)
+
+
+def summarise(label: str, outcomes: list[TaskOutcome]) -> PollingResult:
+    resolved: dict[str, int] = {}
+    for o in outcomes:
+        resolved[o.resolved_by or "?"] = resolved.get(o.resolved_by or "?", 0) + 1
+    delays = [o.delay for o in outcomes]
     return PollingResult(
         label,
-        len(delays),
-        statistics.fmean(gets) if gets else float("nan"),
+        len(outcomes),
+        statistics.fmean(o.gets for o in outcomes) if outcomes else float("nan"),
         percentile(delays, 0.5),
         percentile(delays, 0.95),
         resolved,
     )
+
+
+async def polling_run(
+    label: str, *, lost: bool, naive: bool, tasks: int, rate: float, scale: float, seed: int
+) -> PollingResult:
+    run = await polling_workload(lost=lost, naive=naive, tasks=tasks, rate=rate, scale=scale, seed=seed)
+    warm = int(len(run.outcomes) * 0.25)  # the first quarter teaches the schedule; report the rest
+    return summarise(label, run.outcomes[warm:])
+
+
+def print_result(result: PollingResult) -> None:
+    print(
+        f"  {result.label:62s} tasks={result.tasks:5d} GETs/task={result.gets_per_task:6.2f} "
+        f"extra delay / duration p50={result.delay_p50:6.1%} p95={result.delay_p95:6.1%} "
+        f"resolved={result.resolved}",
+        flush=True,
+    )
+
+
+async def outage_runs(args: argparse.Namespace) -> dict[str, dict[str, PollingResult]]:
+    """Deliveries arrive for one phase, stop for one, come back for one; learned vs naive."""
+    phase = args.phase
+    tasks = round(3 * phase * args.outage_rate)
+    print(
+        f"outage workload: {tasks} tasks at {args.outage_rate}/s; deliveries arrive for {phase:.0f} s, "
+        f"stop for {phase:.0f} s, come back for {phase:.0f} s (and the drain); phases by submit time"
+    )
+    found: dict[str, dict[str, PollingResult]] = {}
+    for naive in (False, True):
+        name = "naive" if naive else "learned"
+        run = await polling_workload(
+            lost=False,
+            naive=naive,
+            tasks=tasks,
+            rate=args.outage_rate,
+            scale=args.scale,
+            seed=args.seed,
+            outage=(phase, 2 * phase),
+        )
+        warm = round(0.25 * phase * args.outage_rate)
+        stop, resume = phase, 2 * phase
+        groups = {
+            "arriving": [o for o in run.outcomes[warm:] if o.submitted < stop],
+            "stopped": [o for o in run.outcomes if stop <= o.submitted < resume],
+            "stopped+15s": [o for o in run.outcomes if stop + 15 <= o.submitted < resume],
+            "back": [o for o in run.outcomes if resume <= o.submitted],
+            "back+15s": [o for o in run.outcomes if resume + 15 <= o.submitted],
+        }
+        titles = {
+            "arriving": "deliveries arrive (after warm-up)",
+            "stopped": "submitted after deliveries stopped",
+            "stopped+15s": "submitted >= 15 s after deliveries stopped",
+            "back": "submitted after deliveries came back",
+            "back+15s": "submitted >= 15 s after they came back",
+        }
+        found[name] = {}
+        for key, outcomes in groups.items():
+            result = summarise(f"{name}: {titles[key]}", outcomes)
+            found[name][key] = result
+            print_result(result)
+        if not naive:
+            seen = ", ".join(f"{state} at {at:.1f} s" for at, state in run.health)
+            print(f"  learned: GET /v1/health/deliveries said: {seen}")
+    return found
 
 
 async def bench_polling(args: argparse.Namespace) -> int:
@@ -202,6 +328,9 @@ async def bench_polling(args: argparse.Namespace) -> int:
         f"workload: {args.tasks} tasks per run at {args.rate}/s, durations log-normal "
         f"(median 60 provider-s, sigma 0.5), time scale {args.scale}x; first 25% of each run is warm-up"
     )
+    if args.only_outage:
+        outage = await outage_runs(args)
+        return 0
     results = []
     for lost in (False, True):
         for naive in (False, True):
@@ -218,13 +347,10 @@ async def bench_polling(args: argparse.Namespace) -> int:
                 seed=args.seed,
             )
             results.append(result)
-            print(
-                f"  {label:62s} tasks={result.tasks:5d} GETs/task={result.gets_per_task:6.2f} "
-                f"extra delay / duration p50={result.delay_p50:6.1%} p95={result.delay_p95:6.1%} "
-                f"resolved={result.resolved}",
-                flush=True,
-            )
+            print_result(result)
+    outage = await outage_runs(args)
     arrive_learned, arrive_naive, lost_learned, lost_naive = results
+    learned, naive = outage["learned"], outage["naive"]
     print("summary:")
     print(
         f"  deliveries arrive: {arrive_learned.gets_per_task:.2f} GETs/task "
@@ -235,7 +361,31 @@ async def bench_polling(args: argparse.Namespace) -> int:
         f"(naive {lost_naive.delay_p95:.1%}; target <= 25%), {lost_learned.gets_per_task:.2f} GETs/task "
         f"(naive {lost_naive.gets_per_task:.2f})"
     )
-    ok = arrive_learned.gets_per_task <= 0.5 and lost_learned.delay_p95 <= 0.25
+    print(
+        f"  outage, before:    {learned['arriving'].gets_per_task:.2f} GETs/task "
+        f"(naive {naive['arriving'].gets_per_task:.2f}; target <= 0.5)"
+    )
+    print(
+        f"  outage, during:    submitted after the stop p50/p95 extra delay "
+        f"{learned['stopped'].delay_p50:.1%}/{learned['stopped'].delay_p95:.1%} "
+        f"(naive {naive['stopped'].delay_p50:.1%}/{naive['stopped'].delay_p95:.1%}); "
+        f">= 15 s after {learned['stopped+15s'].delay_p50:.1%}/{learned['stopped+15s'].delay_p95:.1%} "
+        f"(naive {naive['stopped+15s'].delay_p50:.1%}/{naive['stopped+15s'].delay_p95:.1%}; "
+        f"target p95 <= 25%); {learned['stopped'].gets_per_task:.2f} GETs/task "
+        f"(naive {naive['stopped'].gets_per_task:.2f})"
+    )
+    print(
+        f"  outage, after:     {learned['back'].gets_per_task:.2f} GETs/task, "
+        f"{learned['back+15s'].gets_per_task:.2f} from 15 s on (steady state; naive "
+        f"{naive['back+15s'].gets_per_task:.2f}; target <= 1)"
+    )
+    ok = (
+        arrive_learned.gets_per_task <= 0.5
+        and lost_learned.delay_p95 <= 0.25
+        and learned["arriving"].gets_per_task <= 0.5
+        and learned["stopped+15s"].delay_p95 <= 0.25
+        and learned["back+15s"].gets_per_task <= 1.0
+    )
     print("result:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 
@@ -713,8 +863,9 @@ async def bench_fanout(args: argparse.Namespace) -> int:
         RECEIVER_WEBHOOK_SECRETS=dev_secret(),
         RECEIVER_OUTBOUND_ALLOW="127.0.0.0/8",
         RECEIVER_FANOUT_CONCURRENCY=str(args.concurrency),
-        RECEIVER_FANOUT_PER_SUBSCRIBER=str(args.concurrency),
     )
+    if args.per_subscriber is not None:
+        env["RECEIVER_FANOUT_PER_SUBSCRIBER"] = str(args.per_subscriber)
     server = await start_receiver(env, scratch)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -748,7 +899,8 @@ async def bench_fanout(args: argparse.Namespace) -> int:
     ratio = rate / baseline
     print(
         f"workload: {args.events} stored events replayed to one local subscriber, "
-        f"{args.concurrency} sends in flight (RECEIVER_FANOUT_PER_SUBSCRIBER={args.concurrency})"
+        f"at most {args.concurrency} sends in flight (RECEIVER_FANOUT_CONCURRENCY), "
+        f"RECEIVER_FANOUT_PER_SUBSCRIBER={args.per_subscriber or 'default'}"
     )
     print(f"  receiver: {delivered:,} signed events delivered and recorded in {elapsed:.1f} s: {rate:,.0f}/s")
     print(f"  bare aiohttp session, same signed POSTs: {baseline:,.0f}/s")
@@ -1120,10 +1272,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     polling = commands.add_parser("polling", help="learned poll schedule vs a naive fixed-interval poller")
-    polling.add_argument("--tasks", type=int, default=2000, help="tasks per run (4 runs)")
+    polling.add_argument("--tasks", type=int, default=2000, help="tasks per run (4 runs, then 2 outage runs)")
     polling.add_argument("--rate", type=float, default=30.0, help="submits per second")
     polling.add_argument("--scale", type=float, default=30.0, help="provider seconds per real second")
     polling.add_argument("--seed", type=int, default=1)
+    polling.add_argument("--phase", type=float, default=30.0, help="seconds of each outage-run phase")
+    polling.add_argument("--outage-rate", type=float, default=8.0, help="submits per second, outage runs")
+    polling.add_argument("--only-outage", action="store_true", help="run only the outage scenario")
     polling.set_defaults(run=bench_polling)
     ingest = commands.add_parser("ingest", help="durable deliveries/s vs a bare Starlette endpoint (wrk)")
     ingest.add_argument("--tasks", type=int, default=3000)
@@ -1141,6 +1296,7 @@ def main(argv: list[str] | None = None) -> int:
     fanout = commands.add_parser("fanout", help="events/s delivered to a subscriber vs bare aiohttp")
     fanout.add_argument("--events", type=int, default=20_000)
     fanout.add_argument("--concurrency", type=int, default=64)
+    fanout.add_argument("--per-subscriber", type=int, help="RECEIVER_FANOUT_PER_SUBSCRIBER (default: unset)")
     fanout.set_defaults(run=bench_fanout)
     scale = commands.add_parser("scale", help="read latency with 1,000,000 deliveries in the store")
     scale.add_argument("--tasks", type=int, default=200_000)
