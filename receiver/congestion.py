@@ -17,6 +17,7 @@ fast. A window unused for IDLE seconds is forgotten (it starts again from the st
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -27,6 +28,7 @@ SLOW_FACTOR = 2.0  # latency past this many times the subscriber's usual one is 
 GRACE = 0.25  # seconds of extra latency that never count as slow (our own loop, the network)
 BASE_DRIFT = 0.01  # how fast the usual latency follows answers slower than it (per answer)
 IDLE = 600.0
+SWEEP_EVERY = 60.0  # seconds between looks for idle windows
 
 
 class Signal(Enum):
@@ -44,6 +46,22 @@ class Window:
     used_at: float = 0.0
 
 
+class Caps(Mapping[int, int]):
+    """A live view: whole sends in flight allowed per known subscriber (no copy per claim)."""
+
+    def __init__(self, windows: dict[int, Window]) -> None:
+        self._windows = windows
+
+    def __getitem__(self, key: int) -> int:
+        return int(self._windows[key].size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._windows)
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+
 class Congestion:
     """The windows of every subscriber seen lately, keyed by subscription pk."""
 
@@ -52,13 +70,14 @@ class Congestion:
         self.ceiling = max(FLOOR, ceiling)
         self.slow = timeout / 2
         self._windows: dict[int, Window] = {}
+        self._swept_at = float("-inf")
 
     def window(self, key: int) -> Window | None:
         return self._windows.get(key)
 
-    def caps(self) -> dict[int, int]:
+    def caps(self) -> Mapping[int, int]:
         """Whole sends in flight allowed per known subscriber (others: `start`)."""
-        return {key: int(w.size) for key, w in self._windows.items()}
+        return Caps(self._windows)
 
     def record(
         self, key: int, signal: Signal, *, started: float, now: float, latency: float, in_flight: int
@@ -90,5 +109,8 @@ class Congestion:
         return w
 
     def forget_idle(self, now: float) -> None:
+        if now - self._swept_at < SWEEP_EVERY:
+            return
+        self._swept_at = now
         for key in [k for k, w in self._windows.items() if now - w.used_at > IDLE]:
             del self._windows[key]

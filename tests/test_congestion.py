@@ -73,9 +73,9 @@ def test_caps_and_forgetting() -> None:
     congestion = Congestion(start=4, ceiling=64, timeout=15.0)
     congestion.record(1, GONE, started=0.0, now=1.0, latency=1.0, in_flight=1)
     congestion.record(2, OK, started=0.0, now=1.0, latency=0.01, in_flight=4)
-    assert congestion.caps() == {1: 1, 2: 5}
+    assert dict(congestion.caps()) == {1: 1, 2: 5}
     congestion.forget_idle(1.0 + 601)
-    assert congestion.caps() == {}
+    assert dict(congestion.caps()) == {}
 
 
 def test_start_is_bounded_by_the_ceiling() -> None:
