@@ -105,7 +105,7 @@ class Settings:
     fanout_timeout: int = 15
     provider_timeout: int = 30
     fanout_concurrency: int = 64
-    fanout_per_subscriber: int = 4
+    fanout_per_subscriber: int = 4  # where a subscriber's adaptive window starts (receiver.congestion)
     callback_secret: str | None = field(default=None, repr=False)
     outbound_allow: tuple[Network, ...] = ()
     # Connection limits (see receiver/server.py).
