@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from store.records import AttemptRow, DeliveryRow, EventRow, OutboxRow, SubscriptionRow, TaskRow
+from store.records import AttemptRow, DeliveryRow, EventRow, OutboxJob, OutboxRow, SubscriptionRow, TaskRow
 
 # sqlite3.Row, aiosqlite.Row and asyncpg.Record: read by column name.
 Row = Any
@@ -20,6 +20,7 @@ __all__ = [
     "event",
     "lean_task",
     "outbox",
+    "outbox_job",
     "subscription",
     "task",
 ]
@@ -141,4 +142,22 @@ def subscription(row: Row) -> SubscriptionRow:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         disabled_reason=row["disabled_reason"],
+    )
+
+
+def outbox_job(row: Row) -> OutboxJob:
+    """A claimed send, from a claim's join (its s_* columns are the subscription's)."""
+    return OutboxJob(
+        pk=row["opk"],
+        attempts=row["oattempts"],
+        event=event(row),
+        subscription=SubscriptionRow(
+            pk=row["s_pk"],
+            id=row["s_id"],
+            url=row["s_url"],
+            events=json.loads(row["s_events"]) if row["s_events"] else None,
+            secret=row["s_secret"],
+            status=row["s_status"],
+            task_pk=row["s_task_pk"],
+        ),
     )

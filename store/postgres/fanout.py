@@ -131,23 +131,7 @@ class FanoutStore(PostgresBase):
                 taken,
                 now + lease,
             )
-        return [
-            OutboxJob(
-                pk=r["opk"],
-                attempts=r["oattempts"],
-                event=rows.event(r),
-                subscription=SubscriptionRow(
-                    pk=r["s_pk"],
-                    id=r["s_id"],
-                    url=r["s_url"],
-                    events=json.loads(r["s_events"]) if r["s_events"] else None,
-                    secret=r["s_secret"],
-                    status=r["s_status"],
-                    task_pk=r["s_task_pk"],
-                ),
-            )
-            for r in joined
-        ]
+        return [rows.outbox_job(r) for r in joined]
 
     async def record_attempt(self, attempt: Attempt) -> None:
         a = attempt

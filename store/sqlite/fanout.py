@@ -133,23 +133,7 @@ class FanoutStore(SQLiteBase):
                 f" JOIN subscriptions s ON s.pk = o.subscription_pk WHERE o.pk IN ({marks})",
                 taken,
             ).fetchall()
-            return [
-                OutboxJob(
-                    pk=r["opk"],
-                    attempts=r["oattempts"],
-                    event=rows.event(r),
-                    subscription=SubscriptionRow(
-                        pk=r["s_pk"],
-                        id=r["s_id"],
-                        url=r["s_url"],
-                        events=json.loads(r["s_events"]) if r["s_events"] else None,
-                        secret=r["s_secret"],
-                        status=r["s_status"],
-                        task_pk=r["s_task_pk"],
-                    ),
-                )
-                for r in joined
-            ]
+            return [rows.outbox_job(r) for r in joined]
 
         return await self._write(unit)
 
