@@ -1,4 +1,4 @@
-"""/v1 routes: submit, read, list, inspect and replay deliveries."""
+"""/v1 routes: submit, read, list, inspect and replay deliveries, and the dashboard's summaries."""
 
 from __future__ import annotations
 
@@ -27,7 +27,16 @@ from receiver.payloads import STATUSES, PayloadError, normalise_status
 from receiver.provider import ProviderError
 from receiver.redact import redact_headers, strip_callbacks, strip_text
 from receiver.settings import Settings
-from store import DeliveryRow, NewTask, StoreUnavailable, TaskRow, UnknownCursor, WrongVideo
+from store import (
+    DeliveryRow,
+    NewTask,
+    OutboxRow,
+    StoreUnavailable,
+    SubscriptionRow,
+    TaskRow,
+    UnknownCursor,
+    WrongVideo,
+)
 
 __all__ = ["check_outbound_name", "check_outbound_url", "routes", "store_call", "task_view"]
 
@@ -37,6 +46,10 @@ RESOLUTIONS = ("360p", "480p", "540p", "720p", "1080p", "1K", "2K", "4K")
 ASPECT_RATIOS = ("adaptive", "16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "9:21")
 _MAX_INT = 2**63 - 1
 RESOLVE_TIMEOUT = 2.0  # seconds a subscribe-time lookup of a URL's host name may take
+OPEN_STATUSES = ("submitting", "queued", "in_progress")
+# Subscriber health reads pages of the outbox; these bound what one call may read.
+_HEALTH_WINDOW = 100  # settled sends (newest first) a success rate is computed over
+_COUNT_CAP = 1000  # in-flight sends and dead letters are counted up to this, then "more"
 
 
 def _string(body: dict[str, Any], name: str, *, required: bool = False, limit: int = 200) -> None:
@@ -405,6 +418,130 @@ async def delivery_health(request: Request) -> Response:
     return json_response({"object": "list", "data": data, "has_more": False})
 
 
+async def get_delivery(request: Request) -> Response:
+    ctx = _ctx(request)
+    authorize(request, ctx.settings.api_keys)
+    delivery = await ctx.store.get_delivery(request.path_params["delivery_id"])
+    if delivery is None:
+        raise NotFound("no such delivery", param="id")
+    return json_response(delivery_view(delivery))
+
+
+async def stats(request: Request) -> Response:
+    """Tasks by state and by how their result came, the oldest open task, sends by state."""
+    ctx = _ctx(request)
+    authorize(request, ctx.settings.api_keys)
+    tasks = await ctx.store.task_stats()
+    sends = await ctx.store.outbox_stats()
+    now = ctx.clock()
+    by_status: dict[str, int] = {}
+    by_resolved_by: dict[str, int] = {}
+    by_state = []
+    for (status, resolved_by), count in sorted(
+        tasks.by_state.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
+    ):
+        by_status[status] = by_status.get(status, 0) + count
+        if resolved_by is not None:
+            by_resolved_by[resolved_by] = by_resolved_by.get(resolved_by, 0) + count
+        by_state.append({"status": status, "resolved_by": resolved_by, "count": count})
+    oldest = tasks.oldest_open_created_at
+    return json_response(
+        {
+            "object": "stats",
+            "at": int(now),
+            "tasks": {
+                "total": sum(by_status.values()),
+                "open": sum(by_status.get(s, 0) for s in OPEN_STATUSES),
+                "by_status": by_status,
+                "by_resolved_by": by_resolved_by,
+                "by_state": by_state,
+                "oldest_open_created_at": int(oldest) if oldest is not None else None,
+                "oldest_open_age_seconds": round(max(0.0, now - oldest), 1) if oldest is not None else None,
+            },
+            "sends": {"by_status": dict(sorted(sends.by_status.items()))},
+        }
+    )
+
+
+async def _outbox_rows(
+    ctx: Context, status: str, subscription_id: str, cap: int
+) -> tuple[list[OutboxRow], bool]:
+    """Newest first, at most `cap` rows of one subscriber's sends in one state; True: there are more."""
+    rows: list[OutboxRow] = []
+    cursor: int | None = None
+    while len(rows) < cap:
+        page = await ctx.store.list_outbox(status, subscription_id, min(100, cap - len(rows)), cursor)
+        rows.extend(page.rows)
+        if not page.has_more or not page.rows:
+            return rows, False
+        cursor = page.rows[-1].pk
+    return rows, True
+
+
+def _error_text(row: OutboxRow) -> str | None:
+    if row.last_error:
+        return row.last_error
+    if row.last_status is not None and not 200 <= row.last_status < 300:
+        return f"HTTP {row.last_status}"
+    return None
+
+
+async def subscriber_health(ctx: Context, subscription: SubscriptionRow) -> dict[str, Any]:
+    sub_id = subscription.id
+    settled: list[OutboxRow] = []
+    for status in ("delivered", "failed", "dead"):
+        settled.extend((await _outbox_rows(ctx, status, sub_id, _HEALTH_WINDOW))[0])
+    settled.sort(key=lambda r: r.pk, reverse=True)
+    window = settled[:_HEALTH_WINDOW]
+    counts = {s: sum(1 for r in window if r.status == s) for s in ("delivered", "failed", "dead")}
+    pending, pending_more = await _outbox_rows(ctx, "pending", sub_id, _COUNT_CAP)
+    dead, dead_more = await _outbox_rows(ctx, "dead", sub_id, _COUNT_CAP)
+    last_error = None
+    for row in sorted([*pending, *window], key=lambda r: r.pk, reverse=True):
+        text = _error_text(row)
+        if text is not None and row.attempts > 0:
+            at = row.settled_at
+            last_error = {
+                "send_id": f"snd_{row.pk}",
+                "event_id": row.event_id,
+                "video_id": row.video_id,
+                "status": row.last_status,
+                "error": text,
+                "at": int(at) if at is not None else None,
+            }
+            break
+    return {
+        "object": "subscriber_health",
+        "subscription_id": sub_id,
+        "url": subscription.url,
+        "status": subscription.status,
+        "disabled_reason": subscription.disabled_reason,
+        "window": len(window),
+        **counts,
+        "success_rate": round(counts["delivered"] / len(window), 4) if window else None,
+        "in_flight": len(pending),
+        "in_flight_more": pending_more,
+        "retrying": sum(1 for r in pending if r.attempts > 0),
+        "dead_letters": len(dead),
+        "dead_letters_more": dead_more,
+        "last_error": last_error,
+    }
+
+
+async def list_subscriber_health(request: Request) -> Response:
+    """Per subscriber: success rate over its last settled sends, sends in flight, dead letters,
+    and its latest error. Pages like the subscriptions it describes."""
+    ctx = _ctx(request)
+    authorize(request, ctx.settings.api_keys)
+    limit, after = page_params(request)
+    try:
+        page = await ctx.store.list_subscriptions(limit, after)
+    except UnknownCursor:
+        raise InvalidRequest("after names no subscription", param="after") from None
+    data = [await subscriber_health(ctx, s) for s in page.rows]
+    return json_response({"object": "list", "data": data, "has_more": page.has_more})
+
+
 def routes() -> list[Route]:
     return [
         Route("/v1/health/deliveries", delivery_health, methods=["GET"]),
@@ -412,5 +549,8 @@ def routes() -> list[Route]:
         Route("/v1/videos", list_videos, methods=["GET"]),
         Route("/v1/videos/{video_id:str}", get_video, methods=["GET"]),
         Route("/v1/deliveries", list_deliveries, methods=["GET"]),
+        Route("/v1/deliveries/{delivery_id:str}", get_delivery, methods=["GET"]),
         Route("/v1/deliveries/{delivery_id:str}/replay", replay_delivery, methods=["POST"]),
+        Route("/v1/stats", stats, methods=["GET"]),
+        Route("/v1/health/subscribers", list_subscriber_health, methods=["GET"]),
     ]

@@ -1,0 +1,104 @@
+"""The read routes the dashboard needs: one delivery, task stats, subscriber health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from receiver.simulator import SimConfig
+from tests.conftest import SECRET, StackFactory, Subscriber, serve, wait_until
+
+pytestmark = pytest.mark.anyio
+
+FAST = SimConfig(secret=SECRET, duration_median=0.2, duration_sigma=0.1)
+SLOW = SimConfig(secret=SECRET, duration_median=3600)
+
+
+async def test_get_one_delivery(make_stack: StackFactory) -> None:
+    async with make_stack(FAST) as stack:
+        video = (await stack.submit()).json()
+        await stack.wait_status(video["id"], "completed")
+        query = {"video_id": video["id"]}
+        listed = (await stack.client.get(f"{stack.url}/v1/deliveries", params=query)).json()
+        one = await stack.client.get(f"{stack.url}/v1/deliveries/{listed['data'][0]['id']}")
+        assert one.status_code == 200
+        assert one.json() == listed["data"][0]
+        for missing in ("dlv_999", "dlv_x", "nothing"):
+            answer = await stack.client.get(f"{stack.url}/v1/deliveries/{missing}")
+            assert answer.status_code == 404
+            assert answer.json()["error"]["code"] == "not_found"
+
+
+async def test_stats_count_tasks_by_state_and_the_oldest_open(make_stack: StackFactory) -> None:
+    async with make_stack(FAST) as stack:
+        empty = (await stack.client.get(f"{stack.url}/v1/stats")).json()
+        assert empty["object"] == "stats"
+        assert empty["tasks"]["total"] == 0 and empty["tasks"]["oldest_open_created_at"] is None
+        assert empty["tasks"]["oldest_open_age_seconds"] is None
+        done = [(await stack.submit()).json()["id"] for _ in range(2)]
+        for video_id in done:
+            await stack.wait_status(video_id, "completed")
+        stack.simulator.config = SLOW  # the next task stays open
+        open_task = (await stack.submit()).json()
+        stats = (await stack.client.get(f"{stack.url}/v1/stats")).json()
+        tasks = stats["tasks"]
+        assert tasks["total"] == 3 and tasks["open"] == 1
+        assert tasks["by_status"]["completed"] == 2
+        assert tasks["by_status"][open_task["status"]] == 1
+        assert tasks["by_resolved_by"] == {"webhook": 2}
+        assert {"status": "completed", "resolved_by": "webhook", "count": 2} in tasks["by_state"]
+        assert tasks["oldest_open_created_at"] == open_task["receiver"]["submitted_at"]
+        assert 0 <= tasks["oldest_open_age_seconds"] < 60
+        assert stats["sends"] == {"by_status": {}}
+
+
+async def test_subscriber_health(make_stack: StackFactory) -> None:
+    healthy = Subscriber()
+    broken = Subscriber(answer=lambda n: 500)
+    fanout = {"fanout_retry_schedule": (0.2,), "fanout_timeout": 2}
+    async with (
+        serve(healthy.app) as healthy_url,
+        serve(broken.app) as broken_url,
+        make_stack(FAST, **fanout) as stack,
+    ):
+        subs: dict[str, Any] = {}
+        for name, url in (("healthy", healthy_url), ("broken", broken_url)):
+            answer = await stack.client.post(f"{stack.url}/v1/subscriptions", json={"url": f"{url}/hook"})
+            subs[name] = answer.json()["id"]
+        empty = (await stack.client.get(f"{stack.url}/v1/health/subscribers")).json()
+        assert [h["success_rate"] for h in empty["data"]] == [None, None]
+        for _ in range(3):
+            video = (await stack.submit()).json()
+            await stack.wait_status(video["id"], "completed")
+
+        async def health() -> dict[str, dict[str, Any]]:
+            page = (await stack.client.get(f"{stack.url}/v1/health/subscribers")).json()
+            assert page["object"] == "list" and page["has_more"] is False
+            return {h["subscription_id"]: h for h in page["data"]}
+
+        async def settled() -> bool:
+            now = await health()
+            return now[subs["healthy"]]["delivered"] == 3 and now[subs["broken"]]["dead_letters"] == 3
+
+        await wait_until(settled, timeout=15, what="every send to settle")
+        now = await health()
+        good, bad = now[subs["healthy"]], now[subs["broken"]]
+        assert good["object"] == "subscriber_health" and good["status"] == "active"
+        assert (good["success_rate"], good["in_flight"], good["dead_letters"]) == (1.0, 0, 0)
+        assert good["last_error"] is None
+        assert (bad["success_rate"], bad["window"], bad["dead"], bad["in_flight"]) == (0.0, 3, 3, 0)
+        assert bad["dead_letters_more"] is False
+        assert bad["last_error"]["error"] == "answered 500" and bad["last_error"]["status"] == 500
+        assert bad["last_error"]["event_id"].startswith("evt_")
+        # Pages like the subscriptions list, newest first.
+        first = (await stack.client.get(f"{stack.url}/v1/health/subscribers", params={"limit": 1})).json()
+        assert [h["subscription_id"] for h in first["data"]] == [subs["broken"]] and first["has_more"]
+        rest = (
+            await stack.client.get(
+                f"{stack.url}/v1/health/subscribers", params={"limit": 1, "after": subs["broken"]}
+            )
+        ).json()
+        assert [h["subscription_id"] for h in rest["data"]] == [subs["healthy"]] and not rest["has_more"]
+        bad_cursor = await stack.client.get(f"{stack.url}/v1/health/subscribers", params={"after": "sub_x"})
+        assert bad_cursor.status_code == 400 and bad_cursor.json()["error"]["param"] == "after"
