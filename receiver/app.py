@@ -16,10 +16,10 @@ from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from receiver import api, events, ingest
+from receiver import api, dashboard, events, ingest
 from receiver.context import Context
 from receiver.errors import ApiError
 from receiver.fanout import Dispatcher, outbound_session
@@ -200,12 +200,13 @@ def create_app(
             stack.push_async_callback(stop_workers)
             yield
 
-    routes: list[Route | Mount] = [
+    routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *api.routes(),
         *events.routes(),
+        *dashboard.routes(),
     ]
     if simulator is not None:
         routes.append(Mount(SIMULATOR_PATH, app=simulator.app))

@@ -1,4 +1,4 @@
-"""The read routes the dashboard needs: one delivery, task stats, subscriber health."""
+"""The read routes the dashboard needs: one delivery, task stats, subscriber health; and `/`."""
 
 from __future__ import annotations
 
@@ -102,3 +102,32 @@ async def test_subscriber_health(make_stack: StackFactory) -> None:
         assert [h["subscription_id"] for h in rest["data"]] == [subs["healthy"]] and not rest["has_more"]
         bad_cursor = await stack.client.get(f"{stack.url}/v1/health/subscribers", params={"after": "sub_x"})
         assert bad_cursor.status_code == 400 and bad_cursor.json()["error"]["param"] == "after"
+
+
+async def test_dashboard_shell_needs_no_key_but_its_data_does(make_stack: StackFactory) -> None:
+    async with make_stack(FAST, api_keys=("k1",)) as stack:
+        page = await stack.client.get(f"{stack.url}/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "unsafe-inline" not in csp
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert '<meta name="receiver-auth" content="required">' in page.text
+        assert "k1" not in page.text
+        for asset, kind in (("app.js", "javascript"), ("app.css", "text/css")):
+            answer = await stack.client.get(f"{stack.url}/static/{asset}")
+            assert answer.status_code == 200 and kind in answer.headers["content-type"]
+            assert answer.headers["content-security-policy"] == csp
+        assert (await stack.client.get(f"{stack.url}/static/nothing.js")).status_code == 404
+        for path in ("/v1/stats", "/v1/health/subscribers", "/v1/deliveries/dlv_1"):
+            answer = await stack.client.get(f"{stack.url}{path}")
+            assert answer.status_code == 401, path
+            assert answer.json()["error"]["code"] == "missing_api_key"
+        keyed = await stack.client.get(f"{stack.url}/v1/stats", headers={"authorization": "Bearer k1"})
+        assert keyed.status_code == 200
+
+
+async def test_dashboard_shell_open_when_no_keys(make_stack: StackFactory) -> None:
+    async with make_stack(FAST) as stack:
+        page = await stack.client.get(f"{stack.url}/")
+        assert '<meta name="receiver-auth" content="open">' in page.text
+        assert (await stack.client.head(f"{stack.url}/")).status_code == 200
