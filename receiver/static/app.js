@@ -159,7 +159,10 @@ async function authHeaders() {
   return { authorization: `Bearer ${key}` };
 }
 
-function keyRefused() {
+// A call refused with `used`: ask again, unless another key was entered meanwhile (then retry).
+async function keyRefused(used) {
+  const stored = sessionStorage.getItem(KEY_SLOT);
+  if (stored && used !== `Bearer ${stored}`) return stored;
   sessionStorage.removeItem(KEY_SLOT);
   showKeyButton();
   return askKey("The receiver refused that key. Enter another.");
@@ -176,7 +179,7 @@ async function api(method, path, body) {
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     if (response.status === 401 && AUTH_REQUIRED) {
-      await keyRefused();
+      await keyRefused(headers.authorization);
       continue;
     }
     const data = await response.json().catch(() => null);
@@ -210,7 +213,7 @@ async function follow() {
       if (lastEventId) headers["last-event-id"] = lastEventId;
       const response = await fetch("/v1/events/stream", { headers, cache: "no-store" });
       if (response.status === 401 && AUTH_REQUIRED) {
-        await keyRefused();
+        await keyRefused(headers.authorization);
         continue;
       }
       if (response.status === 400 && lastEventId) {
