@@ -1,0 +1,304 @@
+"""The dashboard in a real browser: Playwright driving Debian's Chromium against the real service.
+
+Skipped, loudly, when Playwright or Chromium is missing (./scripts/test installs Chromium when
+it can). Every wait has a deadline, and each test as a whole is bounded by `fail_after`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from receiver.app import create_app
+from receiver.settings import Settings
+from receiver.simulator import SimConfig, Simulator
+from tests.conftest import SECRET, Subscriber, free_socket, serve
+
+pytestmark = [pytest.mark.anyio, pytest.mark.browser]
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 15_000  # the longest any one wait on the page may take
+TEST_BUDGET = 120.0  # seconds for a whole browser test
+TASK_SECONDS = 100.0  # simulated task duration: the test decides when it ends (see Clock)
+
+
+def _chromium() -> str:
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        pytest.skip("BROWSER TESTS SKIPPED: the playwright package is missing (pip install -e '.[dev]')")
+    path = os.environ.get("RECEIVER_TEST_CHROMIUM") or shutil.which("chromium")
+    if not path:
+        pytest.skip("BROWSER TESTS SKIPPED: no Chromium (apt-get install chromium; RECEIVER_TEST_CHROMIUM)")
+    return path
+
+
+class Clock:
+    """The simulated provider's clock: real time plus an offset the test moves forward, so a
+    task stays in progress until the test has seen it on the page."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@dataclass
+class Service:
+    url: str
+    client: httpx.AsyncClient
+    clock: Clock
+    subscriber: Subscriber
+    hook: str  # the subscriber's URL
+
+    async def submit(self, prompt: str = "a red fox", headers: dict[str, str] | None = None) -> str:
+        body = {"model": "seedance-2.0", "prompt": prompt, "return_last_frame": True}
+        response = await self.client.post(f"{self.url}/v1/videos", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        video_id: str = response.json()["id"]
+        return video_id
+
+
+@contextlib.asynccontextmanager
+async def service(tmp_path: Path, **overrides: Any) -> AsyncIterator[Service]:
+    """Receiver + simulated provider + one subscriber, each on its own loopback port."""
+    clock = Clock()
+    simulator = Simulator(
+        SimConfig(secret=SECRET, duration_median=TASK_SECONDS, duration_sigma=0.0), clock=clock
+    )
+    subscriber = Subscriber()
+    sock = free_socket()
+    async with serve(simulator.app) as provider_url, serve(subscriber.app) as subscriber_url:
+        settings = Settings.from_env(
+            {
+                "RECEIVER_PORT": str(sock.getsockname()[1]),
+                "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path}/receiver.db",
+                "RECEIVER_PROVIDER_URL": provider_url,
+                "RECEIVER_WEBHOOK_SECRETS": SECRET,
+                "RECEIVER_OUTBOUND_ALLOW": "127.0.0.0/8",
+            }
+        )
+        app = create_app(replace(settings, **overrides))
+        async with serve(app, sock) as url, httpx.AsyncClient(timeout=10) as client:
+            yield Service(url, client, clock, subscriber, f"{subscriber_url}/hook")
+
+
+@contextlib.asynccontextmanager
+async def browser_page(
+    errors: list[str], allow: Callable[[str], bool] = lambda text: False
+) -> AsyncIterator[Any]:
+    """A fresh Chromium page that records every console error and uncaught page error."""
+    from playwright.async_api import async_playwright, expect
+
+    executable = _chromium()
+    expect.set_options(timeout=WAIT_MS)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, timeout=WAIT_MS)
+        try:
+            context = await browser.new_context(viewport={"width": 1440, "height": 1000})
+            context.set_default_timeout(WAIT_MS)
+            context.set_default_navigation_timeout(WAIT_MS)
+            page = await context.new_page()
+
+            def console(message: Any) -> None:
+                if message.type == "error" and not allow(message.text):
+                    errors.append(f"console: {message.text}")
+
+            page.on("console", console)
+            page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+            yield page
+            await context.close()
+        finally:
+            await browser.close()
+
+
+def _screenshot_path(tmp_path: Path) -> Path:
+    """Where the screenshot goes: RECEIVER_DASHBOARD_SCREENSHOT if set (README's), else tmp."""
+    wanted = os.environ.get("RECEIVER_DASHBOARD_SCREENSHOT")
+    return Path(wanted) if wanted else tmp_path / "dashboard.png"
+
+
+async def test_task_goes_live_to_completed_and_its_delivery_replays(tmp_path: Path) -> None:
+    _chromium()
+    from playwright.async_api import expect
+
+    errors: list[str] = []
+    with anyio.fail_after(TEST_BUDGET):
+        async with service(tmp_path) as svc, browser_page(errors) as page:
+            # A healthy subscriber, so the event has a send and attempts to show.
+            created = await svc.client.post(f"{svc.url}/v1/subscriptions", json={"url": svc.hook})
+            assert created.status_code == 200, created.text
+
+            shell = await page.goto(svc.url + "/")
+            assert shell is not None and shell.status == 200
+            assert "default-src 'self'" in (await shell.all_headers())["content-security-policy"]
+            await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+            await expect(page.locator("#recent-tasks")).to_contain_text("No tasks yet")
+            await page.evaluate("window.__sameDocument = true")
+
+            # Submitted through the API; it appears on the open page, not yet finished.
+            video_id = await svc.submit()
+            for prompt in ("a heron at dawn", "rain on a tin roof"):
+                await svc.submit(prompt)
+            row = page.locator(f'#recent-tasks tr[data-key="{video_id}"]')
+            await expect(row).to_be_visible()
+            await expect(row.locator(".pill").first).to_have_text("queued")
+
+            # The provider finishes; the page learns it from the event stream.
+            svc.clock.offset = TASK_SECONDS + 1
+            await expect(row.locator(".pill").first).to_have_text("completed")
+            await expect(row).to_contain_text("webhook")
+            await expect(page.locator("#live-events")).to_contain_text(video_id)
+            assert await page.evaluate("window.__sameDocument") is True  # never reloaded
+            await expect(page.locator("#fanout-health tbody tr")).to_contain_text("100%")
+
+            # Open the task: its delivery, verified by a signature, applied; its event delivered.
+            await row.get_by_role("link", name=video_id).click()
+            await expect(page.locator("h1")).to_contain_text(video_id)
+            delivery = page.locator("#task-deliveries details.delivery").first
+            await expect(delivery).to_contain_text("applied")
+            await expect(delivery).to_contain_text("standard-v1")
+            await delivery.locator("summary").click()
+            await expect(delivery.locator("pre")).to_contain_text('"status": "completed"')
+            await expect(page.locator('section[id^="event-evt_"]')).to_contain_text("delivered")
+
+            # Replay the delivery: a second terminal result is never produced.
+            await delivery.get_by_role("button", name="Replay delivery").click()
+            result = delivery.locator("[data-result]")
+            await expect(result).to_contain_text("Replayed dlv_")
+            await expect(result).to_contain_text("duplicate")
+
+            # Replay the event to every subscriber: the page shows the replay's progress.
+            event_panel = page.locator('section[id^="event-evt_"]')
+            await event_panel.get_by_role("button", name="Replay event").click()
+            await expect(event_panel.locator("[data-result]")).to_contain_text("1 delivered")
+            await wait_for(lambda: len(svc.subscriber.received) >= 2, "the replayed event to arrive")
+
+            await page.screenshot(path=str(_screenshot_path(tmp_path).with_name("dashboard-task.png")))
+
+            # Search by id goes to what the id names: a delivery, a video.
+            delivery_id = (await delivery.locator("summary code").first.text_content()) or ""
+            for wanted, heading in ((delivery_id, "Delivery"), (video_id, "Task")):
+                await page.locator("#search-input").fill(wanted)
+                await page.locator("#search-input").press("Enter")
+                await expect(page.locator("h1")).to_contain_text(f"{heading} {wanted}")
+
+            # Back to the overview for the screenshot README shows.
+            await page.get_by_role("link", name="Overview").click()
+            await expect(page.locator(f'#recent-tasks tr[data-key="{video_id}"]')).to_be_visible()
+            await page.screenshot(path=str(_screenshot_path(tmp_path)))
+    assert errors == []
+
+
+async def test_api_key_is_asked_once_and_sent_on_every_call(tmp_path: Path) -> None:
+    _chromium()
+    from playwright.async_api import expect
+
+    key = "test-dashboard-key"
+    errors: list[str] = []
+    refused: list[str] = []
+
+    def expected_401(text: str) -> bool:
+        # The one wrong key this test types is answered 401; Chromium logs that resource error.
+        if "401" in text:
+            refused.append(text)
+            return True
+        return False
+
+    with anyio.fail_after(TEST_BUDGET):
+        async with service(tmp_path, api_keys=(key,)) as svc, browser_page(errors, expected_401) as page:
+            assert (await svc.client.get(f"{svc.url}/v1/stats")).status_code == 401
+            video_id = await svc.submit(headers={"authorization": f"Bearer {key}"})
+            calls: list[tuple[str, str | None]] = []
+            page.on("request", lambda r: calls.append((r.url, r.headers.get("authorization"))))
+
+            await page.goto(svc.url + "/")  # the shell itself needs no key
+            dialog = page.locator("#key-dialog")
+            await expect(dialog).to_be_visible()
+            assert not [url for url, _ in calls if "/v1/" in url]  # asked before any data call
+
+            await page.locator("#key-input").fill("wrong-key")
+            await page.locator("#key-input").press("Enter")
+            await expect(page.locator("#key-error")).to_contain_text("refused")
+            await expect(dialog).to_be_visible()
+
+            await page.locator("#key-input").fill(key)
+            await page.get_by_role("button", name="Use this key").click()
+            await expect(dialog).to_be_hidden()
+            await expect(page.locator(f'#recent-tasks tr[data-key="{video_id}"]')).to_be_visible()
+            await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+            # Kept for the tab: moving around asks no more, and the key is never in a URL.
+            await page.get_by_role("link", name="Subscriptions").click()
+            await expect(page.locator("#subscriptions")).to_contain_text("No subscriptions yet")
+            await page.reload()
+            await expect(page.locator("#subscriptions")).to_contain_text("No subscriptions yet")
+            await expect(dialog).to_be_hidden()
+            assert await page.evaluate("sessionStorage.getItem('receiver.apiKey')") == key
+            data_calls = [(url, auth) for url, auth in calls if "/v1/" in url]
+            assert data_calls and all(key not in url for url, _ in data_calls)
+            good = [url for url, auth in data_calls if auth == f"Bearer {key}"]
+            assert any("/v1/events/stream" in url for url in good)
+            assert {auth for _, auth in data_calls} <= {f"Bearer {key}", "Bearer wrong-key"}
+    assert errors == []
+    assert refused  # the wrong key really was refused
+
+
+async def test_subscriptions_create_pause_resume_delete(tmp_path: Path) -> None:
+    _chromium()
+    from playwright.async_api import expect
+
+    errors: list[str] = []
+    with anyio.fail_after(TEST_BUDGET):
+        async with service(tmp_path) as svc, browser_page(errors) as page:
+            await page.goto(svc.url + "/#/subscriptions")
+            await page.get_by_label("Endpoint URL").fill(svc.hook)
+            await page.get_by_role("button", name="Create subscription").click()
+            secret_box = page.locator("#new-secret")
+            await expect(secret_box).to_contain_text("whsec_")
+            listed = (await svc.client.get(f"{svc.url}/v1/subscriptions")).json()["data"]
+            assert len(listed) == 1
+            sub_id = listed[0]["id"]
+            assert listed[0]["events"] == ["video.completed", "video.failed"]
+            secret = (await svc.client.get(f"{svc.url}/v1/subscriptions/{sub_id}")).json()["secret"]
+            await expect(secret_box.locator("code")).to_have_text(secret)
+            await secret_box.get_by_role("button", name="I have stored it").click()
+            await expect(secret_box).to_have_count(0)  # shown once
+
+            row = page.locator(f'#subscriptions tr[data-key="{sub_id}"]')
+            await row.get_by_role("button", name="Pause").click()
+            await expect(row.locator(".pill").first).to_have_text("paused")
+            await row.get_by_role("button", name="Resume").click()
+            await expect(row.locator(".pill").first).to_have_text("active")
+            await row.get_by_role("button", name="Delete").click()
+            await row.get_by_role("button", name="Confirm delete").click()
+            await expect(row).to_have_count(0)
+            assert (await svc.client.get(f"{svc.url}/v1/subscriptions/{sub_id}")).status_code == 404
+    assert errors == []
+
+
+async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await anyio.sleep(0.05)  # wait-ok: a polling interval inside a deadline, not a sync
