@@ -143,10 +143,20 @@ async def test_task_goes_live_to_completed_and_its_delivery_replays(tmp_path: Pa
 
     errors: list[str] = []
     with anyio.fail_after(TEST_BUDGET):
-        async with service(tmp_path) as svc, browser_page(errors) as page:
-            # A healthy subscriber, so the event has a send and attempts to show.
-            created = await svc.client.post(f"{svc.url}/v1/subscriptions", json={"url": svc.hook})
-            assert created.status_code == 200, created.text
+        async with (
+            contextlib.AsyncExitStack() as stack,
+            service(tmp_path) as svc,
+            browser_page(errors) as page,
+        ):
+            # A healthy subscriber and one that fails, so the event has sends and attempts to
+            # show and the fan-out health an error.
+            failing = Subscriber(answer=lambda n: 503)
+            broken_url = await stack.enter_async_context(serve(failing.app))
+            subs = {}
+            for name, url in (("broken", f"{broken_url}/hook"), ("healthy", svc.hook)):
+                created = await svc.client.post(f"{svc.url}/v1/subscriptions", json={"url": url})
+                assert created.status_code == 200, created.text
+                subs[name] = created.json()["id"]
 
             shell = await page.goto(svc.url + "/")
             assert shell is not None and shell.status == 200
@@ -169,7 +179,9 @@ async def test_task_goes_live_to_completed_and_its_delivery_replays(tmp_path: Pa
             await expect(row).to_contain_text("webhook")
             await expect(page.locator("#live-events")).to_contain_text(video_id)
             assert await page.evaluate("window.__sameDocument") is True  # never reloaded
-            await expect(page.locator("#fanout-health tbody tr")).to_contain_text("100%")
+            health = page.locator("#fanout-health")
+            await expect(health.locator(f'tr[data-key="{subs["healthy"]}"]')).to_contain_text("100%")
+            await expect(health.locator(f'tr[data-key="{subs["broken"]}"]')).to_contain_text("answered 503")
 
             # Open the task: its delivery, verified by a signature, applied; its event delivered.
             await row.get_by_role("link", name=video_id).click()
@@ -179,7 +191,8 @@ async def test_task_goes_live_to_completed_and_its_delivery_replays(tmp_path: Pa
             await expect(delivery).to_contain_text("standard-v1")
             await delivery.locator("summary").click()
             await expect(delivery.locator("pre")).to_contain_text('"status": "completed"')
-            await expect(page.locator('section[id^="event-evt_"]')).to_contain_text("delivered")
+            sends = page.locator('section[id^="event-evt_"] tr', has_text=subs["healthy"])
+            await expect(sends.first).to_contain_text("delivered")
 
             # Replay the delivery: a second terminal result is never produced.
             await delivery.get_by_role("button", name="Replay delivery").click()
@@ -187,12 +200,15 @@ async def test_task_goes_live_to_completed_and_its_delivery_replays(tmp_path: Pa
             await expect(result).to_contain_text("Replayed dlv_")
             await expect(result).to_contain_text("duplicate")
 
-            # Replay the event to every subscriber: the page shows the replay's progress.
+            # Replay the event to one subscriber: the page shows the replay's progress.
             event_panel = page.locator('section[id^="event-evt_"]')
+            await event_panel.get_by_label("Replay to").select_option(subs["healthy"])
             await event_panel.get_by_role("button", name="Replay event").click()
             await expect(event_panel.locator("[data-result]")).to_contain_text("1 delivered")
             await wait_for(lambda: len(svc.subscriber.received) >= 2, "the replayed event to arrive")
 
+            await expect(event_panel.get_by_label("Replay to")).to_have_value(subs["healthy"])
+            await page.evaluate("window.scrollTo(0, 0)")
             await page.screenshot(path=str(_screenshot_path(tmp_path).with_name("dashboard-task.png")))
 
             # Search by id goes to what the id names: a delivery, a video.

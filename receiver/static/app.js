@@ -305,6 +305,7 @@ async function render({ fresh = false } = {}) {
   }
   const open = new Set([...view.querySelectorAll("details[open][data-key]")].map((d) => d.dataset.key));
   const focused = document.activeElement?.dataset?.focus;
+  const values = new Map([...view.querySelectorAll("select[data-focus]")].map((el) => [el.dataset.focus, el.value]));
   let content;
   try {
     content = await (VIEWS[route.name] || notFoundView)(route);
@@ -313,6 +314,10 @@ async function render({ fresh = false } = {}) {
   }
   if (seq !== renderSeq) return; // a newer render started meanwhile
   for (const d of content.querySelectorAll("details[data-key]")) if (open.has(d.dataset.key)) d.open = true;
+  for (const el of content.querySelectorAll("select[data-focus]")) {
+    const kept = values.get(el.dataset.focus);
+    if (kept !== undefined && [...el.options].some((o) => o.value === kept)) el.value = kept;
+  }
   view.replaceChildren(content);
   view.setAttribute("aria-busy", "false");
   if (fresh) view.focus({ preventScroll: true });
@@ -782,7 +787,7 @@ function eventPanel(e, { title } = {}) {
     { title: "Subscriber", cell: (s) => mono(s.subscription_id) },
     { title: "Send", cell: (s) => h("div", {}, pill(s.status), s.replay_id ? h("div", { class: "dim" }, `replay ${s.replay_id}`) : null) },
     { title: "Attempts", num: true, cell: (s) => s.attempts },
-    { title: "Last answer", cell: (s) => (s.last_error ? `${s.last_status ? `HTTP ${s.last_status} · ` : ""}${s.last_error}` : s.last_status ? `HTTP ${s.last_status}` : null) },
+    { title: "Last answer", cell: (s) => s.last_error || (s.last_status ? `HTTP ${s.last_status}` : null) },
     { title: "Next attempt", cell: (s) => (s.next_attempt_at ? ago(s.next_attempt_at) : null) },
     {
       title: "Every attempt",
