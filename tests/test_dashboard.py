@@ -218,6 +218,18 @@ async def test_task_goes_live_to_completed_and_its_delivery_replays(tmp_path: Pa
                 await page.locator("#search-input").press("Enter")
                 await expect(page.locator("h1")).to_contain_text(f"{heading} {wanted}")
 
+            # Lists page as the API does: limit, then "Older" with after=<last id>, and back.
+            await page.goto(svc.url + "/#/tasks?limit=2")
+            rows = page.locator("#tasks tbody tr")
+            await expect(rows).to_have_count(2)
+            newest = await rows.first.get_attribute("data-key")
+            await page.get_by_role("link", name="Older →").click()
+            await expect(rows).to_have_count(1)
+            await expect(page.get_by_role("link", name="Older →")).to_have_count(0)
+            await page.get_by_role("link", name="← Newer").click()
+            await expect(rows).to_have_count(2)
+            await expect(rows.first).to_have_attribute("data-key", newest or "")
+
             # Back to the overview for the screenshot README shows.
             await page.get_by_role("link", name="Overview").click()
             await expect(page.locator(f'#recent-tasks tr[data-key="{video_id}"]')).to_be_visible()

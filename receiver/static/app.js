@@ -8,6 +8,8 @@ const KEY_SLOT = "receiver.apiKey";
 const PAGE = 20;
 const REFRESH_MS = 5000;
 const FEED_MAX = 12;
+// A list's page size: ?limit= in the view's URL (1-100, as the API takes), else PAGE.
+const pageSize = (query) => Math.min(100, Math.max(1, parseInt(query.get("limit"), 10) || PAGE));
 
 // ---------------------------------------------------------------------------------------------
 // DOM helpers: every value goes in as text, never as markup.
@@ -566,7 +568,7 @@ function modelHealth(answer) {
 
 async function tasksList(query) {
   const status = query.get("status") || "";
-  const page = await get("/v1/videos", { status, limit: PAGE, after: query.get("after") });
+  const page = await get("/v1/videos", { status, limit: pageSize(query), after: query.get("after") });
   const select = h(
     "select",
     { id: "status-filter", "data-focus": "status-filter" },
@@ -585,7 +587,7 @@ async function tasksList(query) {
 
 async function deliveriesList(query) {
   const videoId = query.get("video_id") || "";
-  const page = await get("/v1/deliveries", { video_id: videoId, limit: PAGE, after: query.get("after") });
+  const page = await get("/v1/deliveries", { video_id: videoId, limit: pageSize(query), after: query.get("after") });
   return h(
     "div",
     { class: "stack" },
@@ -595,7 +597,7 @@ async function deliveriesList(query) {
 }
 
 async function eventsList(query) {
-  const page = await get("/v1/events", { video_id: query.get("video_id"), type: query.get("type"), limit: PAGE, after: query.get("after") });
+  const page = await get("/v1/events", { video_id: query.get("video_id"), type: query.get("type"), limit: pageSize(query), after: query.get("after") });
   const columns = [
     { title: "Event", cell: (e) => eventLink(e.id) },
     { title: "Type", cell: (e) => pill(e.type === "video.failed" ? "failed" : "completed") },
@@ -876,8 +878,8 @@ async function eventView(id) {
 
 async function subscriptionsView(query) {
   const [page, health] = await Promise.all([
-    get("/v1/subscriptions", { limit: PAGE, after: query.get("after") }),
-    get("/v1/health/subscribers", { limit: PAGE, after: query.get("after") }),
+    get("/v1/subscriptions", { limit: pageSize(query), after: query.get("after") }),
+    get("/v1/health/subscribers", { limit: pageSize(query), after: query.get("after") }),
   ]);
   const stats = new Map(health.data.map((s) => [s.subscription_id, s]));
   const columns = [
