@@ -22,7 +22,7 @@ import pytest
 from receiver.app import create_app
 from receiver.settings import Settings
 from receiver.simulator import SimConfig, Simulator
-from tests.conftest import SECRET, Subscriber, free_socket, serve
+from tests.conftest import SECRET, Subscriber, free_socket, serve, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 
@@ -321,6 +321,43 @@ async def test_subscriptions_create_pause_resume_delete(tmp_path: Path) -> None:
             await row.get_by_role("button", name="Confirm delete").click()
             await expect(row).to_have_count(0)
             assert (await svc.client.get(f"{svc.url}/v1/subscriptions/{sub_id}")).status_code == 404
+    assert errors == []
+
+
+async def test_a_dead_letter_is_sent_again(tmp_path: Path) -> None:
+    _chromium()
+    from playwright.async_api import expect
+
+    errors: list[str] = []
+    failing = Subscriber(answer=lambda n: 500)
+    with anyio.fail_after(TEST_BUDGET):
+        async with (
+            serve(failing.app) as failing_url,
+            service(tmp_path, fanout_retry_schedule=(0.1,)) as svc,
+            browser_page(errors) as page,
+        ):
+            hook = f"{failing_url}/hook"
+            sub_id = (await svc.client.post(f"{svc.url}/v1/subscriptions", json={"url": hook})).json()["id"]
+            video_id = await svc.submit()
+            svc.clock.offset = TASK_SECONDS + 1
+
+            async def dead_lettered() -> bool:
+                answer = await svc.client.get(f"{svc.url}/v1/dead-letters")
+                return bool(answer.json()["data"])
+
+            await wait_until(dead_lettered, timeout=15, what="the send to be dead-lettered")
+
+            await page.goto(svc.url + "/")
+            health = page.locator(f'#fanout-health tr[data-key="{sub_id}"]')
+            await expect(health).to_contain_text("0.0%")
+            await health.get_by_role("link", name="1 dead letters").click()
+            row = page.locator("#dead-letters tbody tr").first
+            await expect(row).to_contain_text(video_id)
+            await expect(row).to_contain_text("answered 500")
+            before = len(failing.received)
+            await row.get_by_role("button", name="Send again").click()
+            await expect(row.locator("[data-result]")).to_contain_text("1 send queued")
+            await wait_for(lambda: len(failing.received) > before, "the dead letter to be sent again")
     assert errors == []
 
 

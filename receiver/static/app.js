@@ -295,6 +295,7 @@ const VIEWS = {
   deliveries: (r) => (r.id ? deliveryView(r.id) : deliveriesList(r.query)),
   events: (r) => (r.id ? eventView(r.id) : eventsList(r.query)),
   subscriptions: (r) => subscriptionsView(r.query),
+  "dead-letters": (r) => deadLettersView(r.query),
 };
 
 async function render({ fresh = false } = {}) {
@@ -437,12 +438,18 @@ const HEALTH_COLUMNS = [
   { title: "State", cell: (s) => pill(s.status) },
   { title: "Success", num: true, cell: (s) => h("span", { title: `${s.delivered} of the last ${s.window} settled sends` }, pct(s.success_rate)) },
   { title: "In flight", num: true, cell: (s) => `${s.in_flight}${s.in_flight_more ? "+" : ""}${s.retrying ? ` (${s.retrying} retrying)` : ""}` },
-  { title: "Dead letters", num: true, cell: (s) => (s.dead_letters ? h("span", { class: "pill bad" }, `${s.dead_letters}${s.dead_letters_more ? "+" : ""}`) : "0") },
+  { title: "Dead letters", num: true, cell: (s) => deadCount(s) },
   {
     title: "Last error",
     cell: (s) => (s.last_error ? h("div", {}, s.last_error.error, " ", h("span", { class: "dim" }, "on "), eventLink(s.last_error.event_id)) : null),
   },
 ];
+
+function deadCount(s) {
+  if (!s || !s.dead_letters) return "0";
+  const text = `${s.dead_letters}${s.dead_letters_more ? "+" : ""}`;
+  return h("a", { href: `#/dead-letters?subscription_id=${encodeURIComponent(s.subscription_id)}`, "aria-label": `${text} dead letters` }, h("span", { class: "pill bad" }, text));
+}
 
 function card(label, value, note, tone) {
   return h("div", { class: `card ${tone || ""}` }, h("div", { class: "label" }, label), h("div", { class: "value" }, value), note ? h("div", { class: "note" }, note) : null);
@@ -873,6 +880,42 @@ async function eventView(id) {
   );
 }
 
+// Sends that exhausted every retry: each can be sent again, under its own event id.
+async function deadLettersView(query) {
+  const subscription = query.get("subscription_id") || "";
+  const page = await get("/v1/dead-letters", { subscription_id: subscription, limit: pageSize(query), after: query.get("after") });
+  const columns = [
+    { title: "Send", cell: (s) => mono(s.id) },
+    { title: "Event", cell: (s) => eventLink(s.event_id) },
+    { title: "Video", cell: (s) => videoLink(s.video_id) },
+    { title: "Subscriber", cell: (s) => mono(s.subscription_id) },
+    { title: "Attempts", num: true, cell: (s) => s.attempts },
+    { title: "Last answer", cell: (s) => s.last_error || (s.last_status ? `HTTP ${s.last_status}` : null) },
+    { title: "Dead since", cell: (s) => ago(s.settled_at) },
+    {
+      title: "Action",
+      cell: (s) => {
+        const [button, out] = actionButton(
+          "Send again",
+          `resend:${s.id}`,
+          async () => {
+            const answer = await post("/v1/events/replay", { event_ids: [s.event_id], subscription_id: s.subscription_id });
+            return `Replay ${answer.id}: ${answer.sends} send queued.`;
+          },
+          { describe: true },
+        );
+        return h("div", {}, button, out);
+      },
+    },
+  ];
+  return h(
+    "div",
+    { class: "stack" },
+    head("Dead letters", subscription ? h("span", {}, "Sends to ", mono(subscription), " that exhausted every retry.") : "Sends that exhausted every retry, newest first."),
+    panel("Dead letters", h("div", {}, table(columns, page.data, { empty: "No dead letters.", label: "Dead letters" }), pager(current, page, "dead-letters")), { id: "dead-letters" }),
+  );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Subscriptions
 
@@ -888,7 +931,7 @@ async function subscriptionsView(query) {
     { title: "State", cell: (s) => h("div", {}, pill(s.status), s.disabled_reason ? h("div", { class: "dim" }, s.disabled_reason) : null) },
     { title: "Success", num: true, cell: (s) => pct(stats.get(s.id)?.success_rate) },
     { title: "In flight", num: true, cell: (s) => stats.get(s.id)?.in_flight ?? null },
-    { title: "Dead letters", num: true, cell: (s) => stats.get(s.id)?.dead_letters ?? null },
+    { title: "Dead letters", num: true, cell: (s) => deadCount(stats.get(s.id)) },
     { title: "Created", cell: (s) => ago(s.created_at) },
     { title: "Actions", cell: (s) => subscriptionActions(s) },
   ];
