@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
+import re
 from importlib import resources
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.routing import BaseRoute, Route
 
 from receiver.context import Context
+from receiver.errors import NotFound
 
 __all__ = ["SECURITY_HEADERS", "routes"]
 
@@ -33,12 +34,12 @@ SECURITY_HEADERS = {
 # leaves those panels out instead of calling a route that answers 404).
 _OPTIONAL = {
     "health-deliveries": "/v1/health/deliveries",
-    "video-content": "/v1/videos/{video_id:str}/content",
+    "video-content": "/v1/videos/{}/content",
 }
 
 
 def _features(request: Request) -> list[str]:
-    paths = {getattr(r, "path", None) for r in request.app.routes}
+    paths = {re.sub(r"{[^}]*}", "{}", getattr(r, "path", "")) for r in request.app.routes}
     return [name for name, path in _OPTIONAL.items() if path in paths]
 
 
@@ -52,17 +53,26 @@ async def index(request: Request) -> Response:
     return Response(shell, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
 
 
-class _Assets(StaticFiles):
-    """The page's scripts and styles, with the same headers as the page."""
+_ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 
-    async def get_response(self, path: str, scope: Scope) -> Response:
-        response = await super().get_response(path, scope)
-        response.headers.update(SECURITY_HEADERS)
-        return response
+
+async def asset(request: Request) -> Response:
+    """The page's script and stylesheet, under the page's headers; revalidated by ETag so an
+    upgraded receiver is never shown with a stale script."""
+    name = request.path_params["name"]
+    media = _ASSETS.get(name)
+    if media is None:
+        raise NotFound("no such asset", param="name")
+    body = resources.files("receiver").joinpath("static", name).read_bytes()
+    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    headers = {**SECURITY_HEADERS, "etag": etag}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media, headers=headers)
 
 
 def routes() -> list[BaseRoute]:
     return [
         Route("/", index, methods=["GET", "HEAD"]),
-        Mount("/static", app=_Assets(packages=[("receiver", "static")]), name="static"),
+        Route("/static/{name:str}", asset, methods=["GET", "HEAD"]),
     ]

@@ -117,7 +117,13 @@ async def test_dashboard_shell_needs_no_key_but_its_data_does(make_stack: StackF
             answer = await stack.client.get(f"{stack.url}/static/{asset}")
             assert answer.status_code == 200 and kind in answer.headers["content-type"]
             assert answer.headers["content-security-policy"] == csp
-        assert (await stack.client.get(f"{stack.url}/static/nothing.js")).status_code == 404
+            again = await stack.client.get(
+                f"{stack.url}/static/{asset}", headers={"if-none-match": answer.headers["etag"]}
+            )
+            assert again.status_code == 304 and again.content == b""
+        missing = await stack.client.get(f"{stack.url}/static/nothing.js")
+        assert missing.status_code == 404 and missing.json()["error"]["param"] == "name"
+        assert (await stack.client.get(f"{stack.url}/static/index.html")).status_code == 404
         for path in ("/v1/stats", "/v1/health/subscribers", "/v1/deliveries/dlv_1"):
             answer = await stack.client.get(f"{stack.url}{path}")
             assert answer.status_code == 401, path
