@@ -6,6 +6,7 @@ it can). Every wait has a deadline, and each test as a whole is bounded by `fail
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -291,6 +292,108 @@ async def test_api_key_is_asked_once_and_sent_on_every_call(tmp_path: Path) -> N
     assert refused  # the wrong key really was refused
 
 
+class Outage:
+    """A loopback TCP proxy between the browser and the receiver that the test can cut: every
+    connection through it drops at once and new ones are closed on arrival until it is mended."""
+
+    def __init__(self, target: str) -> None:
+        self._port = int(target.rsplit(":", 1)[1])
+        self._open: set[asyncio.StreamWriter] = set()
+        self.down = False
+        self.cuts = 0
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        try:
+            yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        finally:
+            self.cut()
+            server.close()
+            await server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.transport.abort()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._port)
+        self._open |= {writer, up_writer}
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while chunk := await source.read(65536):
+                    sink.write(chunk)
+                    await sink.drain()
+            sink.transport.abort()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        self._open -= {writer, up_writer}
+
+    def cut(self) -> None:
+        self.down = True
+        self.cuts += 1
+        for writer in list(self._open):
+            writer.transport.abort()
+
+    def mend(self) -> None:
+        self.down = False
+
+
+async def test_the_stream_resumes_with_last_event_id_after_a_drop(tmp_path: Path) -> None:
+    _chromium()
+    from playwright.async_api import expect
+
+    errors: list[str] = []
+    dropped: list[str] = []
+
+    def during_outage(text: str) -> bool:
+        # Calls made while the network is cut fail; Chromium logs each one (maybe a little later).
+        if "net::ERR_" in text and outage.cuts:
+            dropped.append(text)
+            return True
+        return False
+
+    with anyio.fail_after(TEST_BUDGET):
+        async with (
+            service(tmp_path) as svc,
+            (outage := Outage(svc.url)).running() as url,
+            browser_page(errors, during_outage) as page,
+        ):
+            streams: list[str | None] = []
+
+            def on_request(request: Any) -> None:
+                if "/v1/events/stream" in request.url:
+                    streams.append(request.headers.get("last-event-id"))
+
+            page.on("request", on_request)
+            await page.goto(url + "/")
+            live = page.locator("#live")
+            await expect(live).to_have_attribute("data-state", "live")
+            first = await svc.submit()
+            svc.clock.offset += TASK_SECONDS + 1
+            feed = page.locator("#live-events")
+            await expect(feed).to_contain_text(first)
+            events = (await svc.client.get(f"{svc.url}/v1/events", params={"video_id": first})).json()
+            first_event = events["data"][0]["id"]
+
+            # The connection drops; an event is recorded meanwhile; the page catches up with it.
+            outage.cut()
+            await expect(live).to_have_attribute("data-state", "reconnecting")
+            second = await svc.submit()
+            svc.clock.offset += TASK_SECONDS + 1
+            await wait_until(lambda: _completed(svc, second), timeout=15, what="the second task to complete")
+            outage.mend()
+            await expect(live).to_have_attribute("data-state", "live")
+            await expect(feed).to_contain_text(second)
+            assert streams[0] is None and streams[-1] == first_event
+    assert errors == []
+
+
+async def _completed(svc: Service, video_id: str) -> bool:
+    answer = await svc.client.get(f"{svc.url}/v1/videos/{video_id}")
+    return bool(answer.json()["status"] == "completed")
+
+
 async def test_subscriptions_create_pause_resume_delete(tmp_path: Path) -> None:
     _chromium()
     from playwright.async_api import expect
@@ -312,8 +415,10 @@ async def test_subscriptions_create_pause_resume_delete(tmp_path: Path) -> None:
             await secret_box.get_by_role("button", name="I have stored it").click()
             await expect(secret_box).to_have_count(0)  # shown once
 
+            # Keyboard only: Tab reaches the row's controls, Enter presses them.
             row = page.locator(f'#subscriptions tr[data-key="{sub_id}"]')
-            await row.get_by_role("button", name="Pause").click()
+            await tab_to(page, "Pause")
+            await page.keyboard.press("Enter")
             await expect(row.locator(".pill").first).to_have_text("paused")
             await row.get_by_role("button", name="Resume").click()
             await expect(row.locator(".pill").first).to_have_text("active")
@@ -359,6 +464,16 @@ async def test_a_dead_letter_is_sent_again(tmp_path: Path) -> None:
             await expect(row.locator("[data-result]")).to_contain_text("1 send queued")
             await wait_for(lambda: len(failing.received) > before, "the dead letter to be sent again")
     assert errors == []
+
+
+async def tab_to(page: Any, label: str, presses: int = 60) -> None:
+    """Press Tab until the focused control reads `label` (a bounded number of times)."""
+    for _ in range(presses):
+        await page.keyboard.press("Tab")
+        focused = await page.evaluate("document.activeElement && document.activeElement.textContent.trim()")
+        if focused == label:
+            return
+    raise AssertionError(f"{label!r} is not reachable with Tab")
 
 
 async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
