@@ -87,10 +87,11 @@ async def test_subscriber_health(make_stack: StackFactory) -> None:
         assert good["object"] == "subscriber_health" and good["status"] == "active"
         assert (good["success_rate"], good["in_flight"], good["dead_letters"]) == (1.0, 0, 0)
         assert good["last_error"] is None
-        assert (bad["success_rate"], bad["window"], bad["dead"], bad["in_flight"]) == (0.0, 3, 3, 0)
-        assert bad["dead_letters_more"] is False
+        assert good["last_success_at"] is not None and good["window_events"] == 3
+        assert (bad["success_rate"], bad["sends"], bad["dead"], bad["in_flight"]) == (0.0, 3, 3, 0)
+        assert bad["dead_letters_more"] is False and bad["last_success_at"] is None
         assert bad["last_error"]["error"] == "answered 500" and bad["last_error"]["status"] == 500
-        assert bad["last_error"]["event_id"].startswith("evt_")
+        assert bad["last_error"]["event_id"].startswith("evt_") and bad["last_error"]["at"] > 0
         # Pages like the subscriptions list, newest first.
         first = (await stack.client.get(f"{stack.url}/v1/health/subscribers", params={"limit": 1})).json()
         assert [h["subscription_id"] for h in first["data"]] == [subs["broken"]] and first["has_more"]

@@ -436,12 +436,13 @@ const DELIVERY_COLUMNS = [
 const HEALTH_COLUMNS = [
   { title: "Subscriber", cell: (s) => h("div", {}, mono(s.subscription_id), h("div", { class: "dim wrap" }, s.url)) },
   { title: "State", cell: (s) => pill(s.status) },
-  { title: "Success", num: true, cell: (s) => h("span", { title: `${s.delivered} of the last ${s.window} settled sends` }, pct(s.success_rate)) },
+  { title: "Success", num: true, cell: (s) => h("span", { title: `${s.delivered} delivered of ${s.delivered + s.failed + s.dead} settled sends` }, pct(s.success_rate)) },
   { title: "In flight", num: true, cell: (s) => `${s.in_flight}${s.in_flight_more ? "+" : ""}${s.retrying ? ` (${s.retrying} retrying)` : ""}` },
   { title: "Dead letters", num: true, cell: (s) => deadCount(s) },
+  { title: "Last success", cell: (s) => (s.last_success_at ? ago(s.last_success_at) : null) },
   {
     title: "Last error",
-    cell: (s) => (s.last_error ? h("div", {}, s.last_error.error, " ", h("span", { class: "dim" }, "on "), eventLink(s.last_error.event_id)) : null),
+    cell: (s) => (s.last_error ? h("div", {}, s.last_error.error, " ", h("span", { class: "dim" }, "on "), eventLink(s.last_error.event_id), h("div", { class: "dim" }, relative(s.last_error.at))) : null),
   },
 ];
 
@@ -519,7 +520,7 @@ async function overview() {
       panel("Recent deliveries", table(DELIVERY_COLUMNS, deliveries.data, { empty: "No deliveries yet.", label: "Recent deliveries" }), { hint: link("#/deliveries", "All deliveries →"), id: "recent-deliveries" }),
       panel("Live events", liveFeed(), { hint: "from /v1/events/stream", id: "live-events" }),
     ),
-    panel("Fan-out health", table(HEALTH_COLUMNS, health.data.map((s) => ({ ...s, id: s.subscription_id })), { empty: "No subscriptions. Add one under Subscriptions.", label: "Fan-out health per subscriber", caption: "Success: share delivered of each subscriber's last settled sends (up to 100)." }), { hint: link("#/subscriptions", "Manage →"), id: "fanout-health" }),
+    panel("Fan-out health", table(HEALTH_COLUMNS, health.data.map((s) => ({ ...s, id: s.subscription_id })), { empty: "No subscriptions. Add one under Subscriptions.", label: "Fan-out health per subscriber", caption: `Over the sends of the newest ${health.data[0]?.window_events ?? 0} events; dead letters: all.` }), { hint: link("#/subscriptions", "Manage →"), id: "fanout-health" }),
     models ? panel("Delivery health per model", modelHealth(models), { id: "model-health" }) : null,
   );
   paintBars(root);
