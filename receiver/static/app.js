@@ -998,13 +998,18 @@ function createForm() {
 function subscriptionActions(s) {
   const cell = h("div", { class: "row" });
   const act = (label, path, method, cls) => {
-    const button = h("button", { type: "button", class: cls, "data-focus": `${label}:${s.id}` }, label);
+    const armKey = `armed:${s.id}`;
+    const armed = cls === "danger" && results.has(armKey);
+    const button = h("button", { type: "button", class: armed ? `${cls} armed` : cls, "data-focus": `${label}:${s.id}` }, armed ? "Confirm delete" : label);
     button.addEventListener("click", async () => {
-      if (cls === "danger" && !button.classList.contains("armed")) {
+      // Deleting takes a second press (kept across refreshes), not a dialog.
+      if (cls === "danger" && !results.has(armKey)) {
+        results.set(armKey, { text: "", tone: "" });
         button.classList.add("armed");
         button.textContent = "Confirm delete";
         return;
       }
+      results.delete(armKey);
       button.disabled = true;
       try {
         await api(method, path);
