@@ -6,7 +6,9 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
-RUN mkdir receiver store && touch receiver/__init__.py store/__init__.py \
+# Stub every package directory pyproject.toml lists, so this layer needs only pyproject.toml.
+RUN mkdir -p receiver/static store/sqlite store/postgres \
+    && touch receiver/__init__.py store/__init__.py store/sqlite/__init__.py store/postgres/__init__.py \
     && pip install . && pip uninstall -y receiver
 COPY receiver ./receiver
 COPY store ./store
