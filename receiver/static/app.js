@@ -36,6 +36,7 @@ const TONES = {
   in_progress: "info", pending: "info", queued: "idle", submitting: "idle", pending_confirm: "info",
   poll: "warn", deadline: "bad", paused: "warn", unmatched: "warn", stale: "idle",
   duplicate: "idle", unchanged: "idle", ignored: "idle", cancelled: "idle", retry: "warn",
+  kept: "ok", capturing: "info", too_large: "bad", refused: "bad",
 };
 const pill = (value, tone) => h("span", { class: `pill ${tone || TONES[value] || "idle"}` }, value ?? "—");
 const mono = (text) => h("code", {}, text);
@@ -316,6 +317,13 @@ async function render({ fresh = false } = {}) {
     content = errorView(err);
   }
   if (seq !== renderSeq) return; // a newer render started meanwhile
+  // A playing video (or any element marked data-keep) survives the refresh: the same element
+  // moves into the new content, in the same task, so playback never stops.
+  const kept = new Map([...view.querySelectorAll("[data-keep]")].map((el) => [el.dataset.keep, el]));
+  for (const el of content.querySelectorAll("[data-keep]")) {
+    const old = kept.get(el.dataset.keep);
+    if (old) el.replaceWith(old);
+  }
   for (const d of content.querySelectorAll("details[data-key]")) if (open.has(d.dataset.key)) d.open = true;
   for (const el of content.querySelectorAll("select[data-focus]")) {
     const kept = values.get(el.dataset.focus);
@@ -663,38 +671,42 @@ async function taskView(videoId) {
   return root;
 }
 
+// Issue 11's kept result files (receiver.files: variant, status, size, sha256, content_type,
+// error, kept_at); without them, the provider's own links, which expire.
 function filesView(video) {
   const files = video.receiver?.files;
   const content = video.content || {};
   const body = h("div", { class: "body" });
-  if (Array.isArray(files) || (files && typeof files === "object")) {
-    const list = Array.isArray(files) ? files : Object.entries(files).map(([variant, f]) => ({ variant, ...f }));
+  const urls = Object.entries(content).filter(([, v]) => typeof v === "string");
+  if (Array.isArray(files) && (files.length || FEATURES.has("video-content"))) {
     const contentUrl = (variant) => `/v1/videos/${encodeURIComponent(video.id)}/content?variant=${encodeURIComponent(variant)}`;
+    const kept = (f) => f.status === "kept" && FEATURES.has("video-content");
     body.append(
       table(
         [
-          { title: "Variant", cell: (f) => f.variant || f.name },
-          { title: "State", cell: (f) => pill(f.status || (f.sha256 ? "kept" : "pending"), f.sha256 ? "ok" : undefined) },
+          { title: "File", cell: (f) => f.variant },
+          { title: "State", cell: (f) => pill(f.status) },
           { title: "Type", cell: (f) => f.content_type },
-          { title: "Size", num: true, cell: (f) => (typeof f.size === "number" ? bytes(f.size) : f.bytes ? bytes(f.bytes) : null) },
-          { title: "SHA-256", cell: (f) => (f.sha256 ? h("code", { title: f.sha256 }, `${f.sha256.slice(0, 12)}…`) : f.reason || f.error || null) },
-          { title: "", cell: (f) => (f.sha256 && FEATURES.has("video-content") ? downloadButton(contentUrl(f.variant || f.name), `${video.id}-${f.variant || f.name}`) : null) },
+          { title: "Size", num: true, cell: (f) => (typeof f.size === "number" ? bytes(f.size) : null) },
+          { title: "SHA-256", cell: (f) => (f.sha256 ? h("code", { title: f.sha256 }, `${f.sha256.slice(0, 12)}…`) : null) },
+          { title: "", cell: (f) => (kept(f) ? downloadButton(contentUrl(f.variant), `${video.id}-${f.variant}`) : f.error ? h("span", { class: "dim" }, f.error) : null) },
         ],
-        list.map((f) => ({ ...f, id: f.variant || f.name })),
-        { empty: "No result files.", label: "Kept result files" },
+        files.map((f) => ({ ...f, id: f.variant })),
+        { empty: video.status === "completed" ? "The result named no files." : "Files are kept when the task completes.", label: "Result files" },
       ),
     );
-    const kept = list.find((f) => (f.variant || f.name) === "video" && f.sha256);
-    if (kept && FEATURES.has("video-content")) body.append(player(contentUrl("video")));
-  } else {
-    const urls = Object.entries(content).filter(([, v]) => typeof v === "string");
-    body.append(
-      urls.length
-        ? kv(urls.map(([k, v]) => [k, h("a", { href: v, rel: "noreferrer noopener", target: "_blank", class: "wrap" }, v)]))
-        : h("p", { class: "dim" }, "No result URLs yet."),
-      h("p", { class: "dim" }, "This receiver does not keep result files: these are the provider's links, which expire."),
-    );
+    const video_ = files.find((f) => f.variant === "video" && kept(f));
+    if (video_ && /^video\//.test(video_.content_type || "video/")) body.append(player(contentUrl("video")));
+    const frame = files.find((f) => f.variant === "last_frame" && kept(f));
+    if (frame && !AUTH_REQUIRED && /^image\//.test(frame.content_type || "")) body.append(h("img", { src: contentUrl("last_frame"), alt: "The video's last frame", class: "frame", "data-keep": `img:${video.id}` }));
+    return body;
   }
+  body.append(
+    urls.length
+      ? kv(urls.map(([k, v]) => [k, h("a", { href: v, rel: "noreferrer noopener", target: "_blank", class: "wrap" }, v)]))
+      : h("p", { class: "dim" }, "No result URLs yet."),
+    h("p", { class: "dim" }, "This receiver does not keep result files: these are the provider's links, which expire."),
+  );
   return body;
 }
 
@@ -712,15 +724,23 @@ async function fetchBlob(url) {
   return URL.createObjectURL(await response.blob());
 }
 
+const blobs = new Map(); // content URL -> object URL of a file fetched with the key
+
 function player(url) {
   const wrap = h("div", { class: "result-video" });
+  const video = (src) => h("video", { controls: true, preload: "metadata", src, "data-keep": `video:${url}` });
   if (!AUTH_REQUIRED) {
-    wrap.append(h("video", { controls: true, preload: "metadata", src: url }));
+    wrap.append(video(url));
+    return wrap;
+  }
+  if (blobs.has(url)) {
+    wrap.append(video(blobs.get(url)));
     return wrap;
   }
   const [button, out] = actionButton("Load video", `play:${url}`, async () => {
     const src = await fetchBlob(url);
-    wrap.replaceChildren(h("video", { controls: true, src }));
+    blobs.set(url, src);
+    wrap.replaceChildren(video(src));
     return "Loaded.";
   });
   wrap.append(button, out);
