@@ -180,6 +180,11 @@ async def test_task_goes_live_to_completed_and_its_delivery_replays(tmp_path: Pa
             await expect(row).to_contain_text("webhook")
             await expect(page.locator("#live-events")).to_contain_text(video_id)
             assert await page.evaluate("window.__sameDocument") is True  # never reloaded
+            features = (await page.locator('meta[name="receiver-features"]').get_attribute("content")) or ""
+            if "health-deliveries" in features.split():  # issue 10: delivery health per model
+                await expect(page.locator("#model-health")).to_contain_text("seedance-2.0")
+            else:
+                await expect(page.locator("#model-health")).to_have_count(0)
             health = page.locator("#fanout-health")
             await expect(health.locator(f'tr[data-key="{subs["healthy"]}"]')).to_contain_text("100%")
             await expect(health.locator(f'tr[data-key="{subs["broken"]}"]')).to_contain_text("answered 503")
@@ -194,6 +199,14 @@ async def test_task_goes_live_to_completed_and_its_delivery_replays(tmp_path: Pa
             await expect(delivery.locator("pre")).to_contain_text('"status": "completed"')
             sends = page.locator('section[id^="event-evt_"] tr', has_text=subs["healthy"])
             await expect(sends.first).to_contain_text("delivered")
+            features = (await page.locator('meta[name="receiver-features"]').get_attribute("content")) or ""
+            files = page.locator("#task-files")
+            if "video-content" in features.split():  # issue 11: result files kept, the video plays
+                await expect(files.locator("tr", has_text="last_frame")).to_contain_text("kept")
+                await expect(files.locator("video")).to_be_visible()
+            else:  # without it: the provider's links, said to expire
+                await expect(files).to_contain_text(f"{video_id}.mp4")
+                await expect(files).to_contain_text("does not keep result files")
 
             # Replay the delivery: a second terminal result is never produced.
             await delivery.get_by_role("button", name="Replay delivery").click()
