@@ -138,3 +138,23 @@ async def test_dashboard_shell_open_when_no_keys(make_stack: StackFactory) -> No
         page = await stack.client.get(f"{stack.url}/")
         assert '<meta name="receiver-auth" content="open">' in page.text
         assert (await stack.client.head(f"{stack.url}/")).status_code == 200
+
+
+def test_the_page_learns_which_optional_routes_exist() -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from receiver.dashboard import _features
+
+    async def endpoint(request: Request) -> Response:
+        return Response()
+
+    def features(*paths: str) -> list[str]:
+        app = Starlette(routes=[Route(path, endpoint) for path in paths])
+        return _features(Request({"type": "http", "app": app, "method": "GET", "path": "/", "headers": []}))
+
+    assert features("/v1/videos/{video_id:str}") == []
+    both = features("/v1/health/deliveries", "/v1/videos/{id}/content")
+    assert both == ["health-deliveries", "video-content"]
