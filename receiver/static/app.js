@@ -516,6 +516,7 @@ async function overview() {
       card("Oldest open task", t.oldest_open_age_seconds === null ? "—" : span(t.oldest_open_age_seconds), t.oldest_open_created_at ? `submitted ${relative(t.oldest_open_created_at)}` : "none open", t.oldest_open_age_seconds > 3600 ? "warn" : null),
       card("Sends pending", sends.pending || 0, `${sends.delivered || 0} delivered · ${sends.dead || 0} dead letters`, sends.dead ? "warn" : null),
     ),
+    models ? panel("Delivery health per model", modelHealth(models), { id: "model-health", hint: "from /v1/health/deliveries" }) : null,
     h(
       "div",
       { class: "grid two" },
@@ -529,7 +530,6 @@ async function overview() {
       panel("Live events", liveFeed(), { hint: "from /v1/events/stream", id: "live-events" }),
     ),
     panel("Fan-out health", table(HEALTH_COLUMNS, health.data.map((s) => ({ ...s, id: s.subscription_id })), { empty: "No subscriptions. Add one under Subscriptions.", label: "Fan-out health per subscriber", caption: `Over the sends of the newest ${health.data[0]?.window_events ?? 0} events; dead letters: all.` }), { hint: link("#/subscriptions", "Manage →"), id: "fanout-health" }),
-    models ? panel("Delivery health per model", modelHealth(models), { id: "model-health" }) : null,
   );
   paintBars(root);
   return root;
@@ -563,20 +563,26 @@ function liveFeed() {
   );
 }
 
-// Issue 10's per-model delivery health, shown as its rows come (its exact shape may grow).
+// Issue 10's per-model delivery health: is the provider delivering, or stopped since when?
 function modelHealth(answer) {
   if (answer.error) return h("p", { class: "empty" }, `Unavailable: ${answer.error.message}`);
-  const rows = Array.isArray(answer.data) ? answer.data : Array.isArray(answer.models) ? answer.models : [];
-  if (!rows.length) return h("p", { class: "empty" }, "No model has tasks yet.");
-  const keys = [...new Set(rows.flatMap((r) => Object.keys(r).filter((k) => k !== "object" && (r[k] === null || typeof r[k] !== "object"))))];
-  const show = (k, v) => {
-    if (typeof v === "number" && /_at$/.test(k)) return ago(v);
-    if (typeof v === "number" && /rate|share|ratio/.test(k)) return pct(v);
-    if (typeof v === "boolean") return pill(v ? "yes" : "no", v ? "ok" : "warn");
-    if (k === "state" || k === "status") return pill(v, v === "arriving" ? "ok" : v === "stopped" ? "bad" : undefined);
-    return v;
-  };
-  return table(keys.map((k) => ({ title: k.replace(/_/g, " "), cell: (r) => show(k, r[k]) })), rows.map((r) => ({ ...r, id: r.model })), { label: "Delivery health per model" });
+  const rows = Array.isArray(answer.data) ? answer.data : [];
+  if (!rows.length) return h("p", { class: "empty" }, "No model seen lately: one appears once its tasks are submitted or polled.");
+  const num = (v, digits = 0) => (typeof v === "number" ? v.toFixed(digits) : null);
+  const columns = [
+    { title: "Model", cell: (m) => m.model },
+    { title: "Deliveries", cell: (m) => pill(m.state, { arriving: "ok", stopped: "bad" }[m.state] || "idle") },
+    { title: "Since", cell: (m) => (m.since ? ago(m.since) : null) },
+    { title: "Arrived / missed", num: true, cell: (m) => (m.evidence ? `${m.evidence.delivered ?? 0} / ${m.evidence.missed ?? 0}` : null) },
+    { title: "Overdue now", num: true, cell: (m) => num(m.evidence?.overdue, 1) },
+    { title: "Expected since last", num: true, cell: (m) => num(m.evidence?.expected_since_last_delivery, 1) },
+    { title: "Last delivery", cell: (m) => (m.evidence?.last_delivery_at ? ago(m.evidence.last_delivery_at) : null) },
+    { title: "Checked", cell: (m) => (m.checked_at ? ago(m.checked_at) : null) },
+  ];
+  return table(columns, rows.map((m) => ({ ...m, id: m.model })), {
+    label: "Delivery health per model",
+    caption: "Arrived / missed: of each model's latest settled tasks, those whose delivery came and those a poll found finished without one.",
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
