@@ -690,12 +690,10 @@ function filesView(video) {
     body.append(
       table(
         [
-          { title: "File", cell: (f) => f.variant },
-          { title: "State", cell: (f) => pill(f.status) },
-          { title: "Type", cell: (f) => f.content_type },
-          { title: "Size", num: true, cell: (f) => (typeof f.size === "number" ? bytes(f.size) : null) },
-          { title: "SHA-256", cell: (f) => (f.sha256 ? h("code", { title: f.sha256 }, `${f.sha256.slice(0, 12)}…`) : null) },
-          { title: "", cell: (f) => (kept(f) ? downloadButton(contentUrl(f.variant), `${video.id}-${f.variant}`) : f.error ? h("span", { class: "dim" }, f.error) : null) },
+          { title: "File", cell: (f) => h("div", {}, f.variant, f.content_type ? h("div", { class: "dim" }, f.content_type) : null) },
+          { title: "State", cell: (f) => h("div", {}, pill(f.status), f.error ? h("div", { class: "dim wrap" }, f.error) : null) },
+          { title: "Size", num: true, cell: (f) => (typeof f.size === "number" ? h("span", { title: f.sha256 ? `SHA-256 ${f.sha256}` : null }, bytes(f.size)) : null) },
+          { title: "Action", cell: (f) => (kept(f) ? downloadButton(contentUrl(f.variant), `${video.id}-${f.variant}`) : null) },
         ],
         files.map((f) => ({ ...f, id: f.variant })),
         { empty: video.status === "completed" ? "The result named no files." : "Files are kept when the task completes.", label: "Result files" },
