@@ -423,7 +423,7 @@ async def delivery_health(request: Request) -> Response:
 async def get_delivery(request: Request) -> Response:
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
-    delivery = await ctx.store.get_delivery(request.path_params["delivery_id"])
+    delivery = await ctx.store.get_delivery(parse_id("delivery", request.path_params["delivery_id"]))
     if delivery is None:
         raise NotFound("no such delivery", param="id")
     return json_response(delivery_view(delivery))
@@ -535,7 +535,7 @@ async def list_subscriber_health(request: Request) -> Response:
     subscriptions it describes."""
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
-    limit, after = page_params(request)
+    limit, after = page_params(request, "subscription")
     try:
         page = await ctx.store.list_subscriptions(limit, after)
     except UnknownCursor:

@@ -24,10 +24,11 @@ async def test_get_one_delivery(make_stack: StackFactory) -> None:
         one = await stack.client.get(f"{stack.url}/v1/deliveries/{listed['data'][0]['id']}")
         assert one.status_code == 200
         assert one.json() == listed["data"][0]
-        for missing in ("dlv_999", "dlv_x", "nothing"):
-            answer = await stack.client.get(f"{stack.url}/v1/deliveries/{missing}")
-            assert answer.status_code == 404
-            assert answer.json()["error"]["code"] == "not_found"
+        missing = await stack.client.get(f"{stack.url}/v1/deliveries/dlv_999")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+        for malformed in ("dlv_x", "nothing", "dlv_%C2%B2"):
+            answer = await stack.client.get(f"{stack.url}/v1/deliveries/{malformed}")
+            assert answer.status_code == 400 and answer.json()["error"]["param"] == "id"
 
 
 async def test_stats_count_tasks_by_state_and_the_oldest_open(make_stack: StackFactory) -> None:
@@ -101,8 +102,10 @@ async def test_subscriber_health(make_stack: StackFactory) -> None:
             )
         ).json()
         assert [h["subscription_id"] for h in rest["data"]] == [subs["healthy"]] and not rest["has_more"]
-        bad_cursor = await stack.client.get(f"{stack.url}/v1/health/subscribers", params={"after": "sub_x"})
-        assert bad_cursor.status_code == 400 and bad_cursor.json()["error"]["param"] == "after"
+        for cursor in ("sub_0", "sub_é", "dlv_1"):
+            query = {"after": cursor}
+            answer = await stack.client.get(f"{stack.url}/v1/health/subscribers", params=query)
+            assert answer.status_code == 400 and answer.json()["error"]["param"] == "after"
 
 
 async def test_dashboard_shell_needs_no_key_but_its_data_does(make_stack: StackFactory) -> None:
