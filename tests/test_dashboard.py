@@ -115,7 +115,7 @@ async def browser_page(
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, timeout=WAIT_MS)
         try:
-            context = await browser.new_context(viewport={"width": 1440, "height": 1000})
+            context = await browser.new_context(viewport={"width": 1440, "height": 1100})
             context.set_default_timeout(WAIT_MS)
             context.set_default_navigation_timeout(WAIT_MS)
             page = await context.new_page()
