@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from receiver.tasks import ANOMALY, APPLIED, DUPLICATE, TERMINAL, UNCHANGED, Transition, transition
-from store.errors import WrongVideo
-from store.records import DeliveryRow, NewDelivery, NewEvent, TaskChange, TaskRow
+from store.errors import StoreError, UnknownToken, WrongVideo
+from store.records import DeliveryResult, DeliveryRow, NewDelivery, NewEvent, TaskChange, TaskRow
 
 __all__ = [
     "ORPHAN_AFTER",
+    "DeliveryPlan",
     "apply_change",
     "claims_video",
     "merge",
@@ -29,6 +30,8 @@ __all__ = [
     "on_submit_answer",
     "on_submit_retry",
     "pick_sends",
+    "plan_deliveries",
+    "plan_results",
 ]
 
 # A submit still "submitting" after this long lost its process (the provider call times out at 30 s).
@@ -295,3 +298,96 @@ def pick_sends(
         if len(taken) == limit:
             break
     return taken
+
+
+@dataclasses.dataclass(slots=True)
+class DeliveryPlan:
+    """What a batch of deliveries does, decided in arrival order (see plan_deliveries)."""
+
+    # Per delivery: ("error", StoreError) | ("repeat", dedupe key) | ("new", index into `new`).
+    steps: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
+    # New rows: (delivery, task pk or None, video id, outcome).
+    new: list[tuple[NewDelivery, int | None, str | None, str]] = dataclasses.field(default_factory=list)
+    repeats: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # key -> times seen
+    changes: dict[int, TaskChange] = dataclasses.field(default_factory=dict)  # task pk -> change
+    recorded: dict[int, int] = dataclasses.field(default_factory=dict)  # new index -> task it ended
+
+
+def plan_deliveries(
+    batch: list[NewDelivery], tasks: list[tuple[str, TaskRow]], stored: set[str]
+) -> DeliveryPlan:
+    """Decide a batch of deliveries in arrival order: `tasks` are (token hash, lean row) of every
+    task a delivery names by token or by video id, `stored` the dedupe keys already kept. Later
+    deliveries see what earlier ones did; copies of one delivery are repeats, applied once."""
+    plan = DeliveryPlan()
+    rows: dict[int, TaskRow] = {}
+    by_token: dict[str, int] = {}
+    by_video: dict[str, int] = {}
+    for token_hash, task in tasks:
+        rows[task.pk] = task
+        by_token[token_hash] = task.pk
+        if task.video_id is not None:
+            by_video[task.video_id] = task.pk
+    fresh: set[str] = set()
+    for d in batch:
+        task_pk: int | None = None
+        if d.token_hash is not None:
+            task_pk = by_token.get(d.token_hash)
+            if task_pk is None:
+                plan.steps.append(("error", UnknownToken()))
+                continue
+            known = rows[task_pk].video_id
+            if d.video_id is not None and known not in (None, d.video_id):
+                plan.steps.append(("error", WrongVideo(d.video_id)))
+                continue
+        elif d.video_id is not None:
+            task_pk = by_video.get(d.video_id)
+        if d.dedupe_key in stored or d.dedupe_key in fresh:
+            plan.repeats.setdefault(d.dedupe_key, []).append(d.received_at)
+            plan.steps.append(("repeat", d.dedupe_key))
+            continue
+        if task_pk is None:
+            outcome = UNMATCHED if d.actionable else IGNORED
+        else:
+            task = rows[task_pk]
+            free = claims_video(task, d.video_id) and d.video_id not in by_video
+            outcome, change = on_delivery(task, d, video_free=free)
+            if change.event is not None:
+                plan.recorded[len(plan.new)] = task_pk
+            if change:
+                rows[task_pk] = apply_change(task, change)
+                if "video_id" in change.sets:
+                    by_video[change.sets["video_id"]] = task_pk
+                merge(plan.changes.setdefault(task_pk, TaskChange()), change)
+        fresh.add(d.dedupe_key)
+        video_id = d.video_id or (rows[task_pk].video_id if task_pk is not None else None)
+        plan.steps.append(("new", len(plan.new)))
+        plan.new.append((d, task_pk, video_id, outcome))
+    return plan
+
+
+def plan_results(
+    plan: DeliveryPlan,
+    inserted: dict[str, int],
+    firsts: dict[str, tuple[int, str]],
+    sends: dict[int, int],
+) -> list[DeliveryResult | StoreError]:
+    """Each delivery's answer, once its batch is written: its row's id (the first copy's for a
+    repeat), its outcome, and whether it recorded its task's result (and how many sends)."""
+    out: list[DeliveryResult | StoreError] = []
+    for kind, value in plan.steps:
+        if kind == "error":
+            out.append(value)
+        elif kind == "repeat":
+            pk, outcome = firsts[value]
+            out.append(DeliveryResult(f"dlv_{pk}", True, outcome, None))
+        else:
+            d, _, _, outcome = plan.new[value]
+            recorded = plan.recorded.get(value)
+            count = sends.get(recorded, 0) if recorded is not None else 0
+            out.append(
+                DeliveryResult(
+                    f"dlv_{inserted[d.dedupe_key]}", False, outcome, None, recorded is not None, count
+                )
+            )
+    return out

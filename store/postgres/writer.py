@@ -13,10 +13,10 @@ import orjson
 
 from receiver import core
 from store import rows
-from store.errors import StoreError, StoreUnavailable, UnknownToken, WrongVideo
+from store.errors import StoreError, StoreUnavailable
 from store.postgres.base import CHANNEL, guard
 from store.postgres.changes import write_changes
-from store.records import DeliveryResult, NewDelivery, TaskChange, TaskRow
+from store.records import DeliveryResult, NewDelivery
 
 __all__ = ["DeliveryWriter"]
 
@@ -112,80 +112,24 @@ async def _store(conn: asyncpg.Connection, batch: list[NewDelivery]) -> list[Del
     """Decide and write a batch in one transaction: the tasks locked in pk order, every decision
     made by receiver.core in arrival order, then one statement per table."""
     tokens = list({d.token_hash for d in batch if d.token_hash is not None})
-    videos = list({d.video_id for d in batch if d.token_hash is None and d.video_id is not None})
+    videos = list({d.video_id for d in batch if d.video_id is not None})
     found = await conn.fetch(
         f"SELECT {rows.LEAN}, token_hash FROM tasks WHERE token_hash = ANY($1::text[])"
         " OR video_id = ANY($2::text[]) ORDER BY pk FOR UPDATE",
         tokens,
         videos,
     )
-    tasks: dict[int, TaskRow] = {}
-    by_token: dict[str, int] = {}
-    by_video: dict[str, int] = {}
-    for row in found:
-        task = rows.lean_task(row)
-        tasks[task.pk] = task
-        by_token[row["token_hash"]] = task.pk
-        if task.video_id is not None:
-            by_video[task.video_id] = task.pk
     # Under the task locks, a delivery stored by another process is visible now: a copy of one
     # delivery arriving at two processes at once is applied once.
     stored = {
-        r["dedupe_key"]: r["pk"]
+        r["dedupe_key"]
         for r in await conn.fetch(
-            "SELECT dedupe_key, pk FROM deliveries WHERE dedupe_key = ANY($1::text[])",
+            "SELECT dedupe_key FROM deliveries WHERE dedupe_key = ANY($1::text[])",
             list({d.dedupe_key for d in batch}),
         )
     }
-    results: list[DeliveryResult | StoreError | None] = []
-    changes: dict[int, TaskChange] = {}
-    fresh: dict[str, int] = {}  # dedupe key -> index in `new`
-    new: list[tuple[NewDelivery, int | None, str | None, str]] = []
-    repeats: dict[str, list[float]] = {}
-    plans: list[tuple[str, int]] = []  # per delivery: ("new"|"repeat"|"error", index)
-    terminal_by: dict[int, int] = {}  # index in `new` -> the task whose result it recorded
-    for d in batch:
-        task_pk: int | None = None
-        if d.token_hash is not None:
-            task_pk = by_token.get(d.token_hash)
-            if task_pk is None:
-                results.append(UnknownToken())
-                plans.append(("error", 0))
-                continue
-            known = tasks[task_pk].video_id
-            if d.video_id is not None and known not in (None, d.video_id):
-                results.append(WrongVideo(d.video_id))
-                plans.append(("error", 0))
-                continue
-        elif d.video_id is not None:
-            task_pk = by_video.get(d.video_id)
-        results.append(None)
-        if d.dedupe_key in stored or d.dedupe_key in fresh:
-            repeats.setdefault(d.dedupe_key, []).append(d.received_at)
-            plans.append(("repeat", 0))
-            continue
-        if task_pk is None:
-            outcome = core.UNMATCHED if d.actionable else core.IGNORED
-        else:
-            task = tasks[task_pk]
-            free = False
-            if core.claims_video(task, d.video_id):
-                assert d.video_id is not None
-                free = d.video_id not in by_video and not await conn.fetchval(
-                    "SELECT 1 FROM tasks WHERE video_id = $1", d.video_id
-                )
-            outcome, change = core.on_delivery(task, d, video_free=free)
-            if change.event is not None:
-                terminal_by[len(new)] = task_pk
-            if change:
-                tasks[task_pk] = core.apply_change(task, change)
-                if "video_id" in change.sets:
-                    by_video[change.sets["video_id"]] = task_pk
-                core.merge(changes.setdefault(task_pk, TaskChange()), change)
-        fresh[d.dedupe_key] = len(new)
-        video_id = d.video_id or (tasks[task_pk].video_id if task_pk is not None else None)
-        new.append((d, task_pk, video_id, outcome))
-        plans.append(("new", len(new) - 1))
+    plan = core.plan_deliveries(batch, [(r["token_hash"], rows.lean_task(r)) for r in found], stored)
+    new = plan.new
     inserted: dict[str, int] = {}
     if new:
         for row in await conn.fetch(
@@ -212,33 +156,20 @@ async def _store(conn: asyncpg.Connection, batch: list[NewDelivery]) -> list[Del
             # Stored meanwhile by a process that did not need these tasks' locks (no task yet).
             # Our decisions assumed these were new: decide the whole batch again.
             raise _Conflict()
-    sends = await write_changes(conn, changes) if changes else {}
+    sends = await write_changes(conn, plan.changes) if plan.changes else {}
     firsts: dict[str, tuple[int, str]] = {}
-    if repeats:
+    if plan.repeats:
         for row in await conn.fetch(
             "UPDATE deliveries d SET repeats = d.repeats + x.n, last_seen_at = greatest(d.last_seen_at, x.at)"
             " FROM unnest($1::text[], $2::int[], $3::float8[]) AS x(k, n, at) WHERE d.dedupe_key = x.k"
             " RETURNING d.dedupe_key, d.pk, d.outcome",
-            list(repeats),
-            [len(v) for v in repeats.values()],
-            [max(v) for v in repeats.values()],
+            list(plan.repeats),
+            [len(v) for v in plan.repeats.values()],
+            [max(v) for v in plan.repeats.values()],
         ):
             firsts[row["dedupe_key"]] = (row["pk"], row["outcome"])
     if sends:
         await conn.execute("SELECT pg_notify($1, 'events,outbox')", CHANNEL)
-    elif any(o == "pending_confirm" for *_, o in new):
+    elif any(o == core.PENDING_CONFIRM for *_, o in new):
         await conn.execute("SELECT pg_notify($1, 'tasks')", CHANNEL)
-    out: list[DeliveryResult | StoreError] = []
-    for d, result, (kind, index) in zip(batch, results, plans, strict=True):
-        if result is not None:
-            out.append(result)
-        elif kind == "repeat":
-            pk, outcome = firsts[d.dedupe_key]
-            out.append(DeliveryResult(f"dlv_{pk}", True, outcome, None))
-        else:
-            outcome = new[index][3]
-            recorded = terminal_by.get(index)
-            count = sends.get(recorded, 0) if recorded is not None else 0
-            delivery_id = f"dlv_{inserted[d.dedupe_key]}"
-            out.append(DeliveryResult(delivery_id, False, outcome, None, recorded is not None, count))
-    return out
+    return core.plan_results(plan, inserted, firsts, sends)

@@ -12,7 +12,7 @@ import orjson
 
 from receiver import core
 from store import rows
-from store.errors import UnknownCursor, UnknownToken, WrongVideo
+from store.errors import UnknownCursor, WrongVideo
 from store.records import (
     CreateResult,
     DeliveryResult,
@@ -28,6 +28,7 @@ from store.records import (
     delivery_pk,
 )
 from store.sqlite.base import SQLiteBase
+from store.sqlite.deliveries import DeliveryBatcher
 
 __all__ = ["TaskStore", "write_change"]
 
@@ -81,6 +82,10 @@ def _full_task(conn: sqlite3.Connection, pk: int) -> TaskRow:
 
 
 class TaskStore(SQLiteBase):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self._deliveries = DeliveryBatcher(self._writer)
+
     # -- reads -------------------------------------------------------------------------------
 
     async def task_by_video(self, video_id: str) -> TaskRow | None:
@@ -281,65 +286,7 @@ class TaskStore(SQLiteBase):
         return await self._write(unit)
 
     async def record_delivery(self, delivery: NewDelivery) -> DeliveryResult:
-        d = delivery
-
-        def unit(conn: sqlite3.Connection) -> DeliveryResult:
-            task: TaskRow | None = None
-            if d.token_hash is not None:
-                row = conn.execute(
-                    f"SELECT {rows.LEAN} FROM tasks WHERE token_hash = ?", (d.token_hash,)
-                ).fetchone()
-                if row is None:
-                    raise UnknownToken()
-                task = rows.lean_task(row)
-                if d.video_id is not None and task.video_id not in (None, d.video_id):
-                    raise WrongVideo(d.video_id)
-            elif d.video_id is not None:
-                row = conn.execute(
-                    f"SELECT {rows.LEAN} FROM tasks WHERE video_id = ?", (d.video_id,)
-                ).fetchone()
-                task = rows.lean_task(row) if row else None
-            # Decide first, so the delivery row is written once, with its outcome.
-            change = TaskChange()
-            if task is None:
-                outcome = core.UNMATCHED if d.actionable else core.IGNORED
-            else:
-                free = core.claims_video(task, d.video_id) and _video_free(conn, d.video_id)
-                outcome, change = core.on_delivery(task, d, video_free=free)
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO deliveries (dedupe_key, task_pk, video_id, route,"
-                " verified_by, headers, body, event_type, status, outcome, received_at,"
-                " last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    d.dedupe_key,
-                    task.pk if task else None,
-                    d.video_id or (task.video_id if task else None),
-                    d.route,
-                    d.verified_by,
-                    orjson.dumps(d.headers).decode(),
-                    d.body,
-                    d.event_type,
-                    d.status,
-                    outcome,
-                    d.received_at,
-                    d.received_at,
-                ),
-            )
-            if cursor.rowcount == 0:
-                # The UNIQUE dedupe key: a copy of a delivery we hold. Count it, change nothing.
-                first = conn.execute(
-                    "UPDATE deliveries SET repeats = repeats + 1, last_seen_at = ? WHERE dedupe_key = ?"
-                    " RETURNING pk, outcome",
-                    (d.received_at, d.dedupe_key),
-                ).fetchone()
-                return DeliveryResult(f"dlv_{first['pk']}", True, first["outcome"], None)
-            delivery_id = f"dlv_{cursor.lastrowid}"
-            if task is None:
-                return DeliveryResult(delivery_id, False, outcome, None)
-            sends = write_change(conn, task.pk, change)
-            return DeliveryResult(delivery_id, False, outcome, None, sends is not None, sends or 0)
-
-        return await self._write(unit)
+        return await self._deliveries.record(delivery)
 
     async def reapply_delivery(
         self,

@@ -1,0 +1,202 @@
+"""SQLite group commit for the ack path: the deliveries that queue while the writer is busy are
+decided together by receiver.core and written with a handful of set-based statements.
+
+Every statement hands the GIL to the event loop while SQLite works, and waits to get it back:
+one statement per delivery row made the writer thread and the loop take turns thousands of times
+a second. Here a batch costs about seven statements whatever its size (reads come back as one
+JSON row; inserts are one multi-row VALUES)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sqlite3
+from collections import defaultdict
+from typing import Any
+
+import orjson
+
+from receiver import core
+from store import rows
+from store.errors import StoreError, StoreUnavailable
+from store.records import DeliveryResult, NewDelivery, TaskChange
+from store.sqlite.writer import WRITE_TIMEOUT, Writer
+
+__all__ = ["DeliveryBatcher"]
+
+log = logging.getLogger("receiver.store")
+
+_MAX_BATCH = 256  # 12 parameters a row: far under SQLite's 32,766
+
+
+def _json_rows(conn: sqlite3.Connection, sql: str, *params: Any) -> list[list[Any]]:
+    """A query whose one row is a json_group_array: its rows, read in one step."""
+    row = conn.execute(sql, params).fetchone()
+    return list(orjson.loads(row[0])) if row and row[0] else []
+
+
+def _task_updates(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> None:
+    """One UPDATE ... FROM json_each per shape of change."""
+    shapes: dict[tuple[tuple[str, ...], tuple[str, ...]], list[list[Any]]] = defaultdict(list)
+    for pk in sorted(changes):
+        change = changes[pk]
+        if not (change.sets or change.adds):
+            continue
+        values = [
+            orjson.dumps(v).decode() if c == "video" else (int(v) if isinstance(v, bool) else v)
+            for c, v in change.sets.items()
+        ]
+        shapes[(tuple(change.sets), tuple(change.adds))].append([pk, *values, *change.adds.values()])
+    for (sets, adds), items in shapes.items():
+        columns = [*sets, *adds]
+        assignments = [f"{c} = x.c{i}" for i, c in enumerate(sets)]
+        assignments += [f"{c} = {c} + x.c{len(sets) + i}" for i, c in enumerate(adds)]
+        extract = ", ".join(f"json_extract(value, '$[{i + 1}]') AS c{i}" for i in range(len(columns)))
+        conn.execute(
+            f"UPDATE tasks SET {', '.join(assignments)} FROM (SELECT json_extract(value, '$[0]') AS pk,"
+            f" {extract} FROM json_each(?)) AS x WHERE tasks.pk = x.pk",
+            (orjson.dumps(items).decode(),),
+        )
+
+
+def _record_events(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> dict[int, int]:
+    """The batch's events and their sends (the transactional outbox). Sends queued per task."""
+    events = [(pk, c.event) for pk, c in changes.items() if c.event is not None]
+    if not events:
+        return {}
+    conn.execute(
+        "INSERT INTO events (id, task_pk, video_id, type, created_at, data) VALUES "
+        + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(events)),
+        [v for pk, e in events for v in (e.id, pk, e.video_id, e.type, e.created_at, json.dumps(e.data))],
+    )
+    ids = orjson.dumps([e.id for _, e in events]).decode()
+    conn.execute(
+        "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at)"
+        " SELECT e.pk, s.pk, 'pending', e.created_at, e.created_at FROM events e JOIN subscriptions s"
+        " ON s.status IN ('active', 'paused') AND (s.task_pk = e.task_pk OR (s.task_pk IS NULL AND"
+        " (s.events IS NULL OR EXISTS (SELECT 1 FROM json_each(s.events) WHERE value = e.type))))"
+        " WHERE e.id IN (SELECT value FROM json_each(?))",
+        (ids,),
+    )
+    counts = _json_rows(
+        conn,
+        "SELECT json_group_array(json_array(e.task_pk, (SELECT count(*) FROM outbox o"
+        " WHERE o.event_pk = e.pk))) FROM events e WHERE e.id IN (SELECT value FROM json_each(?))",
+        ids,
+    )
+    return {int(pk): int(n) for pk, n in counts}
+
+
+def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[DeliveryResult | StoreError]:
+    """Decide and write a batch inside the writer's transaction (which holds the write lock, so
+    what these reads see stays true until the commit)."""
+    tokens = orjson.dumps(list({d.token_hash for d in batch if d.token_hash is not None})).decode()
+    videos = orjson.dumps(list({d.video_id for d in batch if d.video_id is not None})).decode()
+    keys = orjson.dumps(list({d.dedupe_key for d in batch})).decode()
+    found = _json_rows(
+        conn,
+        "SELECT json_group_array(json_array(pk, video_id, status, video, created_at, next_poll_at,"
+        " last_open_poll_at, token_hash)) FROM tasks WHERE token_hash IN (SELECT value FROM json_each(?))"
+        " OR video_id IN (SELECT value FROM json_each(?))",
+        tokens,
+        videos,
+    )
+    stored = _json_rows(
+        conn,
+        "SELECT json_group_array(dedupe_key) FROM deliveries WHERE dedupe_key IN"
+        " (SELECT value FROM json_each(?))",
+        keys,
+    )
+    plan = core.plan_deliveries(batch, [(r[7], rows.lean_task(r)) for r in found], {str(k) for k in stored})
+    if plan.new:
+        conn.execute(
+            "INSERT INTO deliveries (dedupe_key, task_pk, video_id, route, verified_by, headers, body,"
+            " event_type, status, outcome, received_at, last_seen_at) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(plan.new)),
+            [
+                v
+                for d, task_pk, video_id, outcome in plan.new
+                for v in (
+                    d.dedupe_key,
+                    task_pk,
+                    video_id,
+                    d.route,
+                    d.verified_by,
+                    orjson.dumps(d.headers).decode(),
+                    d.body,
+                    d.event_type,
+                    d.status,
+                    outcome,
+                    d.received_at,
+                    d.received_at,
+                )
+            ],
+        )
+    if plan.changes:
+        _task_updates(conn, plan.changes)
+    sends = _record_events(conn, plan.changes)
+    if plan.repeats:
+        conn.execute(
+            "UPDATE deliveries SET repeats = repeats + x.n, last_seen_at = max(last_seen_at, x.at)"
+            " FROM (SELECT json_extract(value, '$[0]') AS k, json_extract(value, '$[1]') AS n,"
+            " json_extract(value, '$[2]') AS at FROM json_each(?)) AS x WHERE deliveries.dedupe_key = x.k",
+            (orjson.dumps([[k, len(v), max(v)] for k, v in plan.repeats.items()]).decode(),),
+        )
+    written = _json_rows(
+        conn,
+        "SELECT json_group_array(json_array(dedupe_key, pk, outcome)) FROM deliveries"
+        " WHERE dedupe_key IN (SELECT value FROM json_each(?))",
+        keys,
+    )
+    ids = {k: (pk, outcome) for k, pk, outcome in written}
+    return core.plan_results(plan, {k: pk for k, (pk, _) in ids.items()}, ids, sends)
+
+
+class DeliveryBatcher:
+    """Collects the deliveries that arrive while the writer is busy into one unit of work."""
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._pending: list[tuple[NewDelivery, asyncio.Future[DeliveryResult]]] = []
+        self._flushing = False
+
+    async def record(self, delivery: NewDelivery) -> DeliveryResult:
+        future: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
+        self._pending.append((delivery, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), WRITE_TIMEOUT)
+        except TimeoutError:
+            raise StoreUnavailable("the store did not take the delivery in time") from None
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
+                deliveries = [d for d, _ in batch]
+                results: list[Any]
+                try:
+                    results = await self._writer.run(functools.partial(store_batch, batch=deliveries))
+                except StoreUnavailable:
+                    if len(batch) == 1:
+                        results = [StoreUnavailable("the store could not take the delivery")]
+                    else:
+                        # One bad row must not fail the other acknowledgements: each on its own.
+                        singles = [functools.partial(store_batch, batch=[d]) for d in deliveries]
+                        answers = await asyncio.gather(
+                            *(self._writer.run(one) for one in singles), return_exceptions=True
+                        )
+                        results = [a[0] if isinstance(a, list) else a for a in answers]
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._flushing = False
