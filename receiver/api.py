@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import logging
+import mimetypes
 import secrets
 import socket
 from typing import Any
@@ -15,19 +16,41 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from receiver import jsonpolicy
 from receiver.context import Context
 from receiver.errors import Conflict, InvalidRequest, NotFound, Unavailable, UpstreamError
-from receiver.http import authorize, json_response, page_params, read_json_object
+from receiver.forms import is_multipart, read_form
+from receiver.http import authorize, json_response, read_json_object
 from receiver.ids import parse_id
 from receiver.ingest import reprocess
+from receiver.media import MediaStore
+from receiver.openapi import Header, Operation, operation
 from receiver.outbound import OutboundURLError, address_allowed, check_url, host_address
-from receiver.payloads import STATUSES, PayloadError, normalise_status
+from receiver.payloads import PayloadError, normalise_status
 from receiver.provider import ProviderError
 from receiver.redact import redact_headers, strip_callbacks, strip_text
+from receiver.schemas import (
+    DeliveryHealthList,
+    DeliveryList,
+    DeliveryListQuery,
+    DeliveryReplay,
+    SubscriptionListQuery,
+    Video,
+    VideoContentQuery,
+    VideoCreate,
+    VideoList,
+    VideoListQuery,
+    convert,
+    convert_form,
+    convert_query,
+    given,
+    to_dict,
+)
 from receiver.settings import Settings
 from store import (
+    CaptureRow,
     DeliveryRow,
     NewTask,
     OutboxRow,
@@ -38,13 +61,10 @@ from store import (
     WrongVideo,
 )
 
-__all__ = ["check_outbound_name", "check_outbound_url", "routes", "store_call", "task_view"]
+__all__ = ["check_outbound_name", "check_outbound_url", "list_body", "routes", "store_call", "task_view"]
 
 log = logging.getLogger("receiver.api")
 
-RESOLUTIONS = ("360p", "480p", "540p", "720p", "1080p", "1K", "2K", "4K")
-ASPECT_RATIOS = ("adaptive", "16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "9:21")
-_MAX_INT = 2**63 - 1
 RESOLVE_TIMEOUT = 2.0  # seconds a subscribe-time lookup of a URL's host name may take
 OPEN_STATUSES = ("submitting", "queued", "in_progress")
 # Subscriber health reads the sends of the newest events (indexed reads whatever the outbox's
@@ -52,40 +72,6 @@ OPEN_STATUSES = ("submitting", "queued", "in_progress")
 # through their own index, up to a cap.
 _HEALTH_EVENTS = 100
 _DEAD_CAP = 1000
-
-
-def _string(body: dict[str, Any], name: str, *, required: bool = False, limit: int = 200) -> None:
-    if name not in body:
-        if required:
-            raise InvalidRequest(f"{name} is required", param=name, code="missing_field")
-        return
-    value = body[name]
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{name} must be a string", param=name)
-    if required and not value.strip():
-        raise InvalidRequest(f"{name} must not be empty", param=name)
-    if len(value) > limit:
-        raise InvalidRequest(f"{name} is longer than {limit} characters", param=name)
-
-
-def _integer(body: dict[str, Any], name: str, low: int, high: int) -> None:
-    if name not in body:
-        return
-    value = body[name]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"{name} must be an integer", param=name)
-    if not low <= value <= high:
-        raise InvalidRequest(f"{name} must be between {low} and {high}", param=name)
-
-
-def _boolean(body: dict[str, Any], name: str) -> None:
-    if name in body and not isinstance(body[name], bool):
-        raise InvalidRequest(f"{name} must be true or false", param=name)
-
-
-def _choice(body: dict[str, Any], name: str, options: tuple[str, ...]) -> None:
-    if name in body and body[name] not in options:
-        raise InvalidRequest(f"{name} must be one of {', '.join(options)}", param=name)
 
 
 def check_outbound_url(settings: Settings, url: object, param: str) -> str:
@@ -115,52 +101,17 @@ async def check_outbound_name(settings: Settings, url: str, param: str) -> None:
         raise InvalidRequest(message, param=param, code="url_not_allowed")
 
 
-def validate_submit(body: dict[str, Any], settings: Settings) -> None:
-    allowed = {
-        "model",
-        "prompt",
-        "duration",
-        "resolution",
-        "aspect_ratio",
-        "generate_audio",
-        "seed",
-        "watermark",
-        "return_last_frame",
-        "execution_expires_after",
-        "safety_identifier",
-        "callback_url",
-        "metadata",
-        "frame_images",
-        "input_references",
-    }
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidRequest(
-            f"unknown parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
-            param=unknown[0],
-            code="unknown_parameter",
-        )
-    _string(body, "model", required=True)
-    _string(body, "prompt", required=True, limit=32_000)
-    _integer(body, "duration", 1, 3600)
-    _choice(body, "resolution", RESOLUTIONS)
-    _choice(body, "aspect_ratio", ASPECT_RATIOS)
-    for name in ("generate_audio", "watermark", "return_last_frame"):
-        _boolean(body, name)
-    _integer(body, "seed", -_MAX_INT - 1, _MAX_INT)
-    _integer(body, "execution_expires_after", 1, 30 * 86_400)
-    _string(body, "safety_identifier", limit=256)
-    if "metadata" in body:
-        metadata = body["metadata"]
-        if not isinstance(metadata, dict):
-            raise InvalidRequest("metadata must be an object", param="metadata")
-        if len(json.dumps(metadata, ensure_ascii=False).encode("utf-8", "surrogatepass")) > 16_384:
-            raise InvalidRequest("metadata is larger than 16 KiB", param="metadata")
-    for name in ("frame_images", "input_references"):
-        if name in body and not isinstance(body[name], list):
-            raise InvalidRequest(f"{name} must be a list", param=name)
-    if "callback_url" in body:
-        check_outbound_url(settings, body["callback_url"], "callback_url")
+def validate_submit(submit: VideoCreate, settings: Settings) -> None:
+    """What the shape cannot say: the metadata's encoded size, the callback URL's address rule."""
+    metadata = given(submit.metadata)
+    if (
+        metadata is not None
+        and len(json.dumps(metadata, ensure_ascii=False).encode("utf-8", "surrogatepass")) > 16_384
+    ):
+        raise InvalidRequest("metadata is larger than 16 KiB", param="metadata")
+    callback_url = given(submit.callback_url)
+    if callback_url is not None:
+        check_outbound_url(settings, callback_url, "callback_url")
         if settings.callback_secret is None:
             raise InvalidRequest(
                 "callback_url needs RECEIVER_CALLBACK_SECRET to be set on the receiver "
@@ -170,7 +121,22 @@ def validate_submit(body: dict[str, Any], settings: Settings) -> None:
             )
 
 
-def task_view(task: TaskRow, request: dict[str, Any] | None = None) -> dict[str, Any]:
+def file_view(row: CaptureRow) -> dict[str, Any]:
+    return {
+        "variant": row.variant,
+        "status": row.status,
+        "size": row.size,
+        "sha256": row.sha256,
+        "content_type": row.content_type,
+        "attempts": row.attempts,
+        "error": row.error,
+        "kept_at": int(row.settled_at) if row.status == "kept" and row.settled_at is not None else None,
+    }
+
+
+def task_view(
+    task: TaskRow, request: dict[str, Any] | None = None, files: list[CaptureRow] | None = None
+) -> dict[str, Any]:
     """The video object we answer with: the provider's fields plus our `receiver` block."""
     # Rows stored before the provider's echo was stripped on the way in are stripped here too.
     video: dict[str, Any] = strip_callbacks(task.video)
@@ -188,6 +154,7 @@ def task_view(task: TaskRow, request: dict[str, Any] | None = None) -> dict[str,
         "submitted_at": int(task.created_at),
         "terminal_at": int(task.terminal_at) if task.terminal_at is not None else None,
         "next_poll_at": int(task.next_poll_at) if task.next_poll_at is not None else None,
+        "files": [file_view(f) for f in files or ()],
     }
     return video
 
@@ -224,6 +191,17 @@ def delivery_view(row: DeliveryRow) -> dict[str, Any]:
     }
 
 
+def list_body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """A list page. first_id and last_id are OpenAI's: its SDK pages on last_id."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
 def _ctx(request: Request) -> Context:
     ctx: Context = request.app.state.ctx
     return ctx
@@ -249,11 +227,34 @@ def _provider_failure(exc: ProviderError) -> UpstreamError | InvalidRequest:
     return UpstreamError(f"the provider failed: {exc.message}")
 
 
+async def read_submit(request: Request, settings: Settings) -> VideoCreate:
+    """The submit body, as JSON or as multipart/form-data (the OpenAI SDK's videos.create):
+    the same fields, checked by the same shape."""
+    if is_multipart(request):
+        submit = convert_form(await read_form(request, settings.max_body_bytes), VideoCreate)
+    else:
+        submit = convert(await read_json_object(request, settings.max_body_bytes), VideoCreate)
+    validate_submit(submit, settings)
+    return submit
+
+
+@operation(
+    Operation(
+        "createVideo",
+        "Submit a video task to the provider",
+        tag="videos",
+        answer=Video,
+        body=VideoCreate,
+        multipart=True,
+        headers=(Header("Idempotency-Key", "A retry with the same key returns the first task"),),
+        errors=(400, 409, 413, 429, 502, 503, 504),
+        links=(("getVideo", "video_id"),),
+    )
+)
 async def submit(request: Request) -> Response:
     ctx = _ctx(request)
     scope = authorize(request, ctx.settings.api_keys)
-    body = await read_json_object(request, ctx.settings.max_body_bytes)
-    validate_submit(body, ctx.settings)
+    body = to_dict(await read_submit(request, ctx.settings))
     if "callback_url" in body:
         await check_outbound_name(ctx.settings, body["callback_url"], "callback_url")
     idem_key = request.headers.get("idempotency-key")
@@ -277,7 +278,7 @@ async def submit(request: Request) -> Response:
                 created_at=now,
                 expires_at=now + expires_after if isinstance(expires_after, int) else None,
             )
-        )
+        ),
     )
     if created.state == "mismatch":
         raise InvalidRequest(
@@ -342,47 +343,147 @@ async def store_call(ctx: Context, awaitable: Any) -> Any:
     return result
 
 
+@operation(
+    Operation(
+        "getVideo", "A video as stored, with the receiver block", tag="videos", answer=Video, errors=(404,)
+    )
+)
 async def get_video(request: Request) -> Response:
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
     task = await ctx.store.task_by_video(parse_id("video", request.path_params["video_id"]))
     if task is None:
         raise NotFound("no such video", param="id")
-    return json_response(task_view(task))
+    files = await ctx.store.captures_of([task.pk])
+    return json_response(task_view(task, files=files[task.pk]))
 
 
+@operation(
+    Operation(
+        "getVideoContent",
+        "A kept result file (Range requests honoured), as OpenAI's download_content",
+        tag="videos",
+        media="*/*",  # the file's own type, as the provider served it (video/mp4, image/png, ...)
+        query=VideoContentQuery,
+        errors=(400, 404, 416),
+        ranges=True,
+    )
+)
+async def get_video_content(request: Request) -> Response:
+    ctx = _ctx(request)
+    authorize(request, ctx.settings.api_keys)
+    query = convert_query(request.query_params, VideoContentQuery)
+    task = await ctx.store.task_by_video(request.path_params["video_id"])
+    if task is None:
+        raise NotFound("no such video", param="id")
+    files = {f.variant: f for f in (await ctx.store.captures_of([task.pk]))[task.pk]}
+    kept = files.get(query.variant)
+    if kept is None or kept.status != "kept" or kept.key is None:
+        state = "not named by the result" if kept is None else kept.status
+        if kept is not None and kept.error:
+            state += f": {kept.error}"
+        raise NotFound(
+            f"the {query.variant} file is not kept ({state})", param="variant", code="content_not_kept"
+        )
+    extension = mimetypes.guess_extension(kept.content_type or "") or ""
+    media: MediaStore = request.app.state.media
+    answer = media.response(
+        kept.key, kept.content_type or "application/octet-stream", f"{task.video_id}{extension}"
+    )
+    if answer is None:
+        raise NotFound(
+            "the kept file is missing from the media store", param="variant", code="content_missing"
+        )
+    return RangeErrorsAsJson(answer)
+
+
+class RangeErrorsAsJson(Response):
+    """A file answer whose own Range refusals (400 malformed, 416 not satisfiable, both plain
+    text) take the error shape every other answer has."""
+
+    def __init__(self, inner: Response) -> None:
+        super().__init__()
+        self._inner = inner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        replaced = False
+
+        async def shaped(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] in (400, 416):
+                replaced = True
+                status = message["status"]
+                error = InvalidRequest(
+                    "the Range header is malformed" if status == 400 else "the Range cannot be satisfied",
+                    param="Range",
+                    code="invalid_range" if status == 400 else "range_not_satisfiable",
+                    status=status,
+                )
+                body = json.dumps(error.body()).encode()
+                headers = [(k, v) for k, v in message["headers"] if k.lower() == b"content-range"]
+                headers += [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+            elif not replaced:
+                await send(message)
+
+        await self._inner(scope, receive, shaped)
+
+
+@operation(
+    Operation(
+        "listVideos",
+        "Videos, newest first",
+        tag="videos",
+        answer=VideoList,
+        query=VideoListQuery,
+        errors=(400,),
+    )
+)
 async def list_videos(request: Request) -> Response:
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
-    limit, after = page_params(request, "video")
-    status = request.query_params.get("status")
-    if status is not None and status not in STATUSES:
-        raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
+    query = convert_query(request.query_params, VideoListQuery)
     try:
-        page = await ctx.store.list_tasks(status, limit, after)
+        page = await ctx.store.list_tasks(given(query.status), query.limit, given(query.after))
     except UnknownCursor:
         raise InvalidRequest("after names no video", param="after") from None
-    return json_response(
-        {"object": "list", "data": [task_view(t) for t in page.rows], "has_more": page.has_more}
+    return json_response(list_body([task_view(t) for t in page.rows], page.has_more))
+
+
+@operation(
+    Operation(
+        "listDeliveries",
+        "Stored inbound deliveries, newest first",
+        tag="deliveries",
+        answer=DeliveryList,
+        query=DeliveryListQuery,
+        errors=(400,),
     )
-
-
+)
 async def list_deliveries(request: Request) -> Response:
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
-    limit, after = page_params(request, "delivery")
-    video_id = request.query_params.get("video_id") or None
-    if video_id is not None:
-        parse_id("video", video_id, "video_id")
+    query = convert_query(request.query_params, DeliveryListQuery)
     try:
-        page = await ctx.store.list_deliveries(video_id, limit, after)
+        page = await ctx.store.list_deliveries(given(query.video_id) or None, query.limit, given(query.after))
     except UnknownCursor:
         raise InvalidRequest("after names no delivery", param="after") from None
-    return json_response(
-        {"object": "list", "data": [delivery_view(d) for d in page.rows], "has_more": page.has_more}
+    return json_response(list_body([delivery_view(d) for d in page.rows], page.has_more))
+
+
+@operation(
+    Operation(
+        "replayDelivery",
+        "Run a stored delivery through processing again",
+        tag="deliveries",
+        answer=DeliveryReplay,
+        errors=(404, 503),
     )
-
-
+)
 async def replay_delivery(request: Request) -> Response:
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
@@ -396,6 +497,14 @@ async def replay_delivery(request: Request) -> Response:
     return json_response(view)
 
 
+@operation(
+    Operation(
+        "getDeliveryHealth",
+        "Per model: are the provider's deliveries arriving, with the evidence",
+        tag="deliveries",
+        answer=DeliveryHealthList,
+    )
+)
 async def delivery_health(request: Request) -> Response:
     """Per model: are the provider's deliveries arriving, and the evidence for the judgement."""
     ctx = _ctx(request)
@@ -535,9 +644,9 @@ async def list_subscriber_health(request: Request) -> Response:
     subscriptions it describes."""
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
-    limit, after = page_params(request, "subscription")
+    query = convert_query(request.query_params, SubscriptionListQuery)
     try:
-        page = await ctx.store.list_subscriptions(limit, after)
+        page = await ctx.store.list_subscriptions(query.limit, given(query.after))
     except UnknownCursor:
         raise InvalidRequest("after names no subscription", param="after") from None
     window, recent = await _recent_sends(ctx) if page.rows else (0, {})
@@ -554,6 +663,7 @@ def routes() -> list[Route]:
         Route("/v1/videos", submit, methods=["POST"]),
         Route("/v1/videos", list_videos, methods=["GET"]),
         Route("/v1/videos/{video_id:str}", get_video, methods=["GET"]),
+        Route("/v1/videos/{video_id:str}/content", get_video_content, methods=["GET"]),
         Route("/v1/deliveries", list_deliveries, methods=["GET"]),
         Route("/v1/deliveries/{delivery_id:str}", get_delivery, methods=["GET"]),
         Route("/v1/deliveries/{delivery_id:str}/replay", replay_delivery, methods=["POST"]),

@@ -9,6 +9,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 from starlette.applications import Starlette
@@ -20,13 +21,17 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from receiver import api, dashboard, events, ingest
+from receiver.capture import Capturer, capture_session
 from receiver.context import Context
 from receiver.errors import ApiError
 from receiver.fanout import Dispatcher, outbound_session
 from receiver.http import json_response
+from receiver.media import LocalMedia
+from receiver.openapi import Operation, openapi_json, operation
 from receiver.poller import Poller
 from receiver.provider import Provider
 from receiver.schedule import Scheduler
+from receiver.schemas import Health
 from receiver.settings import Settings
 from receiver.signatures import parse_key
 from receiver.simulator import SimConfig, Simulator, dev_secret
@@ -62,16 +67,28 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return json_response(body, 500)
 
 
+@operation(Operation("health", "The process is up", tag="operate", answer=Health, authenticated=False))
 async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+@operation(Operation("metrics", "Prometheus metrics", tag="operate", media="text/plain", authenticated=False))
 async def metrics(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     body = await ctx.metrics.render(ctx.store, ctx.clock(), ctx.scheduler.health())
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+@operation(
+    Operation(
+        "ready",
+        "Store writable and workers running (503 with the problems otherwise)",
+        tag="operate",
+        answer=Health,
+        other=((503, Health),),
+        authenticated=False,
+    )
+)
 async def readyz(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     problems = []
@@ -132,6 +149,7 @@ def create_app(
         )
     if not settings.api_keys:
         log.warning("RECEIVER_API_KEYS is unset: /v1 is open to anyone who can reach it")
+    media = LocalMedia(Path(settings.media_path()))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -171,6 +189,7 @@ def create_app(
             )
             app.state.ctx = ctx
             the_store.on_change(ctx.heard)
+            app.state.media = media
             stop = asyncio.Event()
             poller = Poller(ctx, concurrency=settings.poll_concurrency, rate=settings.poll_rate)
             ctx.workers.append(asyncio.create_task(poller.run(stop), name="poller"))
@@ -189,6 +208,10 @@ def create_app(
             )
             ctx.workers.append(asyncio.create_task(dispatcher.run(stop), name="dispatcher"))
             app.state.dispatcher = dispatcher
+            downloads = capture_session(settings.outbound_allow)
+            stack.push_async_callback(downloads.close)
+            capturer = Capturer(ctx, downloads, media, trusted_origin=base if simulator is not None else None)
+            ctx.workers.append(asyncio.create_task(capturer.run(stop), name="capturer"))
 
             async def stop_workers() -> None:
                 stop.set()
@@ -204,6 +227,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         *api.routes(),
         *events.routes(),
         *dashboard.routes(),

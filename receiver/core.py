@@ -10,6 +10,7 @@ adds SQL, never rules.
 from __future__ import annotations
 
 import dataclasses
+import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -275,7 +276,28 @@ def _event(task: TaskRow, result: Transition, now: float, claim: str | None) -> 
     data = {**result.video, "id": video_id, "object": "video", "status": result.status}
     data.pop("provider_status", None)
     kind = "video.completed" if result.status == "completed" else "video.failed"
-    return NewEvent("evt_" + secrets.token_hex(12), kind, video_id, now, data)
+    files = result_files(data) if result.status == "completed" else ()
+    return NewEvent("evt_" + secrets.token_hex(12), kind, video_id, now, data, files)
+
+
+_VARIANT = re.compile(r"[a-z0-9_]{1,64}")
+MAX_FILES = 16  # result files kept per task at most
+
+
+def result_files(video: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The files a completed video's result names: every http(s) `*_url` in its content
+    (video_url -> variant "video", last_frame_url -> "last_frame")."""
+    content = video.get("content")
+    if not isinstance(content, dict):
+        return ()
+    found: list[tuple[str, str]] = []
+    for name, url in sorted(content.items()):
+        if not (isinstance(name, str) and name.endswith("_url") and isinstance(url, str)):
+            continue
+        variant = name[: -len("_url")]
+        if _VARIANT.fullmatch(variant) and url.startswith(("https://", "http://")) and len(url) <= 4096:
+            found.append((variant, url))
+    return tuple(found[:MAX_FILES])
 
 
 def pick_sends(

@@ -13,20 +13,37 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from receiver.api import check_outbound_name, check_outbound_url, store_call
+from receiver.api import check_outbound_name, check_outbound_url, list_body, store_call
 from receiver.context import Context
-from receiver.errors import InvalidRequest, NotFound
+from receiver.errors import ApiError, InvalidRequest, NotFound
 from receiver.fanout import event_body
-from receiver.http import authorize, json_response, page_params, read_json_object
+from receiver.http import authorize, json_response, read_json_object
 from receiver.ids import parse_id
+from receiver.openapi import Header, Operation, operation
 from receiver.redact import strip_callbacks
+from receiver.schemas import (
+    DeadLetterQuery,
+    EventDetail,
+    EventList,
+    EventListQuery,
+    EventReplayRequest,
+    Replay,
+    ReplayStatus,
+    SendList,
+    StreamQuery,
+    Subscription,
+    SubscriptionCreate,
+    SubscriptionList,
+    SubscriptionListQuery,
+    convert,
+    convert_query,
+    given,
+)
 from receiver.signatures import SecretFormatError, parse_key
 from store import EventRow, OutboxRow, ReplayFilter, SubscriptionRow, UnknownCursor
 
 __all__ = ["routes"]
 
-EVENT_TYPES = ("video.completed", "video.failed")
-_MAX_REPLAY_IDS = 1000
 _STREAM_BATCH = 100
 _KEEPALIVE = 15.0
 _RECHECK = 1.0
@@ -84,31 +101,32 @@ def send_view(row: OutboxRow) -> dict[str, Any]:
     }
 
 
+@operation(
+    Operation(
+        "createSubscription",
+        "Subscribe a URL to events (answers with its whsec_ secret)",
+        tag="subscriptions",
+        answer=Subscription,
+        body=SubscriptionCreate,
+        errors=(400, 413, 503),
+        links=tuple(
+            (op, "subscription_id")
+            for op in ("getSubscription", "pauseSubscription", "resumeSubscription", "deleteSubscription")
+        ),
+    )
+)
 async def create_subscription(request: Request) -> Response:
     ctx = _ctx(request)
-    body = await read_json_object(request, 64 * 1024)
-    unknown = sorted(set(body) - {"url", "events", "secret"})
-    if unknown:
-        raise InvalidRequest(
-            f"unknown parameter: {', '.join(unknown)}", param=unknown[0], code="unknown_parameter"
-        )
-    if "url" not in body:
-        raise InvalidRequest("url is required", param="url", code="missing_field")
-    url = check_outbound_url(ctx.settings, body["url"], "url")
+    body = convert(await read_json_object(request, 64 * 1024), SubscriptionCreate)
+    url = check_outbound_url(ctx.settings, body.url, "url")
     await check_outbound_name(ctx.settings, url, "url")
-    events = body.get("events")
-    if events is not None:
-        if not isinstance(events, list) or not events or not all(e in EVENT_TYPES for e in events):
-            raise InvalidRequest(
-                f"events must be a non-empty list of {', '.join(EVENT_TYPES)}", param="events"
-            )
-        events = sorted(set(events))
-    secret = body.get("secret")
+    events: list[str] | None = sorted(set(body.events)) if body.events else None
+    secret = body.secret
     if secret is None:
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     else:
         try:
-            if not isinstance(secret, str) or parse_key(secret).scheme != "whsec":
+            if parse_key(secret).scheme != "whsec":
                 raise SecretFormatError("not whsec_")
         except SecretFormatError:
             raise InvalidRequest("secret must be a whsec_<base64> secret", param="secret") from None
@@ -116,16 +134,24 @@ async def create_subscription(request: Request) -> Response:
     return json_response(subscription_view(row, secret=True))
 
 
+@operation(
+    Operation(
+        "listSubscriptions",
+        "Subscriptions, newest first",
+        tag="subscriptions",
+        answer=SubscriptionList,
+        query=SubscriptionListQuery,
+        errors=(400,),
+    )
+)
 async def list_subscriptions(request: Request) -> Response:
     ctx = _ctx(request)
-    limit, after = page_params(request, "subscription")
+    query = convert_query(request.query_params, SubscriptionListQuery)
     try:
-        rows = await ctx.store.list_subscriptions(limit, after)
+        page = await ctx.store.list_subscriptions(query.limit, given(query.after))
     except UnknownCursor:
         raise InvalidRequest("after names no subscription", param="after") from None
-    return json_response(
-        {"object": "list", "data": [subscription_view(s) for s in rows.rows], "has_more": rows.has_more}
-    )
+    return json_response(list_body([subscription_view(s) for s in page.rows], page.has_more))
 
 
 async def _subscription(ctx: Context, request: Request) -> SubscriptionRow:
@@ -135,6 +161,15 @@ async def _subscription(ctx: Context, request: Request) -> SubscriptionRow:
     return row
 
 
+@operation(
+    Operation(
+        "getSubscription",
+        "A subscription, with its secret",
+        tag="subscriptions",
+        answer=Subscription,
+        errors=(404,),
+    )
+)
 async def get_subscription(request: Request) -> Response:
     ctx = _ctx(request)
     return json_response(subscription_view(await _subscription(ctx, request), secret=True))
@@ -151,38 +186,81 @@ async def _set_status(request: Request, status: str) -> Response:
     return json_response(subscription_view(updated) | ({"deleted": True} if status == "deleted" else {}))
 
 
+@operation(
+    Operation(
+        "deleteSubscription",
+        "Delete a subscription",
+        tag="subscriptions",
+        answer=Subscription,
+        errors=(404, 503),
+    )
+)
 async def delete_subscription(request: Request) -> Response:
     return await _set_status(request, "deleted")
 
 
+@operation(
+    Operation(
+        "pauseSubscription",
+        "Hold a subscription's sends (kept, not lost)",
+        tag="subscriptions",
+        answer=Subscription,
+        errors=(404, 503),
+    )
+)
 async def pause_subscription(request: Request) -> Response:
     return await _set_status(request, "paused")
 
 
+@operation(
+    Operation(
+        "resumeSubscription",
+        "Let a paused subscription's sends go",
+        tag="subscriptions",
+        answer=Subscription,
+        errors=(404, 503),
+    )
+)
 async def resume_subscription(request: Request) -> Response:
     return await _set_status(request, "active")
 
 
+@operation(
+    Operation(
+        "listEvents",
+        "Events, newest first",
+        tag="events",
+        answer=EventList,
+        query=EventListQuery,
+        errors=(400,),
+    )
+)
 async def list_events(request: Request) -> Response:
     ctx = _ctx(request)
-    limit, after = page_params(request, "event")
-    event_type = request.query_params.get("type")
-    if event_type is not None and event_type not in EVENT_TYPES:
-        raise InvalidRequest(f"type must be one of {', '.join(EVENT_TYPES)}", param="type")
-    video_id = request.query_params.get("video_id") or None
-    if video_id is not None:
-        parse_id("video", video_id, "video_id")
+    query = convert_query(request.query_params, EventListQuery)
     try:
-        rows = await ctx.store.list_events(video_id, event_type, limit, after)
+        page = await ctx.store.list_events(
+            given(query.video_id), given(query.type), query.limit, given(query.after)
+        )
     except UnknownCursor:
         raise InvalidRequest("after names no event", param="after") from None
-    return json_response(
-        {"object": "list", "data": [event_view(e) for e in rows.rows], "has_more": rows.has_more}
+    return json_response(list_body([event_view(e) for e in page.rows], page.has_more))
+
+
+@operation(
+    Operation(
+        "getEvent",
+        "An event with its sends and their attempts",
+        tag="events",
+        answer=EventDetail,
+        errors=(404,),
     )
-
-
+)
 async def get_event(request: Request) -> Response:
     ctx = _ctx(request)
+    if request.path_params["event_id"] == "replay":
+        # GET on POST /v1/events/replay lands here (the id route matches any name): say so.
+        raise ApiError("method not allowed", status=405, code="method_not_allowed", headers={"allow": "POST"})
     event = await ctx.store.get_event(parse_id("event", request.path_params["event_id"]))
     if event is None:
         raise NotFound("no such event", param="id")
@@ -191,59 +269,42 @@ async def get_event(request: Request) -> Response:
     return json_response(view)
 
 
-def _time(body: dict[str, Any], name: str) -> float | None:
-    value = body.get(name)
+def _time(value: float | str | None, name: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise InvalidRequest(f"{name} must be a Unix time or an ISO-8601 string", param=name)
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
         try:
             return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
+        except (ValueError, OverflowError):
             pass
     raise InvalidRequest(f"{name} must be a Unix time or an ISO-8601 string", param=name)
 
 
+@operation(
+    Operation(
+        "replayEvents",
+        "Send stored events again, under their own ids",
+        tag="events",
+        answer=Replay,
+        body=EventReplayRequest,
+        errors=(400, 413, 503),
+        links=(("getReplay", "replay_id"),),
+    )
+)
 async def replay_events(request: Request) -> Response:
     ctx = _ctx(request)
-    body = await read_json_object(request, 1024 * 1024)
-    allowed = {"subscription_id", "video_id", "since", "until", "event_ids"}
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidRequest(
-            f"unknown parameter: {', '.join(unknown)}", param=unknown[0], code="unknown_parameter"
-        )
-    event_ids = body.get("event_ids")
-    if event_ids is not None and (
-        not isinstance(event_ids, list)
-        or not event_ids
-        or len(event_ids) > _MAX_REPLAY_IDS
-        or not all(isinstance(e, str) for e in event_ids)
-    ):
-        raise InvalidRequest(
-            f"event_ids must be a list of 1 to {_MAX_REPLAY_IDS} event ids", param="event_ids"
-        )
-    for name in ("subscription_id", "video_id"):
-        if name in body and not isinstance(body[name], str):
-            raise InvalidRequest(f"{name} must be a string", param=name)
-    subscription_id = body.get("subscription_id")
-    if subscription_id is not None:
-        parse_id("subscription", subscription_id, "subscription_id")
-    if "video_id" in body:
-        parse_id("video", body["video_id"], "video_id")
-    for event_id in event_ids or ():
-        parse_id("event", event_id, "event_ids")
+    body = convert(await read_json_object(request, 1024 * 1024), EventReplayRequest)
+    subscription_id = body.subscription_id
     if subscription_id is not None and await ctx.store.get_subscription(subscription_id) is None:
         raise InvalidRequest("subscription_id names no subscription", param="subscription_id")
     selection = ReplayFilter(
         subscription_id=subscription_id,
-        video_id=body.get("video_id"),
-        since=_time(body, "since"),
-        until=_time(body, "until"),
-        event_ids=event_ids,
+        video_id=body.video_id,
+        since=_time(body.since, "since"),
+        until=_time(body.until, "until"),
+        event_ids=body.event_ids,
     )
     replay_id = "rpl_" + secrets.token_hex(12)
     selected, queued = await store_call(ctx, ctx.store.queue_replay(selection, ctx.clock(), replay_id))
@@ -255,6 +316,9 @@ async def replay_events(request: Request) -> Response:
     return json_response({"id": replay_id, "object": "replay", "events": selected, "sends": queued})
 
 
+@operation(
+    Operation("getReplay", "How far a replay has got", tag="events", answer=ReplayStatus, errors=(404,))
+)
 async def replay_status(request: Request) -> Response:
     ctx = _ctx(request)
     counts = await ctx.store.replay_progress(parse_id("replay", request.path_params["replay_id"]))
@@ -272,23 +336,45 @@ async def replay_status(request: Request) -> Response:
     )
 
 
+@operation(
+    Operation(
+        "listDeadLetters",
+        "Sends that exhausted every retry, newest first",
+        tag="events",
+        answer=SendList,
+        query=DeadLetterQuery,
+        errors=(400,),
+    )
+)
 async def dead_letters(request: Request) -> Response:
     ctx = _ctx(request)
-    limit, after = page_params(request, "send")
-    cursor = int(after[len("snd_") :]) if after is not None else None
-    subscription_id = request.query_params.get("subscription_id") or None
-    if subscription_id is not None:
-        parse_id("subscription", subscription_id, "subscription_id")
-    rows = await ctx.store.list_outbox("dead", subscription_id, limit, cursor)
-    return json_response(
-        {"object": "list", "data": [send_view(s) for s in rows.rows], "has_more": rows.has_more}
+    query = convert_query(request.query_params, DeadLetterQuery)
+    limit, after = query.limit, given(query.after)
+    cursor: int | None = None
+    if after is not None:
+        if not after.startswith("snd_") or not after[4:].isdigit():
+            raise InvalidRequest("after must be a send id (snd_...)", param="after")
+        cursor = int(after[4:])
+    page = await ctx.store.list_outbox("dead", given(query.subscription_id) or None, limit, cursor)
+    return json_response(list_body([send_view(s) for s in page.rows], page.has_more))
+
+
+@operation(
+    Operation(
+        "streamEvents",
+        "New events as Server-Sent Events; Last-Event-ID resumes",
+        tag="events",
+        media="text/event-stream",
+        query=StreamQuery,
+        headers=(Header("Last-Event-ID", "Resume after this event id"),),
+        errors=(400,),
     )
-
-
+)
 async def stream_events(request: Request) -> Response:
     """Server-Sent Events of new events; Last-Event-ID (header or ?last_event_id) resumes."""
     ctx = _ctx(request)
-    last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    query = convert_query(request.query_params, StreamQuery)
+    last = request.headers.get("last-event-id") or given(query.last_event_id)
     if last is not None:
         parse_id("event", last, "Last-Event-ID")
     if last is None:

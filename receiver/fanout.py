@@ -25,7 +25,14 @@ from receiver.redact import strip_callbacks
 from receiver.signatures import parse_key, sign_v1
 from store import Attempt, EventRow, OutboxJob, StoreError
 
-__all__ = ["BlockedAddress", "Dispatcher", "event_body", "outbound_session"]
+__all__ = [
+    "BlockedAddress",
+    "Dispatcher",
+    "GuardedResolver",
+    "event_body",
+    "outbound_session",
+    "vet_destination",
+]
 
 log = logging.getLogger("receiver.fanout")
 
@@ -56,6 +63,24 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+async def vet_destination(url: str, allow: tuple[Network, ...]) -> None:
+    """What GuardedResolver cannot judge: a literal address (aiohttp skips the resolver for those;
+    the same rule applies), and plain http only inside RECEIVER_OUTBOUND_ALLOW. Fan-out sends and
+    result-file downloads both call it before connecting; BlockedAddress otherwise."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        literal = host_address(host)
+    except OutboundURLError as exc:
+        raise BlockedAddress(str(exc)) from None
+    if literal is not None and not address_allowed(literal, allow):
+        raise BlockedAddress(f"{host} is a private, loopback or reserved address")
+    if parts.scheme != "https":
+        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 80)
+        if not infos or not all(in_allow(str(i[4][0]), allow) for i in infos):
+            raise BlockedAddress("plain http is allowed only inside RECEIVER_OUTBOUND_ALLOW")
 
 
 def outbound_session(allow: tuple[Network, ...], timeout: float, connections: int) -> aiohttp.ClientSession:
@@ -253,20 +278,7 @@ class Dispatcher:
             log.warning("dispatcher: could not record an attempt (%s)", type(exc).__name__)
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, float | None]:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        allow = self._ctx.settings.outbound_allow
-        try:
-            literal = host_address(host)
-        except OutboundURLError as exc:
-            raise BlockedAddress(str(exc)) from None
-        if literal is not None and not address_allowed(literal, allow):
-            # aiohttp skips the resolver for literal addresses: check them here (the same rule).
-            raise BlockedAddress(f"{host} is a private, loopback or reserved address")
-        if parts.scheme != "https":
-            infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 80)
-            if not infos or not all(in_allow(str(i[4][0]), allow) for i in infos):
-                raise BlockedAddress("plain http is allowed only inside RECEIVER_OUTBOUND_ALLOW")
+        await vet_destination(url, self._ctx.settings.outbound_allow)
         async with self._http.post(url, data=body, headers=headers, allow_redirects=False) as response:
             await response.content.read(ANSWER_CAP)  # read a little, never the whole of a huge answer
             return response.status, parse_retry_after(response.headers.get("retry-after"))

@@ -24,6 +24,7 @@ class _StoreGauges(Collector):
         self.snapshot: TaskStats | None = None
         self.outbox: OutboxStats | None = None
         self.health: Mapping[str, Health] = {}
+        self.captures: dict[str, int] = {}
         self.now = 0.0
 
     def collect(self) -> list[GaugeMetricFamily]:
@@ -52,6 +53,11 @@ class _StoreGauges(Collector):
         )
         for status, count in sorted((self.outbox.by_status if self.outbox else {}).items()):
             sends.add_metric([status], count)
+        captures = GaugeMetricFamily(
+            "receiver_captures", "Result files to keep, by state (pending, kept, failed)", labels=["status"]
+        )
+        for status in ("pending", "kept", "failed"):
+            captures.add_metric([status], self.captures.get(status, 0))
         dead = GaugeMetricFamily("receiver_dead_letters", "Sends that exhausted every retry")
         dead.add_metric([], (self.outbox.by_status if self.outbox else {}).get("dead", 0))
         health = GaugeMetricFamily(
@@ -61,7 +67,7 @@ class _StoreGauges(Collector):
         )
         for model, judged in sorted(self.health.items()):
             health.add_metric([model], HEALTH_VALUES.get(judged.state, -1.0))
-        return [tasks, oldest, sends, dead, health]
+        return [tasks, oldest, sends, dead, health, captures]
 
 
 class Metrics:
@@ -76,6 +82,12 @@ class Metrics:
         self.fanout = Counter(
             "receiver_fanout_attempts",
             "Outbound sends by outcome (delivered, retry, failed, dead)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.captures = Counter(
+            "receiver_capture_attempts",
+            "Result file downloads by outcome (kept, failed, retry)",
             ["outcome"],
             registry=self.registry,
         )
@@ -94,5 +106,6 @@ class Metrics:
         self._gauges.snapshot = await store.task_stats()
         self._gauges.outbox = await store.outbox_stats()
         self._gauges.health = health or {}
+        self._gauges.captures = await store.capture_stats()
         self._gauges.now = now
         return generate_latest(self.registry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -114,6 +115,9 @@ class Settings:
     keepalive_timeout: float = 5.0
     max_connections: int = 1000
 
+    media_dir: str | None = None  # None: `media` beside a SQLite store (see media_path)
+    media_max_bytes: int = 2_147_483_648
+
     @property
     def simulated(self) -> bool:
         """No provider configured: serve runs the built-in simulator."""
@@ -220,4 +224,15 @@ class Settings:
             header_timeout=float(_int(env, "RECEIVER_HEADER_TIMEOUT", 5, low=1, high=300)),
             keepalive_timeout=float(_int(env, "RECEIVER_KEEPALIVE_TIMEOUT", 5, low=1, high=3600)),
             max_connections=_int(env, "RECEIVER_MAX_CONNECTIONS", 1000, low=16, high=1_000_000),
+            media_dir=env.get("RECEIVER_MEDIA_DIR", "").strip() or None,
+            media_max_bytes=_int(env, "RECEIVER_MEDIA_MAX_BYTES", 2_147_483_648, low=1, high=1 << 50),
         )
+
+    def media_path(self) -> str:
+        """RECEIVER_MEDIA_DIR, else `media` beside a SQLite store (the working directory otherwise)."""
+        if self.media_dir is not None:
+            return self.media_dir
+        if self.database_url.startswith("sqlite:///"):
+            folder = os.path.dirname(self.database_url[len("sqlite:///") :])
+            return os.path.join(folder, "media") if folder else "media"
+        return "media"

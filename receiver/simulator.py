@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import heapq
 import hmac
 import itertools
@@ -13,7 +14,9 @@ import logging
 import math
 import random
 import secrets
+import struct
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,13 +24,13 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from receiver import jsonpolicy
 from receiver.signatures import parse_key, sign_v1
 
-__all__ = ["SimConfig", "SimTask", "Simulator"]
+__all__ = ["SimConfig", "SimTask", "Simulator", "result_file"]
 
 log = logging.getLogger("receiver.simulator")
 
@@ -59,6 +62,8 @@ class SimConfig:
     retry_after: int = 1
     answer_delay: float = 0.0  # real seconds before POST /v1/videos answers
     send_attempts: int = 5  # delivery attempts per message before the provider gives up
+    content_bytes: int = 32 * 1024  # size of each result file served at the content URLs
+    content_rate: float = 0.0  # bytes per real second when serving a result file (0: at once)
     seed: int | None = None
 
 
@@ -71,6 +76,7 @@ class SimTask:
     final: str  # completed or failed
     callback_url: str | None
     gets: int = 0  # GETs the receiver made for this task
+    base_url: str = "https://cdn.example.invalid"  # where this provider serves result files
 
     def status_at(self, now: float) -> str:
         elapsed = now - self.created_at
@@ -112,6 +118,7 @@ class Simulator:
             routes=[
                 Route("/v1/videos", self._create, methods=["POST"]),
                 Route("/v1/videos/{video_id:str}", self._retrieve, methods=["GET"]),
+                Route("/files/{name:str}", self._file, methods=["GET"]),
             ],
             lifespan=self._lifespan,
         )
@@ -183,9 +190,9 @@ class Simulator:
             "content": {},
         }
         if status == "completed":
-            video["content"] = {"video_url": f"https://cdn.example.invalid/{task.id}.mp4"}
+            video["content"] = {"video_url": f"{task.base_url}/files/{task.id}.mp4"}
             if body.get("return_last_frame"):
-                video["content"]["last_frame_url"] = f"https://cdn.example.invalid/{task.id}.png"
+                video["content"]["last_frame_url"] = f"{task.base_url}/files/{task.id}.png"
         elif status == "failed":
             video["error"] = {
                 "code": "generation_failed",
@@ -217,6 +224,7 @@ class Simulator:
             duration=duration / config.time_scale,
             final="failed" if self._rng.random() < config.fail_rate else "completed",
             callback_url=body.get("callback_url"),
+            base_url=str(request.base_url).rstrip("/"),
         )
         self.tasks[task.id] = task
         if task.callback_url:
@@ -238,6 +246,30 @@ class Simulator:
             return self._error(404, "no such video")
         task.gets += 1
         return Response(json.dumps(self.video(task)), 200, media_type="application/json")
+
+    def file_bytes(self, name: str) -> bytes:
+        """The result file `name` ({video id}.mp4 or .png): small, real, the same every time."""
+        return result_file(name, self.config.content_bytes)
+
+    async def _file(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        video_id, _, extension = name.rpartition(".")
+        task = self.tasks.get(video_id)
+        if task is None or extension not in ("mp4", "png") or task.status_at(self.clock()) != "completed":
+            return self._error(404, "no such file")
+        data = self.file_bytes(name)
+        media_type = "video/mp4" if extension == "mp4" else "image/png"
+        rate = self.config.content_rate
+        if not rate:
+            return Response(data, media_type=media_type)
+
+        async def slowly() -> AsyncIterator[bytes]:
+            step = max(1, int(rate / 20))
+            for start in range(0, len(data), step):
+                yield data[start : start + step]
+                await asyncio.sleep(step / rate)  # a slow link, on purpose
+
+        return StreamingResponse(slowly(), media_type=media_type, headers={"content-length": str(len(data))})
 
     # -- deliveries --------------------------------------------------------------------------
 
@@ -331,6 +363,40 @@ class Simulator:
         if not ok and attempt < self.config.send_attempts:
             backoff = 0.5 * 2 ** (attempt - 1)
             self._push(self.clock() + backoff, video_id, message, status, attempt + 1)
+
+
+def _png(width: int, height: int, seed: bytes) -> bytes:
+    """A real PNG: a gradient tinted by `seed`."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = b"".join(
+        b"\x00" + b"".join(bytes(((x + seed[0]) % 256, (y + seed[1]) % 256, seed[2])) for x in range(width))
+        for y in range(height)
+    )
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def result_file(name: str, size: int) -> bytes:
+    """{id}.png: a small real PNG. {id}.mp4: an ISO media file (ftyp box, then an mdat box of
+    bytes derived from the name) of `size` bytes: what a player sniffs, and checksums can match."""
+    seed = hashlib.sha256(name.encode()).digest()
+    if name.endswith(".png"):
+        return _png(64, 36, seed)
+    ftyp = struct.pack(">I", 24) + b"ftypisom" + struct.pack(">I", 512) + b"isomiso2"
+    payload_size = max(0, size - len(ftyp) - 8)
+    blocks = (payload_size // 32) + 1
+    payload = b"".join(hashlib.sha256(seed + i.to_bytes(8, "big")).digest() for i in range(blocks))[
+        :payload_size
+    ]
+    return ftyp + struct.pack(">I", payload_size + 8) + b"mdat" + payload
 
 
 def dev_secret() -> str:

@@ -11,6 +11,8 @@ from store.protocol import Store
 from store.records import (
     Attempt,
     AttemptRow,
+    CaptureOutcome,
+    CaptureRow,
     CreateResult,
     DeliveryResult,
     DeliveryRow,
@@ -33,6 +35,8 @@ from store.records import (
 __all__ = [
     "Attempt",
     "AttemptRow",
+    "CaptureOutcome",
+    "CaptureRow",
     "CreateResult",
     "DeliveryResult",
     "DeliveryRow",

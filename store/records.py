@@ -8,6 +8,8 @@ from typing import Any
 __all__ = [
     "Attempt",
     "AttemptRow",
+    "CaptureOutcome",
+    "CaptureRow",
     "CreateResult",
     "DeliveryResult",
     "DeliveryRow",
@@ -241,6 +243,8 @@ class NewEvent:
     video_id: str
     created_at: float
     data: dict[str, Any]
+    # Result files to keep, (variant, url): a capture row each, in the same transaction.
+    files: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -255,6 +259,44 @@ class TaskChange:
 
     def __bool__(self) -> bool:
         return bool(self.sets or self.adds or self.event)
+
+
+@dataclass(slots=True)
+class CaptureRow:
+    """One result file to keep: pending (due at next_attempt_at; a claim moves that to the end
+    of its lease), kept (size, sha256, content type, key in the media store) or failed (error)."""
+
+    pk: int
+    task_pk: int
+    video_id: str
+    variant: str
+    url: str
+    status: str
+    attempts: int
+    next_attempt_at: float | None
+    created_at: float
+    settled_at: float | None = None
+    size: int | None = None
+    sha256: str | None = None
+    content_type: str | None = None
+    key: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class CaptureOutcome:
+    """What one capture attempt came to: kept, failed (for good), or pending again at
+    next_attempt_at (retry)."""
+
+    pk: int
+    status: str
+    at: float
+    error: str | None = None
+    next_attempt_at: float | None = None
+    size: int | None = None
+    sha256: str | None = None
+    content_type: str | None = None
+    key: str | None = None
 
 
 def delivery_pk(delivery_id: str) -> int | None:

@@ -15,6 +15,7 @@ import pytest
 
 from store import (
     Attempt,
+    CaptureOutcome,
     NewDelivery,
     NewTask,
     ReplayFilter,
@@ -320,3 +321,59 @@ async def test_the_event_stream_follows_commit_order(database_url: str) -> None:
         older = await a.list_events(None, None, 10, newest.rows[-1].id)
         assert len(newest.rows) + len(older.rows) == 10 and newest.has_more and not older.has_more
         assert not {e.id for e in newest.rows} & {e.id for e in older.rows}
+
+
+async def test_a_completed_result_queues_its_files_claimed_like_polls(database_url: str) -> None:
+    now = time.time()
+    content = {"video_url": "https://cdn.example/v.mp4", "last_frame_url": "https://cdn.example/f.png"}
+    async with opened(database_url, 2) as (a, b):
+        pks = [await submitted(a, n, now - 100) for n in range(6)]
+        for n in range(6):
+            video = {"id": f"vid{n}", "status": "completed", "content": content}
+            await a.record_delivery(delivery(n, f"msg:{n}", "completed", now - 50, video=video))
+        # A repeated terminal result queues nothing twice.
+        await a.record_delivery(
+            delivery(
+                0,
+                "msg:again",
+                "completed",
+                now - 40,
+                video={"id": "vid0", "status": "completed", "content": content},
+            )
+        )
+        assert await a.capture_stats() == {"pending": 12}
+        claims = await asyncio.gather(*(s.claim_captures(now, 5, 15) for s in (a, b, a, b)))
+        taken = [c.pk for claim in claims for c in claim]
+        assert len(taken) == len(set(taken)) == 12
+        assert await b.claim_captures(now, 100, 15) == []  # leased: out of the due range
+        assert await a.next_capture_due() == pytest.approx(now + 15)
+        rows = {c.pk: c for claim in claims for c in claim}
+        first = min(rows)
+        await b.renew_capture(first, now + 100)
+        again = await a.claim_captures(now + 16, 100, 15)  # a claimer that died: taken over
+        assert first not in {c.pk for c in again} and len(again) == 11
+        kept = rows[first]
+        await a.finish_capture(
+            CaptureOutcome(kept.pk, "kept", now, size=3, sha256="ab", content_type="video/mp4", key="k")
+        )
+        retry = again[0]
+        await b.finish_capture(
+            CaptureOutcome(retry.pk, "pending", now, error="boom", next_attempt_at=now + 500)
+        )
+        failed = again[1]
+        await b.finish_capture(CaptureOutcome(failed.pk, "failed", now, error="too large"))
+        await b.finish_capture(CaptureOutcome(failed.pk, "kept", now))  # settled rows stay settled
+        assert await a.capture_stats() == {"pending": 10, "kept": 1, "failed": 1}
+        files = await b.captures_of(pks)
+        assert sum(len(v) for v in files.values()) == 12
+        by_pk = {c.pk: c for v in files.values() for c in v}
+        assert (by_pk[first].status, by_pk[first].size, by_pk[first].key, by_pk[first].attempts) == (
+            "kept",
+            3,
+            "k",
+            1,
+        )
+        assert {c.variant for c in files[pks[0]]} == {"video", "last_frame"}
+        assert (by_pk[retry.pk].status, by_pk[retry.pk].error) == ("pending", "boom")
+        assert by_pk[retry.pk].next_attempt_at == pytest.approx(now + 500)
+        assert (by_pk[failed.pk].status, by_pk[failed.pk].error) == ("failed", "too large")

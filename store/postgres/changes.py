@@ -84,6 +84,16 @@ async def record_events(conn: asyncpg.Connection, events: list[tuple[int, NewEve
         [r["type"] for r in created],
         [r["created_at"] for r in created],
     )
+    files = [(pk, e.video_id, v, url, e.created_at) for pk, e in events for v, url in e.files]
+    if files:
+        await conn.execute(
+            "INSERT INTO captures (task_pk, video_id, variant, url, status, next_attempt_at, created_at)"
+            " SELECT f.task_pk, f.video_id, f.variant, f.url, 'pending', f.at, f.at"
+            " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::float8[])"
+            " AS f(task_pk, video_id, variant, url, at)"
+            " ON CONFLICT (task_pk, variant) DO NOTHING",
+            *(list(column) for column in zip(*files, strict=True)),
+        )
     task_of = {r["pk"]: r["task_pk"] for r in created}
     counts = dict.fromkeys(task_of.values(), 0)
     for row in sends:

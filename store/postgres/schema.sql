@@ -114,3 +114,24 @@ CREATE TABLE attempts (
     error       text
 );
 CREATE INDEX attempts_outbox ON attempts (outbox_pk);
+
+-- migration 2: result files kept (captures), claimed like polls: a claim moves next_attempt_at to the end of its lease.
+CREATE TABLE captures (
+    pk              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_pk         BIGINT NOT NULL REFERENCES tasks (pk) ON DELETE CASCADE,
+    video_id        TEXT NOT NULL,
+    variant         TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    status          TEXT NOT NULL,             -- pending, kept, failed
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE PRECISION,          -- while pending: due time, or the end of a lease
+    created_at      DOUBLE PRECISION NOT NULL,
+    settled_at      DOUBLE PRECISION,
+    size            BIGINT,
+    sha256          TEXT,
+    content_type    TEXT,
+    key             TEXT,
+    error           TEXT,
+    UNIQUE (task_pk, variant)
+);
+CREATE INDEX captures_due ON captures (next_attempt_at) WHERE status = 'pending';

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from store.sqlite.captures import CaptureStore
 from store.sqlite.fanout import FanoutStore
 from store.sqlite.tasks import TaskStore
 
 __all__ = ["SQLiteStore"]
 
 
-class SQLiteStore(TaskStore, FanoutStore):
-    """Tasks, deliveries and polls (store.sqlite.tasks); fan-out (store.sqlite.fanout); one
+class SQLiteStore(TaskStore, FanoutStore, CaptureStore):
+    """Tasks, deliveries and polls (store.sqlite.tasks); fan-out (store.sqlite.fanout); kept
+    result files (store.sqlite.captures); one
     writer (store.sqlite.writer) and schema versions (store.sqlite.migrations) under both."""

@@ -62,7 +62,8 @@ def _task_updates(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> N
 
 
 def _record_events(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> dict[int, int]:
-    """The batch's events and their sends (the transactional outbox). Sends queued per task."""
+    """The batch's events, their sends (the transactional outbox) and their result files to keep.
+    Sends queued per task."""
     events = [(pk, c.event) for pk, c in changes.items() if c.event is not None]
     if not events:
         return {}
@@ -80,6 +81,17 @@ def _record_events(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> 
         " WHERE e.id IN (SELECT value FROM json_each(?))",
         (ids,),
     )
+    # A completed result's files to keep: durable work written with the result (receiver.capture).
+    files = [[pk, e.video_id, v, url, e.created_at] for pk, e in events for v, url in e.files]
+    if files:
+        conn.execute(
+            "INSERT INTO captures (task_pk, video_id, variant, url, status, next_attempt_at, created_at)"
+            " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),"
+            " json_extract(value, '$[3]'), 'pending', json_extract(value, '$[4]'),"
+            " json_extract(value, '$[4]') FROM json_each(?) WHERE true"
+            " ON CONFLICT (task_pk, variant) DO NOTHING",
+            (orjson.dumps(files).decode(),),
+        )
     counts = _json_rows(
         conn,
         "SELECT json_group_array(json_array(e.task_pk, (SELECT count(*) FROM outbox o"

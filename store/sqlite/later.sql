@@ -2,3 +2,25 @@
 -- kept the same here so both backends share one contract).
 ALTER TABLE outbox ADD COLUMN leased_until REAL;  -- a sender holds it until then
 CREATE INDEX outbox_leased ON outbox (subscription_pk) WHERE status = 'pending' AND leased_until IS NOT NULL;
+
+-- migration 6: result files kept (captures), claimed like polls: a claim moves next_attempt_at to
+-- the end of its lease, out of the due range.
+CREATE TABLE captures (
+    pk              INTEGER PRIMARY KEY,
+    task_pk         INTEGER NOT NULL REFERENCES tasks (pk) ON DELETE CASCADE,
+    video_id        TEXT NOT NULL,
+    variant         TEXT NOT NULL,             -- video (video_url), last_frame (last_frame_url), ...
+    url             TEXT NOT NULL,
+    status          TEXT NOT NULL,             -- pending, kept, failed
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,                      -- while pending: due time, or the end of a lease
+    created_at      REAL NOT NULL,
+    settled_at      REAL,
+    size            INTEGER,
+    sha256          TEXT,
+    content_type    TEXT,
+    key             TEXT,                      -- where the media store keeps it
+    error           TEXT,
+    UNIQUE (task_pk, variant)
+);
+CREATE INDEX captures_due ON captures (next_attempt_at) WHERE status = 'pending';

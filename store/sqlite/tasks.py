@@ -70,6 +70,11 @@ def _record_event(conn: sqlite3.Connection, task_pk: int, event: NewEvent) -> in
         " WHERE value = ?))))",
         (cursor.lastrowid, event.created_at, event.created_at, task_pk, event.type),
     )
+    conn.executemany(
+        "INSERT INTO captures (task_pk, video_id, variant, url, status, next_attempt_at, created_at)"
+        " VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (task_pk, variant) DO NOTHING",
+        [(task_pk, event.video_id, v, url, event.created_at, event.created_at) for v, url in event.files],
+    )
     return sends.rowcount
 
 

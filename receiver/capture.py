@@ -1,0 +1,200 @@
+"""Result files kept: due captures are claimed with a lease, downloaded through the outbound
+address guard, streamed to the media store under a size cap, and recorded with size and SHA-256."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import ssl
+
+import aiohttp
+
+from receiver.context import Context
+from receiver.fanout import BlockedAddress, GuardedResolver, vet_destination
+from receiver.media import MediaStore
+from receiver.settings import Network
+from store import CaptureOutcome, CaptureRow, StoreError
+
+__all__ = ["Capturer", "capture_session"]
+
+log = logging.getLogger("receiver.capture")
+
+LEASE = 15.0  # a claimed capture is due again this long after its last renewal (crash)
+RENEW_EVERY = 5.0  # seconds between lease renewals while a download runs
+RETRY_BASE, RETRY_CAP, MAX_ATTEMPTS = 10.0, 3600.0, 8
+IDLE = 1.0  # seconds between looks for due captures while download slots are free
+CLAIM_SPACING = 0.25  # seconds at least between two claims
+CHUNK = 64 * 1024
+
+
+class Refused(Exception):
+    """The file will not be kept, whatever we retry (too large, gone, forbidden)."""
+
+
+def capture_session(allow: tuple[Network, ...], connections: int = 8) -> aiohttp.ClientSession:
+    """The downloads' HTTP client: every new connection's addresses vetted by GuardedResolver."""
+    connector = aiohttp.TCPConnector(
+        limit=connections,
+        resolver=GuardedResolver(allow),
+        use_dns_cache=False,
+        ssl=ssl.create_default_context(),
+    )
+    # No total timeout (a large file takes its time); a stalled read fails.
+    timeout = aiohttp.ClientTimeout(total=None, connect=15, sock_read=60)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+
+
+class Capturer:
+    """Claims due captures and keeps each file once; a crash leaves the row due again when its
+    lease runs out, and the download starts over (the partial file is never under the key)."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        http: aiohttp.ClientSession,
+        media: MediaStore,
+        *,
+        trusted_origin: str | None = None,
+        concurrency: int = 4,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._ctx = ctx
+        self._http = http
+        self._media = media
+        self._trusted = trusted_origin  # the built-in simulator's own URL, under `serve` alone
+        self._limit = concurrency
+        self._rng = rng or random.Random()
+        self._running: set[asyncio.Task[None]] = set()
+        self._finished = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim due captures whenever a download slot is free, looking at most every IDLE
+        seconds: keeping files is not urgent (links last hours), and a look per completed result
+        would cost the acknowledgement path a store round trip each."""
+        while not stop.is_set():
+            self._finished.clear()
+            room = self._limit - len(self._running)
+            delay = IDLE
+            if room > 0:
+                try:
+                    due = await self._ctx.store.next_capture_due()
+                    now = self._ctx.clock()
+                    if due is not None and due <= now:
+                        self._spawn(await self._ctx.store.claim_captures(now, room, LEASE))
+                        # At most one claim per CLAIM_SPACING: a burst of completed results (or
+                        # of downloads failing at once) must not crowd the store's one writer,
+                        # which the acknowledgement path shares.
+                        delay = CLAIM_SPACING
+                    elif due is not None:
+                        delay = min(IDLE, due - now)
+                except StoreError as exc:
+                    log.warning("capture: store unavailable (%s)", type(exc).__name__)
+            waiters = [asyncio.ensure_future(e.wait()) for e in (stop, self._finished)]
+            if delay == CLAIM_SPACING:
+                await asyncio.wait(waiters[:1], timeout=delay)  # only a stop cuts the spacing short
+            else:
+                await asyncio.wait(
+                    waiters, timeout=delay if room > 0 else None, return_when=asyncio.FIRST_COMPLETED
+                )
+            for waiter in waiters:
+                waiter.cancel()
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _spawn(self, rows: list[CaptureRow]) -> int:
+        for row in rows:
+            task = asyncio.create_task(self._keep(row))
+            self._running.add(task)
+            task.add_done_callback(self._done)
+        return len(rows)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._finished.set()
+
+    async def _keep(self, row: CaptureRow) -> None:
+        ctx = self._ctx
+        renewing = asyncio.create_task(self._renew(row.pk))
+        try:
+            outcome = await self._download(row)
+        except Exception as exc:  # a bug here must not kill the worker: retry later, say why
+            log.exception("capture: %s failed unexpectedly", row.variant)
+            outcome = self._retry(row, f"internal error: {type(exc).__name__}")
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+        ctx.metrics.captures.labels(outcome=outcome.status if outcome.status != "pending" else "retry").inc()
+        try:
+            await ctx.store.finish_capture(outcome)
+        except StoreError as exc:
+            log.warning("capture: could not record %s (%s)", row.variant, type(exc).__name__)
+
+    async def _renew(self, pk: int) -> None:
+        while True:
+            await asyncio.sleep(RENEW_EVERY)
+            with contextlib.suppress(StoreError):
+                await self._ctx.store.renew_capture(pk, self._ctx.clock() + LEASE)
+
+    async def _download(self, row: CaptureRow) -> CaptureOutcome:
+        ctx = self._ctx
+        cap = ctx.settings.media_max_bytes
+        key = f"{row.task_pk}/{row.variant}"
+        try:
+            if self._trusted is None or not row.url.startswith(self._trusted + "/"):
+                await vet_destination(row.url, ctx.settings.outbound_allow)
+            async with self._http.get(row.url, allow_redirects=False) as response:
+                if response.status in (408, 425, 429) or response.status >= 500:
+                    raise aiohttp.ClientResponseError(
+                        response.request_info, (), status=response.status, message="retryable"
+                    )
+                if response.status != 200:
+                    raise Refused(f"the file's URL answered {response.status}")
+                length = response.content_length
+                if length is not None and length > cap:
+                    raise Refused(f"{length} bytes is over RECEIVER_MEDIA_MAX_BYTES ({cap})")
+                content_type = (response.headers.get("content-type") or "application/octet-stream")[:255]
+                writer = self._media.writer(key)
+                digest, size = hashlib.sha256(), 0
+                try:
+                    async for chunk in response.content.iter_chunked(CHUNK):
+                        size += len(chunk)
+                        if size > cap:
+                            raise Refused(f"more than RECEIVER_MEDIA_MAX_BYTES ({cap}) bytes")
+                        digest.update(chunk)
+                        await writer.write(chunk)
+                    if length is not None and size != length:
+                        raise aiohttp.ClientPayloadError(f"got {size} of {length} bytes")
+                    await writer.commit()
+                except BaseException:
+                    await writer.abort()
+                    raise
+        except (Refused, BlockedAddress) as exc:
+            return CaptureOutcome(row.pk, "failed", ctx.clock(), error=str(exc)[:300])
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, BlockedAddress):
+                return CaptureOutcome(row.pk, "failed", ctx.clock(), error=str(exc.os_error)[:300])
+            return self._retry(row, error)
+        return CaptureOutcome(
+            row.pk,
+            "kept",
+            ctx.clock(),
+            size=size,
+            sha256=digest.hexdigest(),
+            content_type=content_type,
+            key=key,
+        )
+
+    def _retry(self, row: CaptureRow, error: str) -> CaptureOutcome:
+        now = self._ctx.clock()
+        if row.attempts + 1 >= MAX_ATTEMPTS:
+            return CaptureOutcome(
+                row.pk, "failed", now, error=f"gave up after {MAX_ATTEMPTS} attempts: {error}"
+            )
+        delay = min(RETRY_CAP, RETRY_BASE * 2**row.attempts) * self._rng.uniform(0.5, 1.0)
+        return CaptureOutcome(row.pk, "pending", now, error=error, next_attempt_at=now + delay)

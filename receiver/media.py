@@ -1,0 +1,77 @@
+"""Where kept result files live: the MediaStore interface and its local-directory implementation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from pathlib import Path
+from typing import Protocol
+
+from starlette.responses import FileResponse, Response
+
+__all__ = ["LocalMedia", "MediaStore", "MediaWriter"]
+
+
+class MediaWriter(Protocol):
+    async def write(self, chunk: bytes) -> None: ...
+    async def commit(self) -> None: ...  # the file appears whole under its key, or not at all
+    async def abort(self) -> None: ...
+
+
+class MediaStore(Protocol):
+    """A local directory today; an S3-compatible bucket can implement the same three calls."""
+
+    def writer(self, key: str) -> MediaWriter: ...
+    def response(self, key: str, media_type: str, filename: str) -> Response | None: ...  # Range honoured
+
+
+class _LocalWriter:
+    def __init__(self, final: Path) -> None:
+        self._final = final
+        self._partial = final.with_name(f".{final.name}.{secrets.token_hex(6)}.partial")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # Whoever holds the capture's lease is its only writer: a partial file left for this key
+        # is a crashed attempt's.
+        for stale in final.parent.glob(f".{final.name}.*.partial"):
+            stale.unlink(missing_ok=True)
+        self._file = open(self._partial, "wb")  # noqa: SIM115 - closed by commit or abort
+
+    async def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+
+    async def commit(self) -> None:
+        def finish() -> None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._partial, self._final)
+
+        await asyncio.to_thread(finish)
+
+    async def abort(self) -> None:
+        self._file.close()
+        self._partial.unlink(missing_ok=True)
+
+
+class LocalMedia:
+    """Files under one directory, written beside their final name and renamed into place, so a
+    crash mid-download leaves at most a `.partial` file and never a torn one under the key."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError("media key outside the media directory")
+        return path
+
+    def writer(self, key: str) -> MediaWriter:
+        return _LocalWriter(self._path(key))
+
+    def response(self, key: str, media_type: str, filename: str) -> Response | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        return FileResponse(path, media_type=media_type, filename=filename)

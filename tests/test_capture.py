@@ -1,0 +1,177 @@
+"""Results kept: a completed task's files are downloaded, checked and served with Range."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from receiver.capture import LEASE
+from receiver.simulator import SimConfig, Simulator
+from tests.conftest import SECRET, Stack, StackFactory, free_socket, serve, wait_until
+from tests.test_faults import ReceiverProcess
+
+pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+FAST = SimConfig(secret=SECRET, duration_median=0.2, duration_sigma=0.1, content_bytes=200_000)
+
+
+async def files_settled(stack: Stack, video_id: str) -> dict[str, dict[str, Any]]:
+    seen: dict[str, dict[str, Any]] = {}
+
+    async def settled() -> bool:
+        video = await stack.video(video_id)
+        seen.clear()
+        seen.update({f["variant"]: f for f in video["receiver"]["files"]})
+        return bool(seen) and all(f["status"] != "pending" for f in seen.values())
+
+    await wait_until(settled, timeout=20, what="the result files to settle")
+    return seen
+
+
+async def test_result_files_are_kept_and_served(make_stack: StackFactory) -> None:
+    async with make_stack(FAST) as stack:
+        video = (await stack.submit({"model": "m", "prompt": "p", "return_last_frame": True})).json()
+        url = f"{stack.url}/v1/videos/{video['id']}/content"
+        early = await stack.client.get(url)
+        assert early.status_code == 404 and early.json()["error"]["code"] == "content_not_kept"
+        files = await files_settled(stack, video["id"])
+        assert set(files) == {"video", "last_frame"}
+        source = stack.simulator.file_bytes(f"{video['id']}.mp4")
+        assert files["video"]["status"] == "kept" and files["video"]["size"] == len(source)
+        assert files["video"]["sha256"] == hashlib.sha256(source).hexdigest()
+        assert files["video"]["content_type"] == "video/mp4"
+        whole = await stack.client.get(url)
+        assert whole.status_code == 200 and whole.content == source
+        assert whole.headers["content-type"] == "video/mp4"
+        part = await stack.client.get(url, headers={"range": "bytes=100-199"})
+        assert part.status_code == 206 and part.content == source[100:200]
+        frame = await stack.client.get(url, params={"variant": "last_frame"})
+        assert frame.status_code == 200 and frame.content.startswith(b"\x89PNG")
+        missing = await stack.client.get(url, params={"variant": "thumbnail"})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "content_not_kept"
+        metrics = (await stack.client.get(f"{stack.url}/metrics")).text
+        assert 'receiver_captures{status="kept"} 2.0' in metrics
+
+
+async def test_a_file_over_the_cap_is_refused_with_its_reason(make_stack: StackFactory) -> None:
+    async with make_stack(FAST, media_max_bytes=100_000) as stack:
+        video = (await stack.submit({"model": "m", "prompt": "p", "return_last_frame": True})).json()
+        files = await files_settled(stack, video["id"])
+        assert files["video"]["status"] == "failed" and "RECEIVER_MEDIA_MAX_BYTES" in files["video"]["error"]
+        assert files["last_frame"]["status"] == "kept"  # the small one is still kept
+        answer = await stack.client.get(f"{stack.url}/v1/videos/{video['id']}/content")
+        assert answer.status_code == 404 and "RECEIVER_MEDIA_MAX_BYTES" in answer.json()["error"]["message"]
+        metrics = (await stack.client.get(f"{stack.url}/metrics")).text
+        assert 'receiver_captures{status="failed"} 1.0' in metrics
+
+
+async def test_the_sdk_downloads_the_kept_file(make_stack: StackFactory) -> None:
+    import openai
+
+    async with make_stack(FAST, api_keys=("k",)) as stack:
+        client = openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="k", max_retries=0)
+        video = await client.videos.create(model="seedance-2.0", prompt="a red fox")
+        stack.client.headers["authorization"] = "Bearer k"
+        await files_settled(stack, video.id)
+        content = await client.videos.download_content(video.id, variant="video")
+        assert content.content == stack.simulator.file_bytes(f"{video.id}.mp4")
+        await client.close()
+
+
+async def test_a_capture_killed_mid_download_starts_over_and_matches(tmp_path: Path) -> None:
+    # 3 MB at 600 kB/s: the download is certainly under way when the receiver is killed.
+    simulator = Simulator(
+        SimConfig(
+            secret=SECRET,
+            duration_median=0.2,
+            duration_sigma=0.1,
+            content_bytes=3_000_000,
+            content_rate=600_000,
+        )
+    )
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()  # the child process binds it
+    media = tmp_path / "media"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    async with serve(simulator.app) as provider_url, httpx.AsyncClient(timeout=10) as client:
+        env.update(
+            RECEIVER_PORT=str(port),
+            RECEIVER_DATABASE_URL=f"sqlite:///{tmp_path}/receiver.db",
+            RECEIVER_PROVIDER_URL=provider_url,
+            RECEIVER_WEBHOOK_SECRETS=SECRET,
+            RECEIVER_OUTBOUND_ALLOW="127.0.0.0/8",
+            RECEIVER_MEDIA_DIR=str(media),
+        )
+        receiver = ReceiverProcess(env, port, tmp_path)
+        try:
+            await receiver.start(client)
+            answer = await client.post(f"{receiver.url}/v1/videos", json={"model": "m", "prompt": "p"})
+            video_id = answer.json()["id"]
+
+            def partial_bytes() -> int:
+                return sum(p.stat().st_size for p in media.rglob("*.partial"))
+
+            await wait_until(lambda: partial_bytes() > 100_000, timeout=20, what="a download under way")
+            receiver.kill()
+            assert not [p for p in media.rglob("*") if p.is_file() and not p.name.endswith(".partial")]
+
+            await receiver.start(client)
+
+            async def kept() -> bool:
+                video = (await client.get(f"{receiver.url}/v1/videos/{video_id}")).json()
+                return any(f["status"] == "kept" for f in video["receiver"]["files"])
+
+            # The killed attempt's lease runs out (capture.LEASE), then the download starts over.
+            await wait_until(kept, timeout=LEASE + 30, what="the capture to finish after the restart")
+            source = simulator.file_bytes(f"{video_id}.mp4")
+            video = (await client.get(f"{receiver.url}/v1/videos/{video_id}")).json()
+            (kept_file,) = video["receiver"]["files"]
+            assert kept_file["sha256"] == hashlib.sha256(source).hexdigest()
+            assert kept_file["size"] == len(source)
+            served = await client.get(f"{receiver.url}/v1/videos/{video_id}/content")
+            assert served.content == source
+            assert not list(media.rglob("*.partial"))  # the crashed attempt's partial file is gone
+        finally:
+            receiver.stop()
+
+
+async def test_an_unsatisfiable_range_is_416(make_stack: StackFactory) -> None:
+    async with make_stack(FAST) as stack:
+        video = (await stack.submit()).json()
+        await files_settled(stack, video["id"])
+        url = f"{stack.url}/v1/videos/{video['id']}/content"
+        answer = await stack.client.get(url, headers={"range": "bytes=999999999-"})
+        assert answer.status_code == 416, answer.text
+        assert answer.json()["error"]["code"]
+        bad = await stack.client.get(url, params={"variant": "../../etc"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "variant"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ({"video_url": "https://a/v.mp4"}, (("video", "https://a/v.mp4"),)),
+        (
+            {"video_url": "https://a/v.mp4", "last_frame_url": "http://a/f.png", "duration": 5},
+            (("last_frame", "http://a/f.png"), ("video", "https://a/v.mp4")),
+        ),
+        ({"video_url": None, "x_url": 5, "Bad-Name_url": "https://a/b"}, ()),
+        ({"video_url": "ftp://a/v.mp4", "file_url": "javascript:alert(1)"}, ()),
+        ("not an object", ()),
+        ({f"v{i}_url": f"https://a/{i}" for i in range(40)}, "16 at most"),
+    ],
+)
+def test_result_files(content: Any, expected: Any) -> None:
+    from receiver.core import MAX_FILES, result_files
+
+    found = result_files({"content": content})
+    if expected == "16 at most":
+        assert len(found) == MAX_FILES
+    else:
+        assert found == expected
