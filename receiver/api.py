@@ -32,10 +32,13 @@ from receiver.payloads import PayloadError, normalise_status
 from receiver.provider import ProviderError
 from receiver.redact import redact_headers, strip_callbacks, strip_text
 from receiver.schemas import (
+    Delivery,
     DeliveryHealthList,
     DeliveryList,
     DeliveryListQuery,
     DeliveryReplay,
+    Stats,
+    SubscriberHealthList,
     SubscriptionListQuery,
     Video,
     VideoContentQuery,
@@ -191,13 +194,14 @@ def delivery_view(row: DeliveryRow) -> dict[str, Any]:
     }
 
 
-def list_body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    """A list page. first_id and last_id are OpenAI's: its SDK pages on last_id."""
+def list_body(data: list[dict[str, Any]], has_more: bool, key: str = "id") -> dict[str, Any]:
+    """A list page. first_id and last_id are OpenAI's: its SDK pages on last_id. `key` names the
+    field of each item that `after` takes."""
     return {
         "object": "list",
         "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
+        "first_id": data[0][key] if data else None,
+        "last_id": data[-1][key] if data else None,
         "has_more": has_more,
     }
 
@@ -529,6 +533,15 @@ async def delivery_health(request: Request) -> Response:
     return json_response({"object": "list", "data": data, "has_more": False})
 
 
+@operation(
+    Operation(
+        "getDelivery",
+        "One stored inbound delivery as received (credentials redacted)",
+        tag="deliveries",
+        answer=Delivery,
+        errors=(404,),
+    )
+)
 async def get_delivery(request: Request) -> Response:
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
@@ -538,6 +551,14 @@ async def get_delivery(request: Request) -> Response:
     return json_response(delivery_view(delivery))
 
 
+@operation(
+    Operation(
+        "getStats",
+        "Tasks by state and by how their result came, the oldest open task, sends by state",
+        tag="operate",
+        answer=Stats,
+    )
+)
 async def stats(request: Request) -> Response:
     """Tasks by state and by how their result came, the oldest open task, sends by state."""
     ctx = _ctx(request)
@@ -638,6 +659,16 @@ def subscriber_health(
     }
 
 
+@operation(
+    Operation(
+        "listSubscriberHealth",
+        "Per subscriber: success rate, sends in flight and retrying, latest error and success, dead letters",
+        tag="subscriptions",
+        answer=SubscriberHealthList,
+        query=SubscriptionListQuery,
+        errors=(400,),
+    )
+)
 async def list_subscriber_health(request: Request) -> Response:
     """Per subscriber, over the sends of the newest events: success rate, sends in flight and
     retrying, the latest error and success; and all its dead letters. Pages like the
@@ -654,7 +685,7 @@ async def list_subscriber_health(request: Request) -> Response:
         subscriber_health(s, recent.get(s.id, []), await _dead_letters(ctx, s.id), window)
         for s in page.rows
     ]
-    return json_response({"object": "list", "data": data, "has_more": page.has_more})
+    return json_response(list_body(data, page.has_more, key="subscription_id"))
 
 
 def routes() -> list[Route]:

@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 
 from receiver.context import Context
 from receiver.errors import NotFound
+from receiver.openapi import Header, Operation, operation
 
 __all__ = ["SECURITY_HEADERS", "routes"]
 
@@ -43,6 +44,15 @@ def _features(request: Request) -> list[str]:
     return [name for name, path in _OPTIONAL.items() if path in paths]
 
 
+@operation(
+    Operation(
+        "getDashboard",
+        "The inspection page (HTML); its figures come from the /v1 routes, which need the key",
+        tag="dashboard",
+        media="text/html",
+        authenticated=False,
+    )
+)
 async def index(request: Request) -> Response:
     """The page shell. It holds no data: every figure comes from /v1 calls that need the key.
     It says whether a key is needed so the page can ask for one before its first call."""
@@ -53,9 +63,24 @@ async def index(request: Request) -> Response:
     return Response(shell, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
 
 
+_ANY = {"type": "string"}
 _ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 
 
+@operation(
+    Operation(
+        "getDashboardAsset",
+        "The page's script or stylesheet, revalidated by ETag",
+        tag="dashboard",
+        media=tuple(sorted({media.split(";")[0] for media in _ASSETS.values()})),
+        # Any value: one that names no current ETag gets the file.
+        headers=(Header("If-None-Match", "ETags of copies held: 304 while one is current", _ANY),),
+        errors=(404,),
+        authenticated=False,
+        other=((304, None),),
+        path=(("name", {"type": "string", "enum": sorted(_ASSETS)}),),
+    )
+)
 async def asset(request: Request) -> Response:
     """The page's script and stylesheet, under the page's headers; revalidated by ETag so an
     upgraded receiver is never shown with a stale script."""

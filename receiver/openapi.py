@@ -20,6 +20,7 @@ __all__ = ["WEBHOOK_OPERATIONS", "Header", "Operation", "document", "openapi_jso
 F = TypeVar("F", bound=Callable[..., Any])
 
 _REASONS = {
+    304: "Not modified: the If-None-Match ETag is current",
     400: "Bad input: the error's param names the field",
     401: "Missing or wrong API key (when RECEIVER_API_KEYS is set) or webhook signature",
     404: "No such object",
@@ -50,7 +51,7 @@ class Operation:
     summary: str
     tag: str
     answer: Any = None  # the JSON answer's type (None: see `media`)
-    media: str = "application/json"  # the answer's media type when it is not a JSON shape
+    media: str | tuple[str, ...] = "application/json"  # the answer's media type(s) when not a JSON shape
     body: Any = None  # the JSON request body's type
     multipart: bool = False  # the body may also come as multipart/form-data
     query: type | None = None  # a Struct whose fields are the query parameters
@@ -58,7 +59,8 @@ class Operation:
     errors: tuple[int, ...] = ()
     authenticated: bool = True  # needs the bearer key when RECEIVER_API_KEYS is set
     ranges: bool = False  # answers 206 to a Range request
-    other: tuple[tuple[int, Any], ...] = ()  # (status, JSON type) answers that are not errors
+    other: tuple[tuple[int, Any], ...] = ()  # (status, JSON type or None: no body) answers, not errors
+    path: tuple[tuple[str, dict[str, Any]], ...] = ()  # (name, schema) of path parameters not ids
     links: tuple[tuple[str, str], ...] = ()  # (operationId, its path parameter) fed by this answer's id
 
 
@@ -92,8 +94,9 @@ def _ref(shape: Any) -> dict[str, Any]:
 
 
 def _parameters(path: str, op: Operation, components: dict[str, Any]) -> list[dict[str, Any]]:
+    given = dict(op.path)
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": _path_schema(name)}
+        {"name": name, "in": "path", "required": True, "schema": given.get(name) or _path_schema(name)}
         for name in re.findall(r"{([^}]+)}", path)
     ]
     if op.query is not None:
@@ -137,14 +140,17 @@ def _form_schema(shape: type, components: dict[str, Any]) -> dict[str, Any]:
 
 def _operation(path: str, op: Operation, components: dict[str, Any]) -> dict[str, Any]:
     answers: dict[str, Any] = {}
+    content: dict[str, Any] = {}
     if op.answer is not None:
-        content: dict[str, Any] = {"application/json": {"schema": _ref(op.answer)}}
-    elif op.media == "application/json":
-        content = {op.media: {"schema": {"type": "object"}}}
-    elif op.media.startswith("text/"):
-        content = {op.media: {"schema": {"type": "string"}}}
-    else:
-        content = {op.media: {"schema": {"type": "string", "format": "binary"}}}
+        content["application/json"] = {"schema": _ref(op.answer)}
+    medias = () if op.answer is not None else (op.media,) if isinstance(op.media, str) else op.media
+    for media in medias:
+        if media == "application/json":
+            content[media] = {"schema": {"type": "object"}}
+        elif media.startswith("text/"):
+            content[media] = {"schema": {"type": "string"}}
+        else:
+            content[media] = {"schema": {"type": "string", "format": "binary"}}
     answers["200"] = {"description": op.summary, "content": content}
     if op.links:
         answers["200"]["links"] = {
@@ -154,10 +160,9 @@ def _operation(path: str, op: Operation, components: dict[str, Any]) -> dict[str
     if op.ranges:
         answers["206"] = {"description": "The requested byte range", "content": content}
     for status, shape in op.other:
-        answers[str(status)] = {
-            "description": _REASONS.get(status, op.summary),
-            "content": {"application/json": {"schema": _ref(shape)}},
-        }
+        answers[str(status)] = {"description": _REASONS.get(status, op.summary)}
+        if shape is not None:
+            answers[str(status)]["content"] = {"application/json": {"schema": _ref(shape)}}
     errors = set(op.errors)
     if any(_path_kind(name) for name in re.findall(r"{([^}]+)}", path)):
         errors.add(400)  # receiver.ids refuses an id of the wrong shape before any lookup
@@ -176,10 +181,10 @@ def _operation(path: str, op: Operation, components: dict[str, Any]) -> dict[str
         "responses": answers,
     }
     if op.body is not None:
-        media = {"application/json": {"schema": _ref(op.body)}}
+        bodies = {"application/json": {"schema": _ref(op.body)}}
         if op.multipart:
-            media["multipart/form-data"] = {"schema": _form_schema(op.body, components)}
-        result["requestBody"] = {"required": True, "content": media}
+            bodies["multipart/form-data"] = {"schema": _form_schema(op.body, components)}
+        result["requestBody"] = {"required": True, "content": bodies}
     if op.authenticated:
         result["security"] = [{"bearer": []}]
     else:

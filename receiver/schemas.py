@@ -39,7 +39,10 @@ __all__ = [
     "ReplayStatus",
     "Send",
     "SendList",
+    "Stats",
     "StreamQuery",
+    "SubscriberHealth",
+    "SubscriberHealthList",
     "Subscription",
     "SubscriptionCreate",
     "SubscriptionList",
@@ -276,7 +279,7 @@ class Delivery(Answer):
     repeats: int
     headers: dict[str, str]
     body: Any
-    body_encoding: Literal["json", "base64"]
+    body_encoding: Literal["json", "text", "base64"]
 
 
 class DeliveryReplay(Delivery):
@@ -407,6 +410,76 @@ class DeliveryHealth(Answer):
 class DeliveryHealthList(Answer):
     object: Literal["list"]
     data: list[DeliveryHealth]
+    has_more: bool
+
+
+class StateCount(Answer):
+    status: Annotated[str, Meta(description="submitting, queued, in_progress, completed or failed")]
+    resolved_by: Literal["webhook", "poll", "deadline"] | None
+    count: int
+
+
+class TaskStats(Answer):
+    total: int
+    open: Annotated[int, Meta(description="submitting, queued or in progress")]
+    by_status: dict[str, int]
+    by_resolved_by: dict[str, int]
+    by_state: list[StateCount]
+    oldest_open_created_at: UnixTime | None
+    oldest_open_age_seconds: float | None
+
+
+class SendStats(Answer):
+    by_status: Annotated[dict[str, int], Meta(description="outbound sends: pending, delivered, failed, dead")]
+
+
+class Stats(Answer):
+    object: Literal["stats"]
+    at: UnixTime
+    tasks: TaskStats
+    sends: SendStats
+
+
+class SendFailure(Answer):
+    send_id: str
+    event_id: str
+    video_id: str
+    status: int | None
+    error: str
+    at: UnixTime
+
+
+class SubscriberHealth(Answer):
+    """A subscriber's sends over the newest events (window_events of them), and all its dead
+    letters (counted up to 1,000; dead_letters_more: there are more)."""
+
+    object: Literal["subscriber_health"]
+    subscription_id: str
+    url: str
+    status: Literal["active", "paused", "disabled", "deleted"]
+    disabled_reason: str | None
+    window_events: int
+    sends: int
+    delivered: int
+    failed: int
+    dead: int
+    pending: int
+    success_rate: Annotated[float, Meta(ge=0, le=1)] | None
+    in_flight: int
+    retrying: int
+    dead_letters: int
+    dead_letters_more: bool
+    last_success_at: UnixTime | None
+    last_error: SendFailure | None
+
+
+class SubscriberHealthList(Answer):
+    """Pages like the subscriptions it describes: first_id, last_id and after are subscription ids."""
+
+    object: Literal["list"]
+    data: list[SubscriberHealth]
+    first_id: str | None
+    last_id: str | None
     has_more: bool
 
 

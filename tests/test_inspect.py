@@ -96,6 +96,7 @@ async def test_subscriber_health(make_stack: StackFactory) -> None:
         # Pages like the subscriptions list, newest first.
         first = (await stack.client.get(f"{stack.url}/v1/health/subscribers", params={"limit": 1})).json()
         assert [h["subscription_id"] for h in first["data"]] == [subs["broken"]] and first["has_more"]
+        assert first["first_id"] == first["last_id"] == subs["broken"]  # the cursor `after` takes
         rest = (
             await stack.client.get(
                 f"{stack.url}/v1/health/subscribers", params={"limit": 1, "after": subs["broken"]}

@@ -39,8 +39,9 @@ async def test_every_mounted_route_is_in_the_document(make_stack: StackFactory) 
                         schema = answer_doc["content"]["application/json"]["schema"]
                         assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, method, status)
         schemas_doc = document["components"]["schemas"]
-        for name in ("VideoList", "DeliveryList", "SubscriptionList", "EventList", "SendList"):
-            assert {"object", "data", "has_more"} <= set(schemas_doc[name]["required"])
+        lists = ("VideoList", "DeliveryList", "SubscriptionList", "EventList", "SendList")
+        for name in (*lists, "SubscriberHealthList"):
+            assert {"object", "data", "first_id", "last_id", "has_more"} <= set(schemas_doc[name]["required"])
         create = document["paths"]["/v1/videos"]["post"]["requestBody"]["content"]
         assert set(create) == {"application/json", "multipart/form-data"}
         assert schemas_doc["VideoCreate"]["additionalProperties"] is False
