@@ -224,7 +224,9 @@ class Simulator:
             duration=duration / config.time_scale,
             final="failed" if self._rng.random() < config.fail_rate else "completed",
             callback_url=body.get("callback_url"),
-            base_url=str(request.base_url).rstrip("/"),
+            # Where its files are served: under `serve` the simulator is mounted at /simulator,
+            # which request.base_url leaves out; the route's own URL has it.
+            base_url=str(request.url_for("_file", name="x")).rsplit("/files/", 1)[0],
         )
         self.tasks[task.id] = task
         if task.callback_url:

@@ -175,3 +175,31 @@ def test_result_files(content: Any, expected: Any) -> None:
         assert len(found) == MAX_FILES
     else:
         assert found == expected
+
+
+async def test_the_built_in_simulator_s_files_are_kept_under_serve(tmp_path: Path) -> None:
+    """A new user's first run (`serve` with no provider): the demo provider's result files are
+    served under its /simulator mount and kept like any provider's."""
+    from receiver.app import create_app
+    from receiver.settings import Settings
+
+    sock = free_socket()
+    settings = Settings.from_env(
+        {
+            "RECEIVER_PORT": str(sock.getsockname()[1]),
+            "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path}/receiver.db",
+        }
+    )
+    async with serve(create_app(settings), sock) as url, httpx.AsyncClient(timeout=10) as client:
+        body = {"model": "seedance-2.0", "prompt": "a red fox", "return_last_frame": True}
+        video_id = (await client.post(f"{url}/v1/videos", json=body)).json()["id"]
+
+        async def kept() -> bool:
+            video = (await client.get(f"{url}/v1/videos/{video_id}")).json()
+            files = video["receiver"].get("files") or []
+            return len(files) == 2 and all(f["status"] == "kept" for f in files)
+
+        await wait_until(kept, timeout=30, what="the demo's files to be kept")
+        answer = await client.get(f"{url}/v1/videos/{video_id}/content", params={"variant": "video"})
+        assert answer.status_code == 200 and answer.headers["content-type"] == "video/mp4"
+        assert answer.content
