@@ -14,12 +14,10 @@ from starlette.types import Receive
 
 from receiver import jsonpolicy
 from receiver.errors import InvalidRequest, PayloadTooLarge, Unauthorized
-from receiver.ids import PageParams, parse_page
 
 __all__ = [
     "authorize",
     "json_response",
-    "page_params",
     "parse_retry_after",
     "read_asgi_body",
     "read_body",
@@ -107,7 +105,3 @@ def authorize(request: Request, api_keys: tuple[str, ...]) -> str:
         raise Unauthorized("invalid API key", code="invalid_api_key")
     return hashlib.sha256(token.encode()).hexdigest()
 
-
-def page_params(request: Request, kind: str) -> PageParams:
-    """`limit` and `after` of a list route whose ids are of `kind` (see receiver.ids)."""
-    return parse_page(request.query_params, kind)
