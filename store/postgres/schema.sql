@@ -135,3 +135,16 @@ CREATE TABLE captures (
     UNIQUE (task_pk, variant)
 );
 CREATE INDEX captures_due ON captures (next_attempt_at) WHERE status = 'pending';
+
+-- migration 3: the ack path writes a batch in one statement that checks what it was decided on.
+-- receiver_check(false) aborts that statement as a serialization failure (SQLSTATE 40001): the
+-- writer reads and decides the batch again.
+CREATE FUNCTION receiver_check(ok boolean) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF NOT ok THEN
+        RAISE EXCEPTION 'the rows this batch was decided on changed before it was written'
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    RETURN true;
+END
+$$;

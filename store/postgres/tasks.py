@@ -12,7 +12,7 @@ import asyncpg
 from receiver import core
 from store import rows
 from store.errors import StoreUnavailable, UnknownCursor, WrongVideo
-from store.postgres.base import CHANNEL, VISIBLE, PostgresBase
+from store.postgres.base import VISIBLE, PostgresBase
 from store.postgres.changes import write_change
 from store.postgres.writer import DeliveryWriter
 from store.records import (
@@ -51,7 +51,7 @@ class TaskStore(PostgresBase):
     async def open(self) -> None:
         await super().open()
         assert self._pool is not None
-        self._deliveries = DeliveryWriter(self._pool.acquire)
+        self._deliveries = DeliveryWriter(self._pool.acquire, self.announce)
         self._deliveries.start()
 
     async def close(self) -> None:
@@ -242,9 +242,11 @@ class TaskStore(PostgresBase):
             if owner is not None and owner != pk:
                 raise WrongVideo(video_id)
             change = core.on_submit_answer(task, video_id, status, video, now, next_poll_at)
-            if await write_change(conn, pk, change) is not None:
-                await conn.execute("SELECT pg_notify($1, 'events,outbox')", CHANNEL)
-            return await _full_task(conn, pk)
+            recorded = await write_change(conn, pk, change) is not None
+            answer = await _full_task(conn, pk)
+        if recorded:
+            self.announce("events,outbox")
+        return answer
 
     async def abandon_submit(self, pk: int) -> bool:
         async with self._tx() as conn:
@@ -291,9 +293,9 @@ class TaskStore(PostgresBase):
                     task.pk,
                     delivery.pk,
                 )
-            if sends is not None:
-                await conn.execute("SELECT pg_notify($1, 'events,outbox')", CHANNEL)
-            return DeliveryResult(delivery.id, False, outcome, None, sends is not None, sends or 0)
+        if sends is not None:
+            self.announce("events,outbox")
+        return DeliveryResult(delivery.id, False, outcome, None, sends is not None, sends or 0)
 
     async def record_poll(
         self,
@@ -311,6 +313,8 @@ class TaskStore(PostgresBase):
             change = core.on_poll(
                 task, status, video, now, next_poll_at, resolved_by=resolved_by, failed=failed
             )
-            if await write_change(conn, pk, change) is not None:
-                await conn.execute("SELECT pg_notify($1, 'events,outbox')", CHANNEL)
-            return await _full_task(conn, pk)
+            recorded = await write_change(conn, pk, change) is not None
+            answer = await _full_task(conn, pk)
+        if recorded:
+            self.announce("events,outbox")
+        return answer

@@ -1,10 +1,12 @@
 """PostgreSQL group commit for the ack path: one writer per process turns the deliveries that
-queued while the last commit ran into one transaction of set-based statements."""
+queued while the last batch was written into the next batch, written in two round trips."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -14,9 +16,8 @@ import orjson
 from receiver import core
 from store import rows
 from store.errors import StoreError, StoreUnavailable
-from store.postgres.base import CHANNEL, guard
-from store.postgres.changes import write_changes
-from store.records import DeliveryResult, NewDelivery
+from store.postgres.base import guard
+from store.records import DeliveryResult, NewDelivery, NewEvent, TaskChange
 
 __all__ = ["DeliveryWriter"]
 
@@ -26,13 +27,18 @@ _MAX_BATCH = 256
 WRITE_TIMEOUT = 5.0
 
 
-class _Conflict(Exception):
-    """Another process stored one of this batch's deliveries first: decide the batch again."""
+# A batch decided on rows that changed before it was written: read and decide it again.
+_CONFLICTS = (
+    asyncpg.SerializationError,  # receiver_check: a task read changed, or a key was stored meanwhile
+    asyncpg.UniqueViolationError,  # another process recorded this task's event or took this video id
+    asyncpg.DeadlockDetectedError,
+)
 
 
 class DeliveryWriter:
-    def __init__(self, acquire: Callable[[], Any]) -> None:
+    def __init__(self, acquire: Callable[[], Any], announce: Callable[[str], None]) -> None:
         self._acquire = acquire  # the pool's acquire(): a connection for each batch
+        self._announce = announce  # news for every process, sent after the batch commits
         self._queue: asyncio.Queue[tuple[NewDelivery, asyncio.Future[DeliveryResult]] | None] = (
             asyncio.Queue()
         )
@@ -100,76 +106,246 @@ class DeliveryWriter:
 
     async def _attempt(self, deliveries: list[NewDelivery]) -> list[DeliveryResult | StoreError]:
         for _ in range(3):
-            try:
-                async with guard(), self._acquire() as conn, conn.transaction():
-                    return await _store(conn, deliveries)
-            except _Conflict:
-                continue
+            async with guard(), self._acquire() as conn:
+                try:
+                    results, topic = await _store(conn, deliveries)
+                except _CONFLICTS:
+                    continue  # decided on rows that changed: read and decide again
+            if topic is not None:
+                self._announce(topic)
+            return results
         raise StoreUnavailable("deliveries kept conflicting with another process")
 
 
-async def _store(conn: asyncpg.Connection, batch: list[NewDelivery]) -> list[DeliveryResult | StoreError]:
-    """Decide and write a batch in one transaction: the tasks locked in pk order, every decision
-    made by receiver.core in arrival order, then one statement per table."""
-    tokens = list({d.token_hash for d in batch if d.token_hash is not None})
-    videos = list({d.video_id for d in batch if d.video_id is not None})
+# The SQL type of each task column a change may write (arrays are cast to these).
+_TYPES = {
+    "video_id": "text",
+    "status": "text",
+    "video": "text",
+    "callback_url": "text",
+    "updated_at": "float8",
+    "terminal_at": "float8",
+    "resolved_by": "text",
+    "polls": "int",
+    "anomalies": "int",
+    "next_poll_at": "float8",
+    "poll_failures": "int",
+    "confirm_pending": "boolean",
+    "expires_at": "float8",
+    "last_open_poll_at": "float8",
+    "completion": "float8",
+}
+
+# Round trip 1: the tasks the batch names (each with its row version, xmin) and the dedupe keys
+# already kept. One row at least: the stored keys ride on every row, after the task's columns
+# (rows.lean_task reads those by position).
+_COLUMNS = f"{rows.LEAN}, token_hash, xmin::text AS version"
+_READ = (
+    "SELECT t.*, s.stored FROM (SELECT array(SELECT d.dedupe_key FROM unnest($3::text[]) AS k(v)"
+    " CROSS JOIN LATERAL (SELECT dedupe_key FROM deliveries WHERE dedupe_key = k.v LIMIT 1) d)"
+    " AS stored) s LEFT JOIN LATERAL"
+    # One index probe per name (LIMIT keeps each a probe; the names are unique): `token_hash =
+    # ANY(..) OR video_id = ANY(..)`, or a join, scans the whole table, and comparing every
+    # row's text with every element was most of the server's CPU on the ack path.
+    f" (SELECT f.* FROM unnest($1::text[]) AS k(v) CROSS JOIN LATERAL (SELECT {_COLUMNS} FROM tasks"
+    " WHERE token_hash = k.v LIMIT 1) f UNION ALL"
+    f" SELECT f.* FROM unnest($2::text[]) AS k(v) CROSS JOIN LATERAL (SELECT {_COLUMNS} FROM tasks"
+    " WHERE video_id = k.v LIMIT 1) f) t ON true"
+)
+
+
+class _Statement:
+    """One statement being built: CTEs and the arguments they bind."""
+
+    def __init__(self) -> None:
+        self.ctes: list[str] = []
+        self.args: list[Any] = []
+
+    def arg(self, value: Any, sql_type: str) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}::{sql_type}"
+
+    def unnest(self, columns: list[tuple[list[Any], str]], names: str) -> str:
+        return f"unnest({', '.join(self.arg(v, t + '[]') for v, t in columns)}) AS x({names})"
+
+
+async def _store(
+    conn: asyncpg.Connection, batch: list[NewDelivery]
+) -> tuple[list[DeliveryResult | StoreError], str | None]:
+    """Decide and write a batch in two round trips and no explicit transaction: read the tasks
+    and kept keys, let receiver.core decide the whole batch in arrival order, then write every
+    table in one statement (its own transaction, committed before it answers). That statement
+    first locks the tasks it read, in pk order, and raises a serialization failure when any of
+    them changed since the read or a delivery was stored meanwhile: the batch is then read and
+    decided again, so it applies as if it had held the locks from the start."""
     found = await conn.fetch(
-        f"SELECT {rows.LEAN}, token_hash FROM tasks WHERE token_hash = ANY($1::text[])"
-        " OR video_id = ANY($2::text[]) ORDER BY pk FOR UPDATE",
-        tokens,
-        videos,
+        _READ,
+        list({d.token_hash for d in batch if d.token_hash is not None}),
+        list({d.video_id for d in batch if d.video_id is not None}),
+        list({d.dedupe_key for d in batch}),
     )
-    # Under the task locks, a delivery stored by another process is visible now: a copy of one
-    # delivery arriving at two processes at once is applied once.
-    stored = {
-        r["dedupe_key"]
-        for r in await conn.fetch(
-            "SELECT dedupe_key FROM deliveries WHERE dedupe_key = ANY($1::text[])",
-            list({d.dedupe_key for d in batch}),
+    tasks = list({r["pk"]: r for r in found if r["pk"] is not None}.values())  # one per task
+    plan = core.plan_deliveries(
+        batch, [(r["token_hash"], rows.lean_task(r)) for r in tasks], set(found[0]["stored"])
+    )
+    st = _Statement()
+    checks: list[str] = []
+    if tasks:
+        versions = sorted((r["pk"], r["version"]) for r in tasks)
+        st.ctes.append(
+            # A probe per task, in pk order (the order of the array): no deadlock between writers.
+            f"locked AS (SELECT l.* FROM unnest({st.arg([pk for pk, _ in versions], 'bigint[]')})"
+            " AS k(v) CROSS JOIN LATERAL (SELECT pk, xmin FROM tasks WHERE pk = k.v FOR UPDATE) l)"
         )
-    }
-    plan = core.plan_deliveries(batch, [(r["token_hash"], rows.lean_task(r)) for r in found], stored)
+        checks.append(
+            "(SELECT count(*) FROM locked l JOIN "
+            + st.unnest([([pk for pk, _ in versions], "bigint"), ([v for _, v in versions], "text")], "pk, v")
+            + f" ON l.pk = x.pk AND l.xmin = x.v::xid) = {len(versions)}"
+        )
     new = plan.new
-    inserted: dict[str, int] = {}
     if new:
-        for row in await conn.fetch(
-            "INSERT INTO deliveries (dedupe_key, task_pk, video_id, route, verified_by, headers, body,"
-            " event_type, status, outcome, received_at, last_seen_at)"
-            " SELECT k, t, v, r, vb, h, b, et, s, o, at, at FROM unnest($1::text[], $2::bigint[],"
-            " $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::text[], $9::text[],"
-            " $10::text[], $11::float8[]) AS x(k, t, v, r, vb, h, b, et, s, o, at)"
-            " ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key, pk",
-            [d.dedupe_key for d, *_ in new],
-            [t for _, t, _, _ in new],
-            [v for _, _, v, _ in new],
-            [d.route for d, *_ in new],
-            [d.verified_by for d, *_ in new],
-            [orjson.dumps(d.headers).decode() for d, *_ in new],
-            [d.body for d, *_ in new],
-            [d.event_type for d, *_ in new],
-            [d.status for d, *_ in new],
-            [o for *_, o in new],
-            [d.received_at for d, *_ in new],
-        ):
-            inserted[row["dedupe_key"]] = row["pk"]
-        if len(inserted) < len(new):
-            # Stored meanwhile by a process that did not need these tasks' locks (no task yet).
-            # Our decisions assumed these were new: decide the whole batch again.
-            raise _Conflict()
-    sends = await write_changes(conn, plan.changes) if plan.changes else {}
-    firsts: dict[str, tuple[int, str]] = {}
+        # In dedupe-key order: two batches inserting the same keys wait on each other in one order.
+        ordered = sorted(new, key=lambda n: n[0].dedupe_key)
+        st.ctes.append(
+            "ins AS (INSERT INTO deliveries (dedupe_key, task_pk, video_id, route, verified_by, headers,"
+            " body, event_type, status, outcome, received_at, last_seen_at)"
+            " SELECT k, t, v, r, vb, h, b, et, s, o, at, at FROM "
+            + st.unnest(
+                [
+                    ([d.dedupe_key for d, *_ in ordered], "text"),
+                    ([t for _, t, _, _ in ordered], "bigint"),
+                    ([v for _, _, v, _ in ordered], "text"),
+                    ([d.route for d, *_ in ordered], "text"),
+                    ([d.verified_by for d, *_ in ordered], "text"),
+                    ([orjson.dumps(d.headers).decode() for d, *_ in ordered], "text"),
+                    ([d.body for d, *_ in ordered], "bytea"),
+                    ([d.event_type for d, *_ in ordered], "text"),
+                    ([d.status for d, *_ in ordered], "text"),
+                    ([o for *_, o in ordered], "text"),
+                    ([d.received_at for d, *_ in ordered], "float8"),
+                ],
+                "k, t, v, r, vb, h, b, et, s, o, at",
+            )
+            + " ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key, pk)"
+        )
+        checks.append(f"(SELECT count(*) FROM ins) = {len(new)}")
+    _task_updates(st, plan.changes, checks)
+    events = [(pk, c.event) for pk, c in sorted(plan.changes.items()) if c.event is not None]
+    if events:
+        _events(st, events)
     if plan.repeats:
-        for row in await conn.fetch(
-            "UPDATE deliveries d SET repeats = d.repeats + x.n, last_seen_at = greatest(d.last_seen_at, x.at)"
-            " FROM unnest($1::text[], $2::int[], $3::float8[]) AS x(k, n, at) WHERE d.dedupe_key = x.k"
-            " RETURNING d.dedupe_key, d.pk, d.outcome",
-            list(plan.repeats),
-            [len(v) for v in plan.repeats.values()],
-            [max(v) for v in plan.repeats.values()],
-        ):
-            firsts[row["dedupe_key"]] = (row["pk"], row["outcome"])
-    if sends:
-        await conn.execute("SELECT pg_notify($1, 'events,outbox')", CHANNEL)
+        keys = sorted(plan.repeats)
+        st.ctes.append(
+            "rep AS (UPDATE deliveries d SET repeats = d.repeats + y.n,"
+            " last_seen_at = greatest(d.last_seen_at, y.at) FROM (SELECT f.pk, x.n, x.at FROM "
+            + st.unnest(
+                [
+                    (keys, "text"),
+                    ([len(plan.repeats[k]) for k in keys], "int"),
+                    ([max(plan.repeats[k]) for k in keys], "float8"),
+                ],
+                "k, n, at",
+            )
+            + " CROSS JOIN LATERAL (SELECT pk FROM deliveries WHERE dedupe_key = x.k LIMIT 1) f) y"
+            " WHERE d.pk = y.pk RETURNING d.dedupe_key, d.pk, d.outcome)"
+        )
+        checks.append(f"(SELECT count(*) FROM rep) = {len(keys)}")
+    if not st.ctes:
+        return core.plan_results(plan, {}, {}, {}), None  # every delivery was refused
+    # Told to every process once this batch has committed (not inside it: a NOTIFY holds a
+    # cluster-wide lock through the commit's flush and would serialise every writer's commits).
+    if events:
+        topic: str | None = "events,outbox"
     elif any(o == core.PENDING_CONFIRM for *_, o in new):
-        await conn.execute("SELECT pg_notify($1, 'tasks')", CHANNEL)
-    return core.plan_results(plan, inserted, firsts, sends)
+        topic = "tasks"
+    else:
+        topic = None
+    answers = [f"receiver_check({' AND '.join(checks) or 'true'}) AS ok"]
+    if new:
+        answers.append("(SELECT json_agg(json_build_array(dedupe_key, pk)) FROM ins) AS ins")
+    if plan.repeats:
+        answers.append("(SELECT json_agg(json_build_array(dedupe_key, pk, outcome)) FROM rep) AS rep")
+    if events:
+        answers.append(
+            "(SELECT json_agg(json_build_array(e.task_pk, (SELECT count(*) FROM ob"
+            " WHERE ob.event_pk = e.pk))) FROM ev e) AS sends"
+        )
+    answer = await conn.fetchrow(f"WITH {', '.join(st.ctes)} SELECT {', '.join(answers)}", *st.args)
+    inserted = {k: pk for k, pk in orjson.loads(answer["ins"])} if new else {}
+    firsts = {k: (pk, outcome) for k, pk, outcome in orjson.loads(answer["rep"])} if plan.repeats else {}
+    sends = {task_pk: n for task_pk, n in orjson.loads(answer["sends"])} if events else {}
+    return core.plan_results(plan, inserted, firsts, sends), topic
+
+
+def _task_updates(st: _Statement, changes: dict[int, TaskChange], checks: list[str]) -> None:
+    """One UPDATE per shape of change (a batch mostly has one or two), each row joined to the
+    locked ones: every task this statement writes was locked first, in pk order."""
+    shapes: dict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[int, TaskChange]]] = defaultdict(list)
+    for pk in sorted(changes):
+        change = changes[pk]
+        if change.sets or change.adds:
+            shapes[(tuple(sorted(change.sets)), tuple(sorted(change.adds)))].append((pk, change))
+    for n, ((sets, adds), members) in enumerate(sorted(shapes.items())):
+        columns: list[tuple[list[Any], str]] = [([pk for pk, _ in members], "bigint")]
+        names = ["pk"]
+        assign = []
+        for i, column in enumerate(sets):
+            values = [c.sets[column] for _, c in members]
+            if column == "video":
+                values = [orjson.dumps(v).decode() for v in values]
+            columns.append((values, _TYPES[column]))
+            names.append(f"s{i}")
+            assign.append(f"{column} = x.s{i}")
+        for i, column in enumerate(adds):
+            columns.append(([c.adds[column] for _, c in members], _TYPES[column]))
+            names.append(f"a{i}")
+            assign.append(f"{column} = t.{column} + x.a{i}")
+        if "video_id" in sets:
+            assign.append("listed_tx = pg_current_xact_id()::text::bigint")  # listed from now on
+        st.ctes.append(
+            f"u{n} AS (UPDATE tasks t SET {', '.join(assign)} FROM {st.unnest(columns, ', '.join(names))}"
+            f" JOIN locked l ON l.pk = x.pk WHERE t.pk = x.pk RETURNING t.pk)"
+        )
+        checks.append(f"(SELECT count(*) FROM u{n}) = {len(members)}")
+
+
+def _events(st: _Statement, events: list[tuple[int, NewEvent]]) -> None:
+    """Terminal results' events, their sends (the transactional outbox) and their files to keep."""
+    st.ctes.append(
+        "ev AS (INSERT INTO events (id, task_pk, video_id, type, created_at, data) SELECT * FROM "
+        + st.unnest(
+            [
+                ([e.id for _, e in events], "text"),
+                ([pk for pk, _ in events], "bigint"),
+                ([e.video_id for _, e in events], "text"),
+                ([e.type for _, e in events], "text"),
+                ([e.created_at for _, e in events], "float8"),
+                ([json.dumps(e.data) for _, e in events], "text"),
+            ],
+            "id, task_pk, video_id, type, created_at, data",
+        )
+        + " RETURNING pk, task_pk, type, created_at)"
+    )
+    st.ctes.append(
+        "ob AS (INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at)"
+        " SELECT e.pk, s.pk, 'pending', e.created_at, e.created_at FROM ev e"
+        " JOIN subscriptions s ON s.status IN ('active', 'paused') AND (s.task_pk = e.task_pk"
+        " OR (s.task_pk IS NULL AND (s.events IS NULL OR s.events ? e.type))) RETURNING event_pk)"
+    )
+    files = [(pk, e.video_id, v, url, e.created_at) for pk, e in events for v, url in e.files]
+    if files:
+        st.ctes.append(
+            "cap AS (INSERT INTO captures (task_pk, video_id, variant, url, status, next_attempt_at,"
+            " created_at) SELECT x.t, x.v, x.n, x.u, 'pending', x.at, x.at FROM "
+            + st.unnest(
+                [
+                    ([f[0] for f in files], "bigint"),
+                    ([f[1] for f in files], "text"),
+                    ([f[2] for f in files], "text"),
+                    ([f[3] for f in files], "text"),
+                    ([f[4] for f in files], "float8"),
+                ],
+                "t, v, n, u, at",
+            )
+            + " ON CONFLICT (task_pk, variant) DO NOTHING)"
+        )

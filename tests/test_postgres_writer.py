@@ -1,0 +1,88 @@
+"""PostgreSQL's ack path reads, decides, then writes in one statement without holding locks in
+between: a batch decided on rows that changed meanwhile must be decided again, never applied."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from store.postgres import PostgresStore
+from tests.test_store_contract import delivery, opened, submitted
+
+pytestmark = pytest.mark.anyio
+
+
+class _Interleaved:
+    """A connection that runs `between` once, right after the batch's read: another process's
+    write lands between our read and our write."""
+
+    def __init__(self, conn: Any, between: Callable[[], Awaitable[None]], fired: list[bool]) -> None:
+        self._conn, self._between, self._fired = conn, between, fired
+
+    async def fetch(self, sql: str, *args: Any) -> Any:
+        found = await self._conn.fetch(sql, *args)
+        if not self._fired:
+            self._fired.append(True)
+            await self._between()
+        return found
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        return await self._conn.fetchrow(sql, *args)
+
+
+def interleave(store: PostgresStore, between: Callable[[], Awaitable[None]]) -> list[bool]:
+    writer = store._deliveries
+    assert writer is not None
+    acquire, fired = writer._acquire, []
+
+    @contextlib.asynccontextmanager
+    async def interleaved() -> AsyncIterator[_Interleaved]:
+        async with acquire() as conn:
+            yield _Interleaved(conn, between, fired)
+
+    writer._acquire = interleaved
+    return fired
+
+
+async def test_a_task_changed_between_read_and_write_is_decided_again(postgres_url: str) -> None:
+    now = time.time()
+    async with opened(postgres_url, 2) as (a, b):
+        assert isinstance(a, PostgresStore)
+        pk = await submitted(a, 1, now)
+
+        async def poll_finishes_it() -> None:
+            await b.record_poll(pk, "completed", {"id": "vid1", "status": "completed"}, now + 1, None)
+
+        fired = interleave(a, poll_finishes_it)
+        result = await a.record_delivery(delivery(1, "msg:late", "in_progress", now + 2))
+        assert fired  # the poll did land between the read and the write
+        task = await a.task_by_video("vid1")
+        assert task is not None
+        # Decided on the task as the read saw it (queued), this delivery would have moved it back
+        # to in_progress; decided again, it finds the result already recorded.
+        assert (task.status, task.resolved_by) == ("completed", "poll")
+        assert result.outcome != "applied" and not result.terminal
+        events = await a.list_events("vid1", None, 10, None)
+        assert [e.data["status"] for e in events.rows] == ["completed"]
+
+
+async def test_a_copy_stored_between_read_and_write_is_a_repeat(postgres_url: str) -> None:
+    now = time.time()
+    async with opened(postgres_url, 2) as (a, b):
+        assert isinstance(a, PostgresStore)
+        # A delivery for a video no task has yet: no task row to lock, only the key to collide on.
+        early = delivery(1, "msg:same", "completed", now, route="workspace", token_hash=None)
+
+        async def the_other_process_stores_it() -> None:
+            first = await b.record_delivery(early)
+            assert (first.outcome, first.duplicate) == ("unmatched", False)
+
+        interleave(a, the_other_process_stores_it)
+        copy = await a.record_delivery(early)
+        assert copy.duplicate and copy.outcome == "unmatched"
+        page = await a.list_deliveries(None, 10, None)
+        assert [(d.id, d.repeats) for d in page.rows] == [(copy.id, 1)]
