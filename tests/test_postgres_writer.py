@@ -3,6 +3,7 @@ between: a batch decided on rows that changed meanwhile must be decided again, n
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -86,3 +87,29 @@ async def test_a_copy_stored_between_read_and_write_is_a_repeat(postgres_url: st
         assert copy.duplicate and copy.outcome == "unmatched"
         page = await a.list_deliveries(None, 10, None)
         assert [(d.id, d.repeats) for d in page.rows] == [(copy.id, 1)]
+
+
+async def test_copies_in_one_batch_are_counted_in_that_batch(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = time.time()
+    async with opened(postgres_url) as (store,):
+        for n in range(3):
+            await submitted(store, n, now)
+        # Queued together, so they share a batch: the first copy is inserted by the very
+        # statement that must count the others.
+        results = await asyncio.gather(
+            *(
+                store.record_delivery(delivery(n, f"msg:{n}", "completed", now + i))
+                for n in range(3)
+                for i in range(3)
+            )
+        )
+        assert [r.duplicate for r in results] == [False, True, True] * 3
+        assert len({r.id for r in results}) == 3 and all(r.outcome == "applied" for r in results)
+        for n in range(3):
+            task = await store.task_by_video(f"vid{n}")
+            assert task is not None and (task.deliveries, task.duplicates, task.status) == (3, 2, "completed")
+        page = await store.list_deliveries(None, 10, None)
+        assert sorted(d.last_seen_at - now for d in page.rows) == [2, 2, 2]
+        assert "one at a time" not in caplog.text  # not rescued by the fallback

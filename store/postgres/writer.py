@@ -89,6 +89,11 @@ class DeliveryWriter:
                 results = [StoreUnavailable("the store could not take the delivery")]
             else:
                 # One bad row must not fail the other acknowledgements: each on its own.
+                log.warning(
+                    "store: a batch of %d deliveries failed (%s); storing them one at a time",
+                    len(deliveries),
+                    type(exc).__name__,
+                )
                 results = []
                 for delivery in deliveries:
                     try:
@@ -185,9 +190,12 @@ async def _store(
         list({d.dedupe_key for d in batch}),
     )
     tasks = list({r["pk"]: r for r in found if r["pk"] is not None}.values())  # one per task
-    plan = core.plan_deliveries(
-        batch, [(r["token_hash"], rows.lean_task(r)) for r in tasks], set(found[0]["stored"])
-    )
+    stored = set(found[0]["stored"])
+    plan = core.plan_deliveries(batch, [(r["token_hash"], rows.lean_task(r)) for r in tasks], stored)
+    # Copies of a delivery new in this batch are counted on the row the batch inserts: the
+    # statement's other parts cannot see that row (they all read the snapshot it started with).
+    copies = {k: v for k, v in plan.repeats.items() if k not in stored}
+    repeats = {k: v for k, v in plan.repeats.items() if k in stored}
     st = _Statement()
     checks: list[str] = []
     if tasks:
@@ -208,8 +216,8 @@ async def _store(
         ordered = sorted(new, key=lambda n: n[0].dedupe_key)
         st.ctes.append(
             "ins AS (INSERT INTO deliveries (dedupe_key, task_pk, video_id, route, verified_by, headers,"
-            " body, event_type, status, outcome, received_at, last_seen_at)"
-            " SELECT k, t, v, r, vb, h, b, et, s, o, at, at FROM "
+            " body, event_type, status, outcome, received_at, last_seen_at, repeats)"
+            " SELECT k, t, v, r, vb, h, b, et, s, o, at, greatest(at, seen), n FROM "
             + st.unnest(
                 [
                     ([d.dedupe_key for d, *_ in ordered], "text"),
@@ -223,8 +231,10 @@ async def _store(
                     ([d.status for d, *_ in ordered], "text"),
                     ([o for *_, o in ordered], "text"),
                     ([d.received_at for d, *_ in ordered], "float8"),
+                    ([max(copies.get(d.dedupe_key, [d.received_at])) for d, *_ in ordered], "float8"),
+                    ([len(copies.get(d.dedupe_key, ())) for d, *_ in ordered], "int"),
                 ],
-                "k, t, v, r, vb, h, b, et, s, o, at",
+                "k, t, v, r, vb, h, b, et, s, o, at, seen, n",
             )
             + " ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key, pk)"
         )
@@ -233,16 +243,16 @@ async def _store(
     events = [(pk, c.event) for pk, c in sorted(plan.changes.items()) if c.event is not None]
     if events:
         _events(st, events)
-    if plan.repeats:
-        keys = sorted(plan.repeats)
+    if repeats:
+        keys = sorted(repeats)
         st.ctes.append(
             "rep AS (UPDATE deliveries d SET repeats = d.repeats + y.n,"
             " last_seen_at = greatest(d.last_seen_at, y.at) FROM (SELECT f.pk, x.n, x.at FROM "
             + st.unnest(
                 [
                     (keys, "text"),
-                    ([len(plan.repeats[k]) for k in keys], "int"),
-                    ([max(plan.repeats[k]) for k in keys], "float8"),
+                    ([len(repeats[k]) for k in keys], "int"),
+                    ([max(repeats[k]) for k in keys], "float8"),
                 ],
                 "k, n, at",
             )
@@ -263,7 +273,7 @@ async def _store(
     answers = [f"receiver_check({' AND '.join(checks) or 'true'}) AS ok"]
     if new:
         answers.append("(SELECT json_agg(json_build_array(dedupe_key, pk)) FROM ins) AS ins")
-    if plan.repeats:
+    if repeats:
         answers.append("(SELECT json_agg(json_build_array(dedupe_key, pk, outcome)) FROM rep) AS rep")
     if events:
         answers.append(
@@ -272,7 +282,9 @@ async def _store(
         )
     answer = await conn.fetchrow(f"WITH {', '.join(st.ctes)} SELECT {', '.join(answers)}", *st.args)
     inserted = {k: pk for k, pk in orjson.loads(answer["ins"])} if new else {}
-    firsts = {k: (pk, outcome) for k, pk, outcome in orjson.loads(answer["rep"])} if plan.repeats else {}
+    firsts = {k: (pk, outcome) for k, pk, outcome in orjson.loads(answer["rep"])} if repeats else {}
+    outcomes = {d.dedupe_key: outcome for d, _, _, outcome in new}
+    firsts.update((k, (inserted[k], outcomes[k])) for k in copies)
     sends = {task_pk: n for task_pk, n in orjson.loads(answer["sends"])} if events else {}
     return core.plan_results(plan, inserted, firsts, sends), topic
 
