@@ -682,8 +682,7 @@ async def list_subscriber_health(request: Request) -> Response:
         raise InvalidRequest("after names no subscription", param="after") from None
     window, recent = await _recent_sends(ctx) if page.rows else (0, {})
     data = [
-        subscriber_health(s, recent.get(s.id, []), await _dead_letters(ctx, s.id), window)
-        for s in page.rows
+        subscriber_health(s, recent.get(s.id, []), await _dead_letters(ctx, s.id), window) for s in page.rows
     ]
     return json_response(list_body(data, page.has_more, key="subscription_id"))
 

@@ -104,4 +104,3 @@ def authorize(request: Request, api_keys: tuple[str, ...]) -> str:
     if not matched:
         raise Unauthorized("invalid API key", code="invalid_api_key")
     return hashlib.sha256(token.encode()).hexdigest()
-

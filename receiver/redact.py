@@ -8,6 +8,7 @@ one rule for the headers we keep with a delivery.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -31,6 +32,7 @@ _SECRET_WORDS = ("key", "token", "secret", "auth", "password", "passwd", "creden
 _NOT_SECRET = frozenset({"idempotency-key", "x-openrouter-idempotency-key"})
 
 
+@functools.lru_cache(maxsize=1024)  # header names repeat: every delivery asks about the same few
 def is_secret_header(name: str) -> bool:
     name = name.lower()
     if name in _SECRET_NAMES:

@@ -262,14 +262,6 @@ async def _store(
         checks.append(f"(SELECT count(*) FROM rep) = {len(keys)}")
     if not st.ctes:
         return core.plan_results(plan, {}, {}, {}), None  # every delivery was refused
-    # Told to every process once this batch has committed (not inside it: a NOTIFY holds a
-    # cluster-wide lock through the commit's flush and would serialise every writer's commits).
-    if events:
-        topic: str | None = "events,outbox"
-    elif any(o == core.PENDING_CONFIRM for *_, o in new):
-        topic = "tasks"
-    else:
-        topic = None
     answers = [f"receiver_check({' AND '.join(checks) or 'true'}) AS ok"]
     if new:
         answers.append("(SELECT json_agg(json_build_array(dedupe_key, pk)) FROM ins) AS ins")
@@ -286,6 +278,14 @@ async def _store(
     outcomes = {d.dedupe_key: outcome for d, _, _, outcome in new}
     firsts.update((k, (inserted[k], outcomes[k])) for k in copies)
     sends = {task_pk: n for task_pk, n in orjson.loads(answer["sends"])} if events else {}
+    # Told to every process once this batch has committed (not inside it: a NOTIFY holds a
+    # cluster-wide lock through the commit's flush and would serialise every writer's commits).
+    topics = ["events"] if events else []
+    if any(sends.values()):
+        topics.append("outbox")
+    if any(o == core.PENDING_CONFIRM for *_, o in new):
+        topics.append("tasks")
+    topic = ",".join(topics) or None
     return core.plan_results(plan, inserted, firsts, sends), topic
 
 
