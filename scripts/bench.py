@@ -503,10 +503,19 @@ async def run_wrk(url: str, requests_file: Path, seconds: int, connections: int)
 
 
 def write_requests(
-    path: Path, tasks: list[tuple[str, str]], secret: str, count: int, prefix: str, seed: int
+    path: Path,
+    tasks: list[tuple[str, str]],
+    secret: str,
+    count: int,
+    prefix: str,
+    seed: int,
+    files_url: str,
 ) -> list[str]:
     """Unique signed deliveries spread over the tasks: mostly in_progress updates, some terminal,
-    5% exact repeats of an earlier one. Returns the webhook-id of every line, in order."""
+    5% exact repeats of an earlier one. A completed one names its file at `files_url`, the
+    simulator on loopback, so the receiver's capture of it never leaves the machine (the simulator
+    answers 404, its task still running, and the capture is recorded as failed). Returns the
+    webhook-id of every line, in order."""
     import random as _random
 
     from receiver.signatures import parse_key, sign_v1
@@ -537,7 +546,7 @@ def write_requests(
                         "id": video_id,
                         "object": "video",
                         "status": status,
-                        "content": {"video_url": f"https://cdn.example/{video_id}.mp4"},
+                        "content": {"video_url": f"{files_url}/{video_id}.mp4"},
                     },
                 },
                 separators=(",", ":"),
@@ -612,6 +621,7 @@ async def ingest_run(
             RECEIVER_WEBHOOK_SECRETS=secret,
             RECEIVER_POLL_AFTER="86400",
             RECEIVER_API_KEYS="bench-key",
+            RECEIVER_OUTBOUND_ALLOW="127.0.0.1/32",  # the result files are kept from the simulator
         )
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         try:
@@ -639,8 +649,11 @@ async def ingest_run(
             files, issued = [], []
             for n in range(processes):
                 warm, load = scratch / f"warm-{label}-{n}.txt", scratch / f"requests-{label}-{n}.txt"
-                write_requests(warm, tasks, secret, 20_000, f"warm{n}-", args.seed + 1)
-                issued.append(write_requests(load, tasks, secret, args.requests, f"m{n}-", args.seed + n))
+                files_url = f"{provider_url}/files"
+                write_requests(warm, tasks, secret, 20_000, f"warm{n}-", args.seed + 1, files_url)
+                issued.append(
+                    write_requests(load, tasks, secret, args.requests, f"m{n}-", args.seed + n, files_url)
+                )
                 files.append((warm, load))
             await asyncio.gather(
                 *(run_wrk(u, f[0], 2, connections) for u, f in zip(urls, files, strict=True))
