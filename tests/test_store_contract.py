@@ -377,3 +377,26 @@ async def test_a_completed_result_queues_its_files_claimed_like_polls(database_u
         assert (by_pk[retry.pk].status, by_pk[retry.pk].error) == ("pending", "boom")
         assert by_pk[retry.pk].next_attempt_at == pytest.approx(now + 500)
         assert (by_pk[failed.pk].status, by_pk[failed.pk].error) == ("failed", "too large")
+
+
+async def test_the_task_list_follows_the_order_tasks_got_their_video_ids(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        older = await store.create_task(new_task(1, now))
+        await submitted(store, 2, now)
+        assert older.pk is not None
+        first = await store.list_tasks(None, 10, None)
+        assert [t.video_id for t in first.rows] == ["vid2"]
+        # The older task's submit answer comes last: it joins the list at the top, where a client
+        # that reads from the top until the first row it has seen (vid2) will find it.
+        await store.finish_submit(older.pk, "vid1", "queued", {"id": "vid1"}, now, now + 60)
+        page = await store.list_tasks(None, 1, None)
+        assert [t.video_id for t in page.rows] == ["vid1"] and page.has_more
+        rest = await store.list_tasks(None, 10, "vid1")
+        assert [t.video_id for t in rest.rows] == ["vid2"] and not rest.has_more
+        # A task given its video id by a delivery (before the submit answer) joins the same way.
+        early = await store.create_task(new_task(3, now))
+        assert early.pk is not None
+        await store.record_delivery(delivery(3, "msg:early", "in_progress", now, video_id="vid3"))
+        newest = await store.list_tasks(None, 10, None)
+        assert [t.video_id for t in newest.rows] == ["vid3", "vid1", "vid2"]

@@ -24,7 +24,7 @@ from store.errors import StoreError, StoreUnavailable
 from store.records import DeliveryResult, NewDelivery, TaskChange
 from store.sqlite.writer import WRITE_TIMEOUT, Writer
 
-__all__ = ["DeliveryBatcher"]
+__all__ = ["LISTED", "DeliveryBatcher"]
 
 log = logging.getLogger("receiver.store")
 
@@ -35,6 +35,11 @@ def _json_rows(conn: sqlite3.Connection, sql: str, *params: Any) -> list[list[An
     """A query whose one row is a json_group_array: its rows, read in one step."""
     row = conn.execute(sql, params).fetchone()
     return list(orjson.loads(row[0])) if row and row[0] else []
+
+
+# A task joins the list when it gets its video id, after every task listed before: one writer at
+# a time (BEGIN IMMEDIATE), so the largest place so far is final when this transaction reads it.
+LISTED = "listed_seq = (SELECT coalesce(max(listed_seq), 0) + 1 FROM tasks)"
 
 
 def _task_updates(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> None:
@@ -53,6 +58,8 @@ def _task_updates(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> N
         columns = [*sets, *adds]
         assignments = [f"{c} = x.c{i}" for i, c in enumerate(sets)]
         assignments += [f"{c} = {c} + x.c{len(sets) + i}" for i, c in enumerate(adds)]
+        if "video_id" in sets:
+            assignments.append(LISTED)
         extract = ", ".join(f"json_extract(value, '$[{i + 1}]') AS c{i}" for i in range(len(columns)))
         conn.execute(
             f"UPDATE tasks SET {', '.join(assignments)} FROM (SELECT json_extract(value, '$[0]') AS pk,"

@@ -24,3 +24,10 @@ CREATE TABLE captures (
     UNIQUE (task_pk, variant)
 );
 CREATE INDEX captures_due ON captures (next_attempt_at) WHERE status = 'pending';
+
+-- migration 7: the task list in the order tasks joined it (when they got their video id), not in
+-- pk order: a task whose submit answer comes after a newer task's must not sort below a row a
+-- client has already seen. Tasks listed before this migration keep their pk as their place.
+ALTER TABLE tasks ADD COLUMN listed_seq INTEGER;
+UPDATE tasks SET listed_seq = pk WHERE video_id IS NOT NULL;
+CREATE INDEX tasks_listed ON tasks (listed_seq, pk) WHERE video_id IS NOT NULL;

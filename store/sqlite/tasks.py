@@ -28,7 +28,7 @@ from store.records import (
     delivery_pk,
 )
 from store.sqlite.base import SQLiteBase
-from store.sqlite.deliveries import DeliveryBatcher
+from store.sqlite.deliveries import LISTED, DeliveryBatcher
 
 __all__ = ["TaskStore", "write_change"]
 
@@ -48,6 +48,8 @@ def write_change(conn: sqlite3.Connection, task_pk: int, change: TaskChange) -> 
     params = [_value(column, value) for column, value in change.sets.items()]
     sets += [f"{column} = {column} + ?" for column in change.adds]
     params += list(change.adds.values())
+    if "video_id" in change.sets:
+        sets.append(LISTED)
     if sets:
         conn.execute(f"UPDATE tasks SET {', '.join(sets)} WHERE pk = ?", (*params, task_pk))
     if change.event is None:
@@ -105,12 +107,15 @@ class TaskStore(SQLiteBase):
         where: list[str] = ["t.video_id IS NOT NULL"]
         params: list[Any] = []
         if after is not None:
-            where.append("t.pk < ?")
-            params.append(await self._cursor("tasks", "video_id", after))
+            found = await self._fetchall("SELECT listed_seq, pk FROM tasks WHERE video_id = ?", (after,))
+            if not found:
+                raise UnknownCursor(after)
+            where.append("(t.listed_seq, t.pk) < (?, ?)")
+            params += [found[0]["listed_seq"], found[0]["pk"]]
         if status is not None:
             where.append("t.status = ?")
             params.append(status)
-        return await self._page(rows.TASKS, "t.pk", where, params, limit, rows.task)
+        return await self._page(rows.TASKS, "t.listed_seq DESC, t.pk", where, params, limit, rows.task)
 
     async def list_deliveries(self, video_id: str | None, limit: int, after: str | None) -> Page:
         where: list[str] = []
