@@ -39,7 +39,8 @@ def _json_rows(conn: sqlite3.Connection, sql: str, *params: Any) -> list[list[An
 
 # A task joins the list when it gets its video id, after every task listed before: one writer at
 # a time (BEGIN IMMEDIATE), so the largest place so far is final when this transaction reads it.
-LISTED = "listed_seq = (SELECT coalesce(max(listed_seq), 0) + 1 FROM tasks)"
+# (The WHERE matches the tasks_listed index: the largest place is one index read, not a scan.)
+LISTED = "listed_seq = (SELECT coalesce(max(listed_seq), 0) + 1 FROM tasks WHERE video_id IS NOT NULL)"
 
 
 def _task_updates(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> None:
