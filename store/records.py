@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,7 @@ __all__ = [
     "TaskRow",
     "TaskStats",
     "delivery_pk",
+    "settle",
 ]
 
 
@@ -303,3 +306,15 @@ def delivery_pk(delivery_id: str) -> int | None:
     """dlv_<pk> -> pk (None for anything else)."""
     digits = delivery_id[4:] if delivery_id.startswith("dlv_") else ""
     return int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 19 else None
+
+
+def settle(waiting: Iterable[tuple[asyncio.Future[Any], Any]]) -> None:
+    """Answer each caller waiting on a batch with its result, or its error when the result is
+    an exception; a caller that stopped waiting (its future done) is skipped."""
+    for future, result in waiting:
+        if future.done():
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)

@@ -17,7 +17,7 @@ from receiver import core
 from store import rows
 from store.errors import StoreError, StoreUnavailable
 from store.postgres.base import guard
-from store.records import DeliveryResult, NewDelivery, NewEvent, TaskChange
+from store.records import DeliveryResult, NewDelivery, NewEvent, TaskChange, settle
 
 __all__ = ["DeliveryWriter"]
 
@@ -101,13 +101,7 @@ class DeliveryWriter:
                     except Exception as one:
                         log.warning("store: a delivery could not be stored (%s)", type(one).__name__)
                         results.append(StoreUnavailable("the store could not take the delivery"))
-        for future, result in zip(futures, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        settle(zip(futures, results, strict=True))
 
     async def _attempt(self, deliveries: list[NewDelivery]) -> list[DeliveryResult | StoreError]:
         for _ in range(3):

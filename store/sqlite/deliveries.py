@@ -21,7 +21,7 @@ import orjson
 from receiver import core
 from store import rows
 from store.errors import StoreError, StoreUnavailable
-from store.records import DeliveryResult, NewDelivery, TaskChange
+from store.records import DeliveryResult, NewDelivery, TaskChange, settle
 from store.sqlite.writer import WRITE_TIMEOUT, Writer
 
 __all__ = ["LISTED", "DeliveryBatcher"]
@@ -211,12 +211,6 @@ class DeliveryBatcher:
                             *(self._writer.run(one) for one in singles), return_exceptions=True
                         )
                         results = [a[0] if isinstance(a, list) else a for a in answers]
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+                settle(zip((future for _, future in batch), results, strict=True))
         finally:
             self._flushing = False
