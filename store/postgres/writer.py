@@ -17,7 +17,7 @@ from receiver import core
 from store import rows
 from store.errors import StoreError, StoreUnavailable
 from store.postgres.base import guard
-from store.records import DeliveryResult, NewDelivery, NewEvent, TaskChange, settle
+from store.records import Deadline, DeliveryResult, NewDelivery, NewEvent, TaskChange, settle
 
 __all__ = ["DeliveryWriter"]
 
@@ -43,6 +43,9 @@ class DeliveryWriter:
             asyncio.Queue()
         )
         self._task: asyncio.Task[None] | None = None
+        self._deadline = Deadline(
+            WRITE_TIMEOUT, lambda: StoreUnavailable("the store did not take the delivery in time")
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="store-delivery-writer")
@@ -58,10 +61,8 @@ class DeliveryWriter:
             raise StoreUnavailable("the store is not open")
         future: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((delivery, future))
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), WRITE_TIMEOUT)
-        except TimeoutError:
-            raise StoreUnavailable("the store did not take the delivery in time") from None
+        self._deadline.watch(future)
+        return await future
 
     async def _loop(self) -> None:
         stopping = False

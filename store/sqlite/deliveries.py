@@ -21,7 +21,7 @@ import orjson
 from receiver import core
 from store import rows
 from store.errors import StoreError, StoreUnavailable
-from store.records import DeliveryResult, NewDelivery, TaskChange, settle
+from store.records import Deadline, DeliveryResult, NewDelivery, TaskChange, settle
 from store.sqlite.writer import WRITE_TIMEOUT, Writer
 
 __all__ = ["LISTED", "DeliveryBatcher"]
@@ -181,6 +181,9 @@ class DeliveryBatcher:
         self._writer = writer
         self._pending: list[tuple[NewDelivery, asyncio.Future[DeliveryResult]]] = []
         self._flushing = False
+        self._deadline = Deadline(
+            WRITE_TIMEOUT, lambda: StoreUnavailable("the store did not take the delivery in time")
+        )
 
     async def record(self, delivery: NewDelivery) -> DeliveryResult:
         future: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
@@ -188,10 +191,8 @@ class DeliveryBatcher:
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().create_task(self._flush())
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), WRITE_TIMEOUT)
-        except TimeoutError:
-            raise StoreUnavailable("the store did not take the delivery in time") from None
+        self._deadline.watch(future)
+        return await future
 
     async def _flush(self) -> None:
         try:

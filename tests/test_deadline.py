@@ -1,0 +1,58 @@
+"""store.records.Deadline: the one timer that bounds how long a delivery waits for its batch."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from store.errors import StoreUnavailable
+from store.records import Deadline, settle
+
+pytestmark = pytest.mark.anyio
+
+
+def _deadline(timeout: float) -> Deadline:
+    return Deadline(timeout, lambda: StoreUnavailable("too slow"))
+
+
+async def test_a_future_still_waiting_at_its_deadline_fails_and_a_settled_one_keeps_its_result() -> None:
+    loop = asyncio.get_running_loop()
+    deadline = _deadline(0.05)
+    answered, forgotten = loop.create_future(), loop.create_future()
+    deadline.watch(answered)
+    deadline.watch(forgotten)
+    settle([(answered, "kept")])
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(forgotten, 5)
+    assert answered.result() == "kept"
+
+
+async def test_each_future_gets_its_own_deadline_not_the_first_ones() -> None:
+    loop = asyncio.get_running_loop()
+    deadline = _deadline(0.3)
+    early = loop.create_future()
+    deadline.watch(early)
+    await asyncio.sleep(0.2)
+    late = loop.create_future()
+    deadline.watch(late)
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(early, 5)
+    # The timer that failed `early` fired about 0.1 s after `late` was watched: well before its
+    # own deadline, so it must still be waiting, and fail only later.
+    assert not late.done()
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(late, 5)
+
+
+async def test_a_cancelled_caller_does_not_stop_the_others_or_the_timer() -> None:
+    loop = asyncio.get_running_loop()
+    deadline = _deadline(0.05)
+    gone, waiting = loop.create_future(), loop.create_future()
+    deadline.watch(gone)
+    deadline.watch(waiting)
+    gone.cancel()  # its caller was cancelled; the batch settles the rest and skips it
+    settle([(gone, "ignored")])
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(waiting, 5)
+    assert gone.cancelled()
