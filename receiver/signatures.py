@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -28,6 +29,7 @@ __all__ = [
 # Standard Webhooks headers under their three names: unbranded, Svix, and Pollo-style X-.
 STANDARD_HEADER_FAMILIES = ("webhook-", "svix-", "x-webhook-")
 OPENROUTER_SIGNATURE = "x-openrouter-signature"
+_FAMILY_NAMES = tuple((p, p + "id", p + "timestamp", p + "signature") for p in STANDARD_HEADER_FAMILIES)
 
 _TIMESTAMP = re.compile(r"^\s*\+?\d{1,15}\s*$")
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -116,6 +118,15 @@ def _timestamp(raw: str, now: int, tolerance: int) -> int:
     return value
 
 
+@functools.lru_cache(maxsize=16)  # the configured keys: the same tuple on every delivery
+def _split(keys: tuple[Key, ...]) -> tuple[tuple[bytes, ...], tuple[Ed25519PublicKey, ...]]:
+    """HMAC secrets and Ed25519 public keys, each decoded once."""
+    return (
+        tuple(k.material for k in keys if k.scheme in ("whsec", "raw")),
+        tuple(k.public_key() for k in keys if k.scheme == "whpk"),
+    )
+
+
 def _verify_standard(
     prefix: str, headers: Mapping[str, str], body: bytes, keys: Sequence[Key], now: int, tolerance: int
 ) -> Verification:
@@ -129,9 +140,8 @@ def _verify_standard(
     timestamp = _timestamp(raw_ts, now, tolerance)
     # The original header text is signed, as the OpenAI SDK does ("0<ts>" stays "0<ts>").
     signed = f"{message_id}.{raw_ts}.".encode() + body
-    hmac_keys = [k.material for k in keys if k.scheme in ("whsec", "raw")]
+    hmac_keys, public_keys = _split(tuple(keys))
     expected = [base64.b64encode(hmac.digest(k, signed, "sha256")) for k in hmac_keys]
-    public_keys = [k.public_key() for k in keys if k.scheme == "whpk"]
     for entry in header.split():
         version, sep, value = entry.partition(",")
         if not sep:  # bare base64 is a v1 signature (as the OpenAI SDK accepts)
@@ -196,8 +206,8 @@ def verify(
     Every parsing failure becomes SignatureError; NoSignature when no scheme's headers are
     present at all (the caller decides whether unsigned deliveries are acceptable there).
     """
-    for prefix in STANDARD_HEADER_FAMILIES:
-        if any(prefix + name in headers for name in ("id", "timestamp", "signature")):
+    for prefix, id_name, timestamp_name, signature_name in _FAMILY_NAMES:
+        if id_name in headers or timestamp_name in headers or signature_name in headers:
             return _verify_standard(prefix, headers, body, keys, now, tolerance)
     if OPENROUTER_SIGNATURE in headers:
         return _verify_openrouter(headers, body, keys, now, tolerance)

@@ -77,11 +77,12 @@ def test_json_policy_on_any_json_text(value: Any) -> None:
 def test_json_policy_depth(depth: int, opener: str) -> None:
     closer = "]" if opener == "[" else "}"
     text = opener * depth + "1" + closer * depth
-    if depth <= jsonpolicy.MAX_DEPTH:
-        assert jsonpolicy.loads(text) is not None
-    else:
-        with pytest.raises(jsonpolicy.JSONPolicyError):
-            jsonpolicy.loads(text)
+    for data in (text, text.encode()):
+        if depth <= jsonpolicy.MAX_DEPTH:
+            assert jsonpolicy.loads(data) is not None
+        else:
+            with pytest.raises(jsonpolicy.JSONPolicyError):
+                jsonpolicy.loads(data)
 
 
 @pytest.mark.parametrize(
@@ -98,9 +99,10 @@ def test_json_policy_depth(depth: int, opener: str) -> None:
         "[" * 5000 + "]" * 5000,
     ],
 )
-def test_json_policy_refuses(text: str) -> None:
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_json_policy_refuses(text: str, as_bytes: bool) -> None:
     with pytest.raises(jsonpolicy.JSONPolicyError):
-        jsonpolicy.loads(text)
+        jsonpolicy.loads(text.encode() if as_bytes else text)
 
 
 @pytest.mark.parametrize(
