@@ -343,7 +343,12 @@ class Deadline:
     def watch(self, future: asyncio.Future[Any]) -> None:
         loop = future.get_loop()
         deadline = loop.time() + self._timeout
-        self._watched.append((deadline, future))
+        watched = self._watched
+        # Let go of the answered ones now: held for the whole timeout, a few seconds of
+        # deliveries would outlive the young generations, and every full collection walks them.
+        while watched and watched[0][1].done():
+            watched.popleft()
+        watched.append((deadline, future))
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._expire, loop)
 

@@ -56,3 +56,15 @@ async def test_a_cancelled_caller_does_not_stop_the_others_or_the_timer() -> Non
     with pytest.raises(StoreUnavailable):
         await asyncio.wait_for(waiting, 5)
     assert gone.cancelled()
+
+
+async def test_answered_futures_are_let_go_before_their_deadline() -> None:
+    # Held for the whole timeout, seconds of deliveries would outlive the young GC generations.
+    loop = asyncio.get_running_loop()
+    deadline = _deadline(60)
+    answered = [loop.create_future() for _ in range(1000)]
+    for future in answered:
+        deadline.watch(future)
+    settle((future, None) for future in answered)
+    deadline.watch(loop.create_future())
+    assert len(deadline._watched) == 1
