@@ -9,8 +9,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 
+from store.errors import StoreUnavailable
 from store.postgres import PostgresStore
 from tests.test_store_contract import delivery, opened, submitted
 
@@ -113,3 +115,39 @@ async def test_copies_in_one_batch_are_counted_in_that_batch(
         page = await store.list_deliveries(None, 10, None)
         assert sorted(d.last_seen_at - now for d in page.rows) == [2, 2, 2]
         assert "one at a time" not in caplog.text  # not rescued by the fallback
+
+
+async def test_a_task_row_held_elsewhere_fails_only_its_own_deliveries(postgres_url: str) -> None:
+    now = time.time()
+    async with opened(postgres_url) as (store,):
+        for n in (1, 2):
+            await submitted(store, n, now)
+        holder = await asyncpg.connect(postgres_url)  # a long transaction, or a stopped process
+        try:
+            held = holder.transaction()
+            await held.start()
+            await holder.execute("SELECT pk FROM tasks WHERE video_id = 'vid1' FOR UPDATE")
+            blocked = asyncio.create_task(store.record_delivery(delivery(1, "msg:held", "in_progress", now)))
+            await _until_a_statement_waits_on_a_lock(holder)
+            # Queued behind the blocked batch: answered once that batch gives up on the lock,
+            # not left waiting for the lock (then for the store's 5 s deadline, and a 503).
+            free = await store.record_delivery(delivery(2, "msg:free", "in_progress", now))
+            assert (free.outcome, free.duplicate) == ("applied", False)
+            with pytest.raises(StoreUnavailable):
+                await blocked
+            await held.rollback()
+        finally:
+            await holder.close()
+        # Nothing of the failed one was kept: the provider's retry is a first delivery.
+        again = await store.record_delivery(delivery(1, "msg:held", "in_progress", now + 1))
+        assert (again.outcome, again.duplicate) == ("applied", False)
+
+
+async def _until_a_statement_waits_on_a_lock(conn: asyncpg.Connection) -> None:
+    deadline = time.monotonic() + 10
+    while not await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    ):
+        assert time.monotonic() < deadline, "the writer never reached the held row"
+        await asyncio.sleep(0.02)

@@ -15,7 +15,7 @@ import asyncpg
 from store.errors import StoreUnavailable, UnknownCursor
 from store.records import Page
 
-__all__ = ["CHANNEL", "PostgresBase", "guard", "migrate"]
+__all__ = ["CHANNEL", "PostgresBase", "guard", "keep_session", "migrate"]
 
 log = logging.getLogger("receiver.store")
 
@@ -63,7 +63,7 @@ async def migrate(conn: asyncpg.Connection) -> int:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
 
 
-async def _keep_session(_conn: asyncpg.Connection) -> None:
+async def keep_session(_conn: asyncpg.Connection) -> None:
     """A connection goes back to the pool as it is: this store sets no session state (no SET,
     LISTEN, cursor or session-level lock on a pooled connection; an open transaction is still
     rolled back by the pool). asyncpg's default reset costs a round trip on every release,
@@ -95,7 +95,7 @@ class PostgresBase:
             min_size=2,
             max_size=POOL_SIZE,
             command_timeout=COMMAND_TIMEOUT,
-            reset=_keep_session,
+            reset=keep_session,
         )
         self._listen_task = asyncio.create_task(self._listen(), name="store-listener")
 

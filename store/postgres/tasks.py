@@ -12,9 +12,9 @@ import asyncpg
 from receiver import core
 from store import rows
 from store.errors import StoreUnavailable, UnknownCursor, WrongVideo
-from store.postgres.base import VISIBLE, PostgresBase
+from store.postgres.base import COMMAND_TIMEOUT, VISIBLE, PostgresBase, keep_session
 from store.postgres.changes import write_change
-from store.postgres.writer import DeliveryWriter
+from store.postgres.writer import LOCK_TIMEOUT, DeliveryWriter
 from store.records import (
     CreateResult,
     DeliveryResult,
@@ -47,17 +47,31 @@ class TaskStore(PostgresBase):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self._deliveries: DeliveryWriter | None = None
+        self._writer_pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
         await super().open()
-        assert self._pool is not None
-        self._deliveries = DeliveryWriter(self._pool.acquire, self.announce)
+        # The ack path's writer has a connection of its own, whose statements give up on a row
+        # lock after LOCK_TIMEOUT: a task row held by another session (a long transaction, a
+        # stopped process) then fails only that task's deliveries, not every batch behind it.
+        self._writer_pool = await asyncpg.create_pool(
+            self._url,
+            min_size=1,
+            max_size=1,
+            command_timeout=COMMAND_TIMEOUT,
+            reset=keep_session,
+            server_settings={"lock_timeout": f"{int(LOCK_TIMEOUT * 1000)}ms"},
+        )
+        self._deliveries = DeliveryWriter(self._writer_pool.acquire, self.announce)
         self._deliveries.start()
 
     async def close(self) -> None:
         if self._deliveries is not None:
             await self._deliveries.stop()
             self._deliveries = None
+        if self._writer_pool is not None:
+            await self._writer_pool.close()
+            self._writer_pool = None
         await super().close()
 
     # -- reads -------------------------------------------------------------------------------

@@ -25,6 +25,10 @@ log = logging.getLogger("receiver.store")
 
 _MAX_BATCH = 256
 WRITE_TIMEOUT = 5.0
+# How long a batch's statement waits for a task row another session holds (our own transactions
+# hold one for milliseconds). Past it the batch is stored one delivery at a time, so the others
+# are answered well inside WRITE_TIMEOUT and only the held task's deliveries get a 503.
+LOCK_TIMEOUT = 1.0
 
 
 # A batch decided on rows that changed before it was written: read and decide it again.
