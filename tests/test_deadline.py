@@ -33,7 +33,7 @@ async def test_each_future_gets_its_own_deadline_not_the_first_ones() -> None:
     deadline = _deadline(0.3)
     early = loop.create_future()
     deadline.watch(early)
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # wait-ok: `late` must be watched later than `early`, not a condition
     late = loop.create_future()
     deadline.watch(late)
     with pytest.raises(StoreUnavailable):

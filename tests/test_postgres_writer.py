@@ -150,4 +150,4 @@ async def _until_a_statement_waits_on_a_lock(conn: asyncpg.Connection) -> None:
         " WHERE datname = current_database() AND wait_event_type = 'Lock'"
     ):
         assert time.monotonic() < deadline, "the writer never reached the held row"
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # wait-ok: the poll interval of a condition wait with a deadline
