@@ -770,24 +770,20 @@ async def bench_ingest(args: argparse.Namespace) -> int:
                     label = f"pg{processes}"
                     runs[label] = await ingest_run(args, label, url, processes, scratch)
                 show(f"PostgreSQL, {processes} process{'es' if processes > 1 else ''}", runs[label])
-        runs["bare"] = await bare_run(args, runs["sqlite"]["files"][0])
-        bare = runs["bare"]
+        runs["bare"] = baseline = await bare_run(args, runs["sqlite"]["files"][0])
         print(
-            f"  {'bare Starlette endpoint':<34} {bare['rate']:>9,.0f} requests/s    "
-            f"p50 {bare['p50']:.2f} ms  p99 {bare['p99']:.2f} ms"
+            f"  {'bare Starlette endpoint':<34} {baseline['rate']:>9,.0f} requests/s    "
+            f"p50 {baseline['p50']:.2f} ms  p99 {baseline['p99']:.2f} ms"
         )
         rounds.append(runs)
 
-    def median(values: list[float]) -> float:
-        return statistics.median(values)
-
     def ratio(top: str, bottom: str) -> tuple[float, str]:
         values = [r[top]["rate"] / r[bottom]["rate"] for r in rounds]
-        return median(values), f"(rounds: {', '.join(f'{v:.2f}' for v in values)})"
+        return statistics.median(values), f"(rounds: {', '.join(f'{v:.2f}' for v in values)})"
 
     print(f"median of {len(rounds)} rounds:")
     sqlite_ratio, each = ratio("sqlite", "bare")
-    sqlite_p99 = median([r["sqlite"]["p99"] for r in rounds])
+    sqlite_p99 = statistics.median([r["sqlite"]["p99"] for r in rounds])
     print(f"  SQLite: {sqlite_ratio:.1%} of the bare endpoint {each}, p99 {sqlite_p99:.2f} ms")
     clean = all(
         run["missing"] == 0 and run["non2xx"] == 0 for r in rounds for k, run in r.items() if k != "bare"
@@ -795,7 +791,7 @@ async def bench_ingest(args: argparse.Namespace) -> int:
     ok = sqlite_ratio >= 0.33 and sqlite_p99 < 25 and clean
     if pg_admin is not None:
         pg1_ratio, each = ratio("pg1", "sqlite")
-        pg1_p99 = median([r["pg1"]["p99"] for r in rounds])
+        pg1_p99 = statistics.median([r["pg1"]["p99"] for r in rounds])
         print(f"  PostgreSQL, 1 process: {pg1_ratio:.1%} of SQLite {each}, p99 {pg1_p99:.2f} ms")
         pg2_ratio, each = ratio("pg2", "pg1")
         print(f"  PostgreSQL, 2 processes: {pg2_ratio:.2f}x one process {each}")

@@ -327,11 +327,12 @@ class Deadline:
     error `error()` makes; one timer serves them all.
 
     The ack path's callers used `asyncio.wait_for(asyncio.shield(future), timeout)`, which
-    costs a timer, a wrapping future and their callbacks on every delivery: about a tenth of the
-    receiver's CPU under load. Futures are watched in the order their deadlines fall (one
-    timeout for all), so the timer only ever looks at the oldest. A caller awaits its future
-    directly; a caller cancelled meanwhile cancels only its own future, and the batch that
-    holds it is written all the same (`settle` skips a future already done).
+    costs a timer, a wrapping future and their callbacks on every delivery: the PostgreSQL
+    writer's `record` was 8% of the receiver's CPU under load with it, 3% without (py-spy).
+    Futures are watched in the order their deadlines fall (one timeout for all), so the timer
+    only ever looks at the oldest. A caller awaits its future directly; a caller cancelled
+    meanwhile cancels only its own future, and the batch that holds it is written all the same
+    (`settle` skips a future already done).
     """
 
     def __init__(self, timeout: float, error: Callable[[], BaseException]) -> None:
