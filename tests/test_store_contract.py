@@ -297,6 +297,26 @@ async def test_replay_queues_sends_again_under_the_same_event_id(database_url: s
         assert await store.claim_outbox(now + 1, 10, {}, 4, 60) == []
 
 
+async def test_an_event_goes_to_the_subscriptions_its_type_matches(database_url: str) -> None:
+    # One rule, three paths: the ack path's batch, the one-task path (a poll), and a replay.
+    now = time.time()
+    async with opened(database_url) as (store,):
+        every = await store.create_subscription("https://all.example.com/hook", None, "whsec_x", now)
+        failed = await store.create_subscription(
+            "https://failed.example.com/hook", ["video.failed"], "whsec_x", now
+        )
+        await submitted(store, 1, now)
+        polled = await submitted(store, 2, now)
+        completed = await store.record_delivery(delivery(1, "msg:1", "completed", now))
+        assert completed.sends == 1
+        await store.record_poll(polled, "failed", {"id": "vid2", "status": "failed"}, now, None)
+        jobs = await store.claim_outbox(now + 1, 10, {}, 10, 60)
+        sent = sorted((j.event.data["status"], j.subscription.id == every.id) for j in jobs)
+        assert sent == [("completed", True), ("failed", False), ("failed", True)]
+        assert {j.subscription.id for j in jobs} == {every.id, failed.id}
+        assert await store.queue_replay(ReplayFilter(video_id="vid1"), now, "rpl_1") == (1, 1)
+
+
 async def test_the_event_stream_follows_commit_order(database_url: str) -> None:
     now = time.time()
     async with opened(database_url, 2) as (a, b):

@@ -1,9 +1,8 @@
-"""PostgreSQL: writing receiver.core's change sets, one task or a batch of tasks at a time."""
+"""PostgreSQL: writing receiver.core's change set for one task (the ack path's batches: writer)."""
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from typing import Any
 
 import asyncpg
@@ -11,9 +10,17 @@ import orjson
 
 from store.records import NewEvent, TaskChange
 
-__all__ = ["record_events", "write_change", "write_changes"]
+__all__ = ["LISTED", "SUBSCRIBED", "record_events", "write_change"]
 
-_LISTED = "listed_tx = pg_current_xact_id()::text::bigint"
+# A task joins the task list when it gets its video id: at the place of the transaction that
+# gave it (cursors read in commit order).
+LISTED = "listed_tx = pg_current_xact_id()::text::bigint"
+# Which subscriptions `s` an event `e` (with task_pk and type) is sent to: the transactional
+# outbox's one rule, for the one-task path here and the ack path's batch statement.
+SUBSCRIBED = (
+    "s.status IN ('active', 'paused') AND (s.task_pk = e.task_pk"
+    " OR (s.task_pk IS NULL AND (s.events IS NULL OR s.events ? e.type)))"
+)
 
 
 def _value(column: str, value: Any) -> Any:
@@ -26,7 +33,7 @@ def _statement(change: TaskChange) -> str:
     start = 2 + len(change.sets)
     sets += [f"{column} = {column} + ${n}" for n, column in enumerate(change.adds, start=start)]
     if "video_id" in change.sets:
-        sets.append(_LISTED)  # it joins the task list now: at this transaction's place
+        sets.append(LISTED)  # it joins the task list now: at this transaction's place
     return f"UPDATE tasks SET {', '.join(sets)} WHERE pk = $1"
 
 
@@ -42,20 +49,6 @@ async def write_change(conn: asyncpg.Connection, task_pk: int, change: TaskChang
     if change.event is None:
         return None
     return (await record_events(conn, [(task_pk, change.event)]))[task_pk]
-
-
-async def write_changes(conn: asyncpg.Connection, changes: dict[int, TaskChange]) -> dict[int, int]:
-    """Many tasks' changes: one pipelined statement per shape of change (the ack path's batches
-    mostly share one or two shapes). Returns the sends queued per task that recorded an event."""
-    shapes: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-    for pk in sorted(changes):  # rows in pk order: no deadlock between processes
-        change = changes[pk]
-        if change.sets or change.adds:
-            shapes[_statement(change)].append(_args(pk, change))
-    for sql, rows in shapes.items():
-        await conn.executemany(sql, rows)
-    events = [(pk, c.event) for pk, c in changes.items() if c.event is not None]
-    return await record_events(conn, events) if events else {}
 
 
 async def record_events(conn: asyncpg.Connection, events: list[tuple[int, NewEvent]]) -> dict[int, int]:
@@ -76,9 +69,7 @@ async def record_events(conn: asyncpg.Connection, events: list[tuple[int, NewEve
         "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at)"
         " SELECT e.pk, s.pk, 'pending', e.at, e.at"
         " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[]) AS e(pk, task_pk, type, at)"
-        " JOIN subscriptions s ON s.status IN ('active', 'paused') AND (s.task_pk = e.task_pk"
-        " OR (s.task_pk IS NULL AND (s.events IS NULL OR s.events ? e.type)))"
-        " RETURNING event_pk",
+        f" JOIN subscriptions s ON {SUBSCRIBED} RETURNING event_pk",
         [r["pk"] for r in created],
         [r["task_pk"] for r in created],
         [r["type"] for r in created],

@@ -15,6 +15,7 @@ from receiver import core
 from store import rows
 from store.errors import UnknownCursor
 from store.postgres.base import CHANNEL, VISIBLE, PostgresBase
+from store.postgres.changes import SUBSCRIBED
 from store.records import (
     Attempt,
     AttemptRow,
@@ -198,9 +199,7 @@ class FanoutStore(PostgresBase):
             args.append(sel.subscription_id)
             match = f"s.id = ${len(args)} AND (s.task_pk IS NULL OR s.task_pk = e.task_pk)"
         else:
-            match = (
-                "(s.task_pk = e.task_pk OR (s.task_pk IS NULL AND (s.events IS NULL OR s.events ? e.type)))"
-            )
+            match = SUBSCRIBED  # every subscription the event matches now
         clause = " AND ".join(where) or "true"
         async with self._tx() as conn:
             counted = await conn.fetchrow(

@@ -17,6 +17,7 @@ from receiver import core
 from store import rows
 from store.errors import StoreError, StoreUnavailable
 from store.postgres.base import guard
+from store.postgres.changes import LISTED, SUBSCRIBED
 from store.records import Deadline, DeliveryResult, NewDelivery, NewEvent, TaskChange, settle
 
 __all__ = ["DeliveryWriter"]
@@ -315,7 +316,7 @@ def _task_updates(st: _Statement, changes: dict[int, TaskChange], checks: list[s
             names.append(f"a{i}")
             assign.append(f"{column} = t.{column} + x.a{i}")
         if "video_id" in sets:
-            assign.append("listed_tx = pg_current_xact_id()::text::bigint")  # listed from now on
+            assign.append(LISTED)
         st.ctes.append(
             f"u{n} AS (UPDATE tasks t SET {', '.join(assign)} FROM {st.unnest(columns, ', '.join(names))}"
             f" JOIN locked l ON l.pk = x.pk WHERE t.pk = x.pk RETURNING t.pk)"
@@ -343,8 +344,7 @@ def _events(st: _Statement, events: list[tuple[int, NewEvent]]) -> None:
     st.ctes.append(
         "ob AS (INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at)"
         " SELECT e.pk, s.pk, 'pending', e.created_at, e.created_at FROM ev e"
-        " JOIN subscriptions s ON s.status IN ('active', 'paused') AND (s.task_pk = e.task_pk"
-        " OR (s.task_pk IS NULL AND (s.events IS NULL OR s.events ? e.type))) RETURNING event_pk)"
+        f" JOIN subscriptions s ON {SUBSCRIBED} RETURNING event_pk)"
     )
     files = [(pk, e.video_id, v, url, e.created_at) for pk, e in events for v, url in e.files]
     if files:
