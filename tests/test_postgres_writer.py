@@ -14,6 +14,7 @@ import pytest
 
 from store.errors import StoreUnavailable
 from store.postgres import PostgresStore
+from store.postgres import writer as writer_module
 from tests.test_store_contract import delivery, opened, submitted
 
 pytestmark = pytest.mark.anyio
@@ -151,3 +152,52 @@ async def _until_a_statement_waits_on_a_lock(conn: asyncpg.Connection) -> None:
     ):
         assert time.monotonic() < deadline, "the writer never reached the held row"
         await asyncio.sleep(0.02)  # wait-ok: the poll interval of a condition wait with a deadline
+
+
+async def _batches_of(url: str, keys: list[str]) -> list[int]:
+    """How many of `keys` each writing transaction stored (a batch is one statement)."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT count(*) AS n FROM deliveries WHERE dedupe_key = ANY($1::text[])"
+            " GROUP BY tx ORDER BY min(pk)",
+            keys,
+        )
+    finally:
+        await conn.close()
+    return [r["n"] for r in rows]
+
+
+async def test_under_load_a_short_batch_waits_for_a_full_one(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "BUSY_RATE", 0.0)  # as if deliveries were pouring in
+    monkeypatch.setattr(writer_module, "LINGER", 30.0)  # only FULL queued can end the wait in time
+    now = time.time()
+    async with opened(postgres_url) as (store,):
+        assert isinstance(store, PostgresStore) and store._deliveries is not None
+        writer = store._deliveries
+        await submitted(store, 1, now)
+        first = asyncio.create_task(store.record_delivery(delivery(1, "msg:0", "in_progress", now)))
+        deadline = time.monotonic() + 10
+        while writer._filled is None:  # the writer holds the lone delivery back
+            assert time.monotonic() < deadline and not first.done(), "the writer did not wait"
+            await asyncio.sleep(0.01)  # wait-ok: the poll interval of a condition wait with a deadline
+        keys = [f"msg:{i}" for i in range(writer_module.FULL)]
+        rest = [store.record_delivery(delivery(1, k, "in_progress", now + 1)) for k in keys[1:]]
+        results = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+        assert not any(r.duplicate for r in results) and len({r.id for r in results}) == writer_module.FULL
+        assert await _batches_of(postgres_url, keys) == [writer_module.FULL]
+
+
+async def test_a_lone_delivery_is_written_at_once(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "LINGER", 30.0)  # a wait would outlast the test's patience
+    now = time.time()
+    async with opened(postgres_url) as (store,):
+        await submitted(store, 1, now)
+        for i in range(3):  # one at a time, as a quiet provider sends them
+            result = await asyncio.wait_for(
+                store.record_delivery(delivery(1, f"msg:{i}", "in_progress", now + i)), 10
+            )
+            assert not result.duplicate
+        assert await _batches_of(postgres_url, [f"msg:{i}" for i in range(3)]) == [1, 1, 1]

@@ -26,6 +26,18 @@ log = logging.getLogger("receiver.store")
 
 _MAX_BATCH = 256
 WRITE_TIMEOUT = 5.0
+# Group commit with a short wait under load. A batch costs about 1 ms of CPU whatever its size
+# (the database's part of two statements and a commit, ours of building and decoding them) and
+# about 30 us more per delivery, so batches of 15 spend twice as much per delivery on the fixed
+# part as batches of 30. While deliveries arrive at BUSY_RATE a second or more, the writer waits
+# up to LINGER, or until FULL are queued, before it takes a smaller batch; below that rate it never
+# waits, and a lone delivery is written at once. Measured with two processes on 2 cores (scripts/
+# bench ingest): their batches grew from 15 to 28 deliveries and their CPU per delivery fell by
+# about a fifth. One process, whose batches held 32 already, was unchanged. A target of 32 made
+# that one process wait too, and its 64 connections bunched into batches of 50: 20% slower.
+FULL = 20
+LINGER = 0.002
+BUSY_RATE = 2000.0
 # How long a batch's statement waits for a task row another session holds (our own transactions
 # hold one for milliseconds). Past it the batch is stored one delivery at a time, so the others
 # are answered well inside WRITE_TIMEOUT and only the held task's deliveries get a 503.
@@ -48,6 +60,9 @@ class DeliveryWriter:
             asyncio.Queue()
         )
         self._task: asyncio.Task[None] | None = None
+        self._filled: asyncio.Future[None] | None = None  # set once FULL are queued (a linger)
+        self._arrived = 0  # deliveries queued since the last batch was taken
+        self._rate = 0.0  # deliveries a second, a moving average over the last batches
         self._deadline = Deadline(
             WRITE_TIMEOUT, lambda: StoreUnavailable("the store did not take the delivery in time")
         )
@@ -66,15 +81,27 @@ class DeliveryWriter:
             raise StoreUnavailable("the store is not open")
         future: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((delivery, future))
+        self._arrived += 1
+        # The lingering writer holds one delivery already.
+        if self._filled is not None and self._queue.qsize() + 1 >= FULL and not self._filled.done():
+            self._filled.set_result(None)
         self._deadline.watch(future)
         return await future
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         stopping = False
+        taken = loop.time()
         while not stopping:
             item = await self._queue.get()
             if item is None:
                 break
+            now = loop.time()
+            if now > taken:
+                self._rate = 0.8 * self._rate + 0.2 * self._arrived / (now - taken)
+            if self._rate >= BUSY_RATE and self._queue.qsize() + 1 < FULL:
+                await self._linger(loop)
+            taken, self._arrived = loop.time(), 0
             batch = [item]
             while len(batch) < _MAX_BATCH and not self._queue.empty():
                 extra = self._queue.get_nowait()
@@ -83,6 +110,16 @@ class DeliveryWriter:
                     break
                 batch.append(extra)
             await self._commit([d for d, _ in batch], [f for _, f in batch])
+
+    async def _linger(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait until FULL deliveries are queued or LINGER has passed, whichever comes first."""
+        filled = self._filled = loop.create_future()
+        timer = loop.call_later(LINGER, _settle, filled)
+        try:
+            await filled
+        finally:
+            timer.cancel()
+            self._filled = None
 
     async def _commit(
         self, deliveries: list[NewDelivery], futures: list[asyncio.Future[DeliveryResult]]
@@ -120,6 +157,11 @@ class DeliveryWriter:
                 self._announce(topic)
             return results
         raise StoreUnavailable("deliveries kept conflicting with another process")
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 # The SQL type of each task column a change may write (arrays are cast to these).
