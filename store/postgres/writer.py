@@ -82,9 +82,8 @@ class DeliveryWriter:
         future: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((delivery, future))
         self._arrived += 1
-        # The lingering writer holds one delivery already.
-        if self._filled is not None and self._queue.qsize() + 1 >= FULL and not self._filled.done():
-            self._filled.set_result(None)
+        if self._filled is not None and self._queue.qsize() + 1 >= FULL:  # +1: the one it holds
+            _settle(self._filled)
         self._deadline.watch(future)
         return await future
 
