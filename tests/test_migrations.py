@@ -116,3 +116,63 @@ async def test_a_database_from_an_earlier_release_opens_and_works(tmp_path: Path
         await store.close()
     version = sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0]
     assert version == len(steps())
+
+
+async def test_a_postgres_database_of_every_earlier_step_opens_and_works(postgres_url: str) -> None:
+    """A PostgreSQL database left at each earlier migration, with a task and its delivery,
+    takes the rest on start and keeps working (migration 4 drops the deliveries' foreign key)."""
+    import asyncpg
+
+    from store import open_store
+    from store.postgres.base import _steps
+
+    total = len(_steps())
+    for done in range(1, total):
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+            await conn.execute(
+                "CREATE TABLE receiver_migrations"
+                " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for number, script in enumerate(_steps()[:done], start=1):
+                await conn.execute(script)
+                await conn.execute("INSERT INTO receiver_migrations (version) VALUES ($1)", number)
+            now = time.time()
+            pk = await conn.fetchval(
+                "INSERT INTO tasks (video_id, token_hash, status, model, video, request, created_at,"
+                " updated_at, next_poll_at) VALUES ('video_old', 'tok_old', 'queued', 'm', '{}', '{}',"
+                " $1, $1, $2) RETURNING pk",
+                now,
+                now + 60,
+            )
+            await conn.execute(
+                "INSERT INTO deliveries (dedupe_key, task_pk, video_id, route, verified_by, headers, body,"
+                " status, outcome, received_at, last_seen_at) VALUES ('msg:old', $1, 'video_old', 'task',"
+                " 'standard-v1', '{}', '\\x00', 'queued', 'applied', $2, $2)",
+                pk,
+                now,
+            )
+        finally:
+            await conn.close()
+        store = open_store(postgres_url)
+        await store.open()
+        try:
+            result = await store.record_delivery(delivery("msg:new", "completed", now))
+            assert (result.outcome, result.terminal) == ("applied", True), done
+            task = await store.task_by_video("video_old")
+            assert task is not None and (task.status, task.deliveries) == ("completed", 2), done
+            page = await store.list_deliveries("video_old", 10, None)
+            assert [r.dedupe_key for r in page.rows] == ["msg:new", "msg:old"], done
+        finally:
+            await store.close()
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            assert await conn.fetchval("SELECT max(version) FROM receiver_migrations") == total
+            keys = (
+                "SELECT count(*) FROM pg_constraint"
+                " WHERE conrelid = 'deliveries'::regclass AND contype = 'f'"
+            )
+            assert await conn.fetchval(keys) == 0, done  # the per-delivery check is gone
+        finally:
+            await conn.close()

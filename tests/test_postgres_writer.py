@@ -12,10 +12,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+from store import UnknownToken
 from store.errors import StoreUnavailable
 from store.postgres import PostgresStore
 from store.postgres import writer as writer_module
-from tests.test_store_contract import delivery, opened, submitted
+from tests.test_store_contract import delivery, new_task, opened, submitted
 
 pytestmark = pytest.mark.anyio
 
@@ -72,6 +73,28 @@ async def test_a_task_changed_between_read_and_write_is_decided_again(postgres_u
         assert result.outcome != "applied" and not result.terminal
         events = await a.list_events("vid1", None, 10, None)
         assert [e.data["status"] for e in events.rows] == ["completed"]
+
+
+async def test_a_task_abandoned_between_read_and_write_is_not_named(postgres_url: str) -> None:
+    """No foreign key keeps a delivery's task (migration 4): the batch's lock and check must. A
+    failed submit abandoned by another process after our read leaves the delivery refused as
+    an unknown token, not stored naming a task that is gone."""
+    now = time.time()
+    async with opened(postgres_url, 2) as (a, b):
+        assert isinstance(a, PostgresStore)
+        created = await b.create_task(new_task(1, now))
+        assert created.pk is not None
+        abandoned: list[bool] = []
+
+        async def other_process_abandons() -> None:
+            abandoned.append(await b.abandon_submit(created.pk))
+
+        fired = interleave(a, other_process_abandons)
+        with pytest.raises(UnknownToken):
+            await a.record_delivery(delivery(1, "msg:first", "in_progress", now))
+        assert fired and abandoned == [True]
+        assert await a.task_by_pk(created.pk) is None
+        assert (await a.list_deliveries(None, 10, None)).rows == []
 
 
 async def test_a_copy_stored_between_read_and_write_is_a_repeat(postgres_url: str) -> None:
