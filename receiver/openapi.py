@@ -221,7 +221,8 @@ def document(
             "version": version,
             "description": "Webhook receiver for asynchronous video-generation APIs. Errors are "
             '{"error": {"type", "code", "message", "param"}}; lists are '
-            '{"object": "list", "data": [...], "has_more": bool}, paged by limit and after.',
+            '{"object": "list", "data": [...], "first_id", "last_id", "has_more": bool}, paged by '
+            "limit and after (pass the last page's last_id as after, as the OpenAI SDK does).",
         },
         "paths": dict(sorted(paths.items())),
         "components": {
