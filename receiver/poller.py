@@ -10,6 +10,7 @@ from typing import Any
 from receiver.context import Context
 from receiver.payloads import PayloadError, normalise_status
 from receiver.provider import ProviderError
+from receiver.redact import find_token, strip_callbacks
 from store import StoreError, TaskRow
 
 __all__ = ["Poller"]
@@ -148,6 +149,9 @@ class Poller:
         ctx.metrics.polls.labels(result=status).inc()
         now = ctx.clock()
         video: dict[str, Any] = {k: v for k, v in answer.items() if k not in ("object", "callback_url")}
+        # Stored without our callback token, even quoted bare (a delivery's is stripped at ingest).
+        token = find_token(video, task.token_hash) if task.token_hash else None
+        video = strip_callbacks(video, (token,) if token else ())
         if status not in ("completed", "failed") and past_deadline:
             await self._expire(task, now)
             return

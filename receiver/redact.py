@@ -9,11 +9,19 @@ one rule for the headers we keep with a delivery.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "is_secret_header", "redact_headers", "strip_callbacks", "strip_text"]
+__all__ = [
+    "REDACTED",
+    "find_token",
+    "is_secret_header",
+    "redact_headers",
+    "strip_callbacks",
+    "strip_text",
+]
 
 REDACTED = "[redacted]"
 CALLBACK_PLACEHOLDER = "[receiver callback URL]"
@@ -24,6 +32,14 @@ _CALLBACK = re.compile(
     r"(?:[A-Za-z][A-Za-z0-9+.-]*:(?://|%2F%2F)[^\s\"'<>]*?)?(?:/|%2F)webhooks(?:/|%2F)[A-Za-z0-9_-]{16,}",
     re.IGNORECASE,
 )
+
+# A callback token as we mint it (secrets.token_urlsafe(32)): 43 characters of the URL-safe
+# alphabet. A provider may echo it bare, outside any URL; we keep only its hash, so a bare copy is
+# found by hashing every such run of characters (a run longer than _RUN_LIMIT is a blob, not a token
+# with a prefix, and is not searched).
+_TOKEN_LENGTH = 43
+_RUN = re.compile(rf"[A-Za-z0-9_-]{{{_TOKEN_LENGTH},}}")
+_RUN_LIMIT = 128
 
 # Header names that carry a credential. Signatures are not credentials (they are shown so a
 # delivery can be checked again); idempotency keys only name a message.
@@ -73,3 +89,30 @@ def _strip(value: Any, tokens: tuple[str, ...]) -> Any:
     if isinstance(value, list):
         return [_strip(v, tokens) for v in value]
     return value
+
+
+def find_token(value: Any, token_hash: str) -> str | None:
+    """Our callback token wherever `value` (a provider's answer) quotes it, even bare, found by
+    its SHA-256 hex digest; None when it is not there."""
+    for text in _strings(value):
+        for run in _RUN.finditer(text):
+            word = run.group()
+            if len(word) > _RUN_LIMIT:
+                continue
+            for start in range(len(word) - _TOKEN_LENGTH + 1):
+                candidate = word[start : start + _TOKEN_LENGTH]
+                if hashlib.sha256(candidate.encode()).hexdigest() == token_hash:
+                    return candidate
+    return None
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)

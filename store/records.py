@@ -58,6 +58,7 @@ class TaskRow:
     poll_failures: int = 0
     confirm_pending: bool = False
     expires_at: float | None = None
+    token_hash: str | None = None  # of the task's callback token (the token itself is never kept)
 
 
 @dataclass(slots=True)

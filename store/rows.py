@@ -70,6 +70,7 @@ def task(row: Row) -> TaskRow:
         confirm_pending=bool(row["confirm_pending"]),
         expires_at=row["expires_at"],
         last_open_poll_at=row["last_open_poll_at"],
+        token_hash=row["token_hash"],
     )
 
 

@@ -205,7 +205,21 @@ class EchoingProvider:
                 return JSONResponse({"error": {"message": message}}, 400)
             return JSONResponse(self.video("queued"))
 
-        self.app = Starlette(routes=[Route("/v1/videos", create, methods=["POST"])])
+        async def retrieve(request: Request) -> Response:
+            video = self.video("completed")
+            video["metadata"]["note"] = f"ping {self.token} when done"  # bare, inside a sentence
+            return JSONResponse(video)
+
+        self.app = Starlette(
+            routes=[
+                Route("/v1/videos", create, methods=["POST"]),
+                Route("/v1/videos/{video_id}", retrieve, methods=["GET"]),
+            ]
+        )
+
+    @property
+    def token(self) -> str:
+        return self.callback_url.rsplit("/", 1)[1]
 
     def video(self, status: str) -> dict[str, Any]:
         return {
@@ -254,6 +268,35 @@ async def test_our_callback_url_never_leaves(make_stack: StackFactory) -> None:
             and "not reachable" in error["message"]
         )
         await still_up(stack)
+
+
+async def test_our_callback_token_quoted_bare_in_a_poll_answer_never_leaves(make_stack: StackFactory) -> None:
+    """No delivery comes; the result is polled, and the provider's answer quotes the token alone,
+    outside any URL. We keep only its hash, and still find and strip it before storing."""
+    provider = EchoingProvider()
+    subscriber = Subscriber()
+    async with (
+        serve(provider.app) as provider_url,
+        serve(subscriber.app) as sub_url,
+        make_stack(provider_url=provider_url) as stack,
+    ):
+        await stack.client.post(f"{stack.url}/v1/subscriptions", json={"url": f"{sub_url}/hook"})
+        assert (await stack.submit()).status_code == 200
+        task = await stack.store.task_by_video("video_echo")
+        await stack.poller.poll(task)
+        await wait_until(lambda: len(subscriber.received) == 1, what="the fan-out send")
+        video = await stack.video("video_echo")
+        assert video["status"] == "completed" and video["metadata"]["note"] == "ping [redacted] when done"
+        seen = [
+            json.dumps(video),
+            (await stack.client.get(f"{stack.url}/v1/videos")).text,
+            (await stack.client.get(f"{stack.url}/v1/events")).text,
+            subscriber.received[0].body.decode(),
+        ]
+        for text in seen:
+            assert provider.token not in text, text
+        stored = await stack.store.task_by_video("video_echo")
+        assert provider.token not in json.dumps(stored.video)  # stripped before it was kept
 
 
 # -- one redaction rule -------------------------------------------------------------------------

@@ -170,8 +170,7 @@ async def test_a_postgres_database_of_every_earlier_step_opens_and_works(postgre
         try:
             assert await conn.fetchval("SELECT max(version) FROM receiver_migrations") == total
             keys = (
-                "SELECT count(*) FROM pg_constraint"
-                " WHERE conrelid = 'deliveries'::regclass AND contype = 'f'"
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = 'deliveries'::regclass AND contype = 'f'"
             )
             assert await conn.fetchval(keys) == 0, done  # the per-delivery check is gone
         finally:

@@ -4,6 +4,7 @@ module's own error type (a 4xx upstream), and what is accepted keeps the module'
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import string
 from typing import Any
@@ -18,7 +19,7 @@ from receiver.errors import InvalidRequest
 from receiver.ids import KINDS, parse_id, parse_page
 from receiver.outbound import OutboundURLError, address_allowed, check_url, host_address
 from receiver.payloads import PayloadError, normalise, normalise_status
-from receiver.redact import is_secret_header, redact_headers, strip_callbacks
+from receiver.redact import find_token, is_secret_header, redact_headers, strip_callbacks
 from receiver.settings import Settings, SettingsError
 from receiver.signatures import SecretFormatError, SignatureError, parse_key, verify
 
@@ -370,6 +371,15 @@ def test_strip_callbacks_removes_the_token_wherever_it_sits(value: Any, prefix: 
     assert TOKEN not in json.dumps(stripped)
     if prefix:
         assert TOKEN not in json.dumps(strip_callbacks(planted))  # by shape, without knowing it
+
+
+@FAST
+@given(json_values, st.sampled_from(["", "tok=", "cb_", "x"]), st.sampled_from(["", " ", "&next=1", "_v2"]))
+def test_find_token_finds_a_bare_copy_by_its_hash_alone(value: Any, before: str, after: str) -> None:
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    assert find_token({"x": value, "metadata": {"m": [f"{before}{TOKEN}{after}"]}}, digest) == TOKEN
+    assert find_token(value, digest) is None  # generated values never hold it
+    assert find_token({"blob": "A" * 200 + TOKEN}, digest) is None  # a blob is not searched
 
 
 @pytest.mark.parametrize(
