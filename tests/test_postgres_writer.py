@@ -97,6 +97,80 @@ async def test_a_task_abandoned_between_read_and_write_is_not_named(postgres_url
         assert (await a.list_deliveries(None, 10, None)).rows == []
 
 
+def round_trips(store: PostgresStore) -> list[str]:
+    """The writer's statements from now on: "read" or "write", in order."""
+    writer = store._deliveries
+    assert writer is not None
+    acquire, seen = writer._acquire, []
+
+    class Counting:
+        def __init__(self, conn: Any) -> None:
+            self._conn = conn
+
+        async def fetch(self, sql: str, *args: Any) -> Any:
+            seen.append("read")
+            return await self._conn.fetch(sql, *args)
+
+        async def fetchrow(self, sql: str, *args: Any) -> Any:
+            seen.append("write")
+            return await self._conn.fetchrow(sql, *args)
+
+    @contextlib.asynccontextmanager
+    async def counted() -> AsyncIterator[Counting]:
+        async with acquire() as conn:
+            yield Counting(conn)
+
+    writer._acquire = counted
+    return seen
+
+
+async def test_a_batch_naming_only_tasks_the_writer_knows_skips_the_read(postgres_url: str) -> None:
+    now = time.time()
+    async with opened(postgres_url) as (store,):
+        assert isinstance(store, PostgresStore)
+        await submitted(store, 1, now)
+        seen = round_trips(store)
+        first = await store.record_delivery(delivery(1, "msg:1", "in_progress", now))
+        second = await store.record_delivery(delivery(1, "msg:2", "completed", now + 1))
+        assert seen == ["read", "write", "write"]  # the second was decided on what the first left
+        assert (first.outcome, second.outcome, second.terminal) == ("applied", "applied", True)
+        task = await store.task_by_video("vid1")
+        assert task is not None and (task.status, task.deliveries) == ("completed", 2)
+        again = await store.record_delivery(delivery(1, "msg:2", "completed", now + 2))
+        assert again.duplicate and again.id == second.id and seen[-1] == "write"
+
+
+async def test_a_known_task_another_process_changed_is_read_and_decided_again(postgres_url: str) -> None:
+    now = time.time()
+    async with opened(postgres_url, 2) as (a, b):
+        assert isinstance(a, PostgresStore)
+        pk = await submitted(a, 1, now)
+        await a.record_delivery(delivery(1, "msg:1", "in_progress", now))  # a now knows the task
+        await b.record_poll(pk, "completed", {"id": "vid1", "status": "completed"}, now + 1, None)
+        seen = round_trips(a)
+        late = await a.record_delivery(delivery(1, "msg:2", "in_progress", now + 2))
+        # Decided on what a knew (in_progress), it would be applied; its check failed, and read
+        # again it finds the result recorded.
+        assert seen == ["write", "read", "write"]
+        task = await a.task_by_video("vid1")
+        assert task is not None and (task.status, task.resolved_by) == ("completed", "poll")
+        assert late.outcome != "applied" and not late.terminal
+        events = await a.list_events("vid1", None, 10, None)
+        assert [e.data["status"] for e in events.rows] == ["completed"]
+
+
+async def test_a_copy_the_other_process_kept_is_a_repeat_though_its_task_is_known(postgres_url: str) -> None:
+    now = time.time()
+    async with opened(postgres_url, 2) as (a, b):
+        await submitted(a, 1, now)
+        await a.record_delivery(delivery(1, "msg:1", "in_progress", now))  # a now knows the task
+        first = await b.record_delivery(delivery(1, "msg:2", "completed", now + 1))
+        copy = await a.record_delivery(delivery(1, "msg:2", "completed", now + 1))
+        assert copy.duplicate and copy.id == first.id and not copy.terminal
+        page = await a.list_deliveries(None, 10, None)
+        assert sorted((d.dedupe_key, d.repeats) for d in page.rows) == [("msg:1", 0), ("msg:2", 1)]
+
+
 async def test_a_copy_stored_between_read_and_write_is_a_repeat(postgres_url: str) -> None:
     now = time.time()
     async with opened(postgres_url, 2) as (a, b):
