@@ -160,7 +160,7 @@ class DeliveryWriter:
         settle(zip(futures, results, strict=True))
 
     async def _attempt(self, deliveries: list[NewDelivery]) -> list[DeliveryResult | StoreError]:
-        for _ in range(3):
+        for _ in range(4):  # three reads, and a first try on what the writer knew
             async with guard(), self._acquire() as conn:
                 try:
                     results, topic = await _store(conn, deliveries, self._known)
