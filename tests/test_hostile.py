@@ -31,7 +31,16 @@ from receiver.settings import Settings
 from receiver.simulator import SimConfig
 from store import StoreUnavailable
 from store.sqlite import SQLiteStore
-from tests.conftest import SECRET, StackFactory, Subscriber, free_socket, serve, sign_headers, wait_until
+from tests.conftest import (
+    SECRET,
+    Stack,
+    StackFactory,
+    Subscriber,
+    free_socket,
+    serve,
+    sign_headers,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -233,7 +242,9 @@ class EchoingProvider:
         }
 
 
-async def test_our_callback_url_never_leaves(make_stack: StackFactory) -> None:
+@contextlib.asynccontextmanager
+async def echoing(make_stack: StackFactory) -> AsyncIterator[tuple[EchoingProvider, Subscriber, Stack]]:
+    """A stack whose provider quotes our callback URL back, with one subscriber for every event."""
     provider = EchoingProvider()
     subscriber = Subscriber()
     async with (
@@ -242,6 +253,11 @@ async def test_our_callback_url_never_leaves(make_stack: StackFactory) -> None:
         make_stack(provider_url=provider_url) as stack,
     ):
         await stack.client.post(f"{stack.url}/v1/subscriptions", json={"url": f"{sub_url}/hook"})
+        yield provider, subscriber, stack
+
+
+async def test_our_callback_url_never_leaves(make_stack: StackFactory) -> None:
+    async with echoing(make_stack) as (provider, subscriber, stack):
         submitted = await stack.submit()
         assert submitted.status_code == 200
         token = provider.callback_url.rsplit("/", 1)[1]
@@ -273,14 +289,7 @@ async def test_our_callback_url_never_leaves(make_stack: StackFactory) -> None:
 async def test_our_callback_token_quoted_bare_in_a_poll_answer_never_leaves(make_stack: StackFactory) -> None:
     """No delivery comes; the result is polled, and the provider's answer quotes the token alone,
     outside any URL. We keep only its hash, and still find and strip it before storing."""
-    provider = EchoingProvider()
-    subscriber = Subscriber()
-    async with (
-        serve(provider.app) as provider_url,
-        serve(subscriber.app) as sub_url,
-        make_stack(provider_url=provider_url) as stack,
-    ):
-        await stack.client.post(f"{stack.url}/v1/subscriptions", json={"url": f"{sub_url}/hook"})
+    async with echoing(make_stack) as (provider, subscriber, stack):
         assert (await stack.submit()).status_code == 200
         task = await stack.store.task_by_video("video_echo")
         await stack.poller.poll(task)
