@@ -298,3 +298,16 @@ async def test_a_lone_delivery_is_written_at_once(postgres_url: str, monkeypatch
             )
             assert not result.duplicate
         assert await _batches_of(postgres_url, [f"msg:{i}" for i in range(3)]) == [1, 1, 1]
+
+
+async def test_a_remembered_task_is_read_again_after_a_minute() -> None:
+    """A row version is a transaction id, which comes round again after billions of them: the
+    writer never decides on a row it learnt more than KNOWN_SECONDS ago."""
+    now = [1000.0]
+    known = writer_module._Known(clock=lambda: now[0])
+    task = (7, "vid1", "queued", "{}", 0.0, None, None, "tok1", "123")
+    known.learn([task], ["msg:1"])
+    d = delivery(1, "msg:1", "in_progress", 0.0)
+    assert known.lookup([d]) == ([task], {"msg:1"})
+    now[0] += writer_module.KNOWN_SECONDS + 1
+    assert known.lookup([d]) is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -47,6 +48,9 @@ LOCK_TIMEOUT = 1.0
 # A row holds the task's video object (a few KB at most), so 10,000 stay within tens of MB.
 KNOWN_TASKS = 10_000
 KNOWN_KEYS = 100_000
+# A remembered row is used for at most this long: its version is a transaction id, which comes
+# round again only after billions of transactions, never within a minute.
+KNOWN_SECONDS = 60.0
 # Turns of the event loop between a batch's answers and the next batch: in the first the waiting
 # handlers write their answers, in the second our transport sends them (it gathers one turn's
 # writes into one send). Without them, once a batch skips the read round trip the next batch is
@@ -187,23 +191,29 @@ class _Known:
     decided on these without reading; its statement checks every version and key all the same,
     so a row another session changed fails the check and the batch is read and decided again."""
 
-    def __init__(self) -> None:
-        self.tasks: dict[str, _Task] = {}  # token hash -> task
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.tasks: dict[str, tuple[float, _Task]] = {}  # token hash -> (when learnt, task)
         self.keys: dict[str, None] = {}  # kept dedupe keys, oldest first
+        self._clock = clock
 
     def lookup(self, batch: list[NewDelivery]) -> tuple[list[_Task], set[str]] | None:
         found: dict[int, _Task] = {}
+        oldest = self._clock() - KNOWN_SECONDS
         for d in batch:
-            task = self.tasks.get(d.token_hash) if d.token_hash is not None else None
-            if task is None or (d.video_id is not None and task[1] != d.video_id):
+            known = self.tasks.get(d.token_hash) if d.token_hash is not None else None
+            if known is None or known[0] < oldest:
+                return None
+            task = known[1]
+            if d.video_id is not None and task[1] != d.video_id:
                 return None
             found[task[0]] = task
         return list(found.values()), {d.dedupe_key for d in batch if d.dedupe_key in self.keys}
 
     def learn(self, tasks: list[_Task], keys: Iterable[str]) -> None:
+        now = self._clock()
         for task in tasks:
             self.tasks.pop(task[7], None)
-            self.tasks[task[7]] = task
+            self.tasks[task[7]] = (now, task)
         for key in keys:
             self.keys[key] = None
         _trim(self.tasks, KNOWN_TASKS)
