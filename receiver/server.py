@@ -107,7 +107,7 @@ class _GuardedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._awaiting_head = True
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes received while a head is awaited (it may arrive in pieces)
         self._head_timer: asyncio.TimerHandle | None = None
         self._opened_at = 0.0
         self._lingering = False
@@ -209,13 +209,25 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._awaiting_head = True
 
+    def on_body(self, body: bytes) -> None:
+        if not self._lingering:  # the rest of a refused request is not read
+            super().on_body(body)
+
     def on_headers_complete(self) -> None:
+        # A head that arrives whole in one read is parsed before data_received can count it:
+        # measure what the parser gathered, and refuse it before the app sees the request.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.limits.max_header_bytes:
+            self._reject_head()
+            return
         self._awaiting_head = False
         self._head_bytes = 0
         self._disarm_head_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        if self._lingering:
+            return
         super().on_message_complete()
         self._awaiting_head = True
         self._head_bytes = 0

@@ -426,6 +426,18 @@ async def test_connection_limits(make_stack: StackFactory) -> None:
                 writer.write(b"x-filler: " + b"a" * 200 + b"\r\n")
             answer = await closed_by_server(reader, 5)
             assert answer.startswith(b"HTTP/1.1 431 ")
+        # The same cap when a whole head, and a body, arrive in one read: refused, never handled.
+        for method, path in (("GET", "/healthz"), ("POST", "/v1/videos")):
+            async with connection(stack.url) as (reader, writer):
+                body = b'{"model": "m", "prompt": "p"}'
+                writer.write(
+                    f"{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer k\r\n"
+                    f"x-big: {'b' * 20_000}\r\ncontent-type: application/json\r\n"
+                    f"content-length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                answer = await closed_by_server(reader, 5)
+                assert answer.startswith(b"HTTP/1.1 431 ") and answer.count(b"HTTP/1.1") == 1, answer[:200]
         # Headers that never finish, and a connection that never says anything: cut off.
         for opening in (b"POST /webhooks HTTP/1.1\r\nhost: x\r\n", b""):
             async with connection(stack.url) as (reader, writer):
