@@ -109,6 +109,8 @@ def _check_big_numbers(data: bytes | str) -> None:
 
 def _reason(message: str) -> str:
     lowered = message.lower()
+    if "not valid utf-8" in lowered:  # orjson: "str is not valid UTF-8: surrogates not allowed"
+        return "not valid UTF-8"
     if "surrogate" in lowered:
         return "strings must not hold lone surrogates"
     if "infinity" in lowered:

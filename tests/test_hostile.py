@@ -129,6 +129,18 @@ HOSTILE_BODIES = [
 ]
 
 
+async def test_a_body_that_is_not_utf8_is_named_so(make_stack: StackFactory) -> None:
+    async with make_stack(SLOW_TASKS) as stack:
+        headers = {"content-type": "application/json"}
+        for body, reason in (
+            (b'{"model":"m","prompt":"\xff\xfe"}', "not valid UTF-8"),
+            (b'{"model":"m","prompt":"p\\ud800"}', "strings must not hold lone surrogates"),
+        ):
+            answer = await stack.client.post(f"{stack.url}/v1/videos", content=body, headers=headers)
+            error = assert_error(answer)
+            assert (error["code"], reason in error["message"]) == ("invalid_json", True), error
+
+
 async def test_request_bodies_outside_the_json_policy_are_400_and_leave_nothing(
     make_stack: StackFactory,
 ) -> None:
