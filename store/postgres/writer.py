@@ -307,11 +307,11 @@ async def _store(
 ) -> tuple[list[DeliveryResult | StoreError], str | None]:
     """Decide and write a batch in two round trips (one when `known` has every task it names)
     and no explicit transaction: read the tasks and kept keys, let receiver.core decide the
-    whole batch in arrival order, then write every
-    table in one statement (its own transaction, committed before it answers). That statement
-    first locks the tasks it read, in pk order, and raises a serialization failure when any of
-    them changed since the read or a delivery was stored meanwhile: the batch is then read and
-    decided again, so it applies as if it had held the locks from the start."""
+    whole batch in arrival order, then write every table in one statement (its own transaction,
+    committed before it answers). That statement first locks the tasks it was decided on, in pk
+    order, and raises a serialization failure when any of them changed since they were read (or
+    remembered) or a delivery was stored meanwhile: the batch is then read and decided again, so
+    it applies as if it had held the locks from the start."""
     cached = known.lookup(batch)
     if cached is None:
         found = await conn.fetch(
