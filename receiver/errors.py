@@ -3,9 +3,12 @@
 ApiError
  ├── InvalidRequest   400  bad input: the message names the field (param)
  ├── Unauthorized     401  missing or wrong API key, bad webhook signature
+ ├── Forbidden        403  a write from another origin (cross_origin)
  ├── NotFound         404
  ├── Conflict         409  e.g. an idempotent submit still running
  ├── PayloadTooLarge  413
+ ├── UnsupportedMediaType 415  a write whose Content-Type the route does not take
+ ├── Misdirected      421  a Host this receiver does not answer for (DNS rebinding)
  ├── UpstreamError    502/504 the provider failed us, or answered with something unusable
  └── Unavailable      503  the store cannot take a write right now (retry)
 """
@@ -17,11 +20,14 @@ from typing import Any
 __all__ = [
     "ApiError",
     "Conflict",
+    "Forbidden",
     "InvalidRequest",
+    "Misdirected",
     "NotFound",
     "PayloadTooLarge",
     "Unauthorized",
     "Unavailable",
+    "UnsupportedMediaType",
     "UpstreamError",
 ]
 
@@ -65,6 +71,12 @@ class Unauthorized(ApiError):
     code = "unauthorized"
 
 
+class Forbidden(ApiError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
 class NotFound(ApiError):
     status = 404
     type = "invalid_request_error"
@@ -86,6 +98,18 @@ class PayloadTooLarge(ApiError):
         super().__init__(message, **kwargs)
         # The rest of the body may still be on its way: close rather than read it to the end.
         self.headers.setdefault("connection", "close")
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class Misdirected(ApiError):
+    status = 421
+    type = "invalid_request_error"
+    code = "misdirected"
 
 
 class UpstreamError(ApiError):

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from receiver.guard import origin_of
 from receiver.outbound import Network
 from receiver.signatures import Key, SecretFormatError, parse_key
 
@@ -57,6 +58,16 @@ def _url(name: str, raw: str) -> str:
     if parts.query or parts.fragment:
         raise SettingsError(f"{name}: must not carry a query or fragment")
     return raw.strip().rstrip("/")
+
+
+def _is_host(name: str) -> bool:
+    """An IP address or a host name made of valid labels."""
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        labels = name.split(".")
+        return not labels[-1].isdigit() and all(_HOST_LABEL.fullmatch(label) for label in labels)
 
 
 def _host(env: Mapping[str, str]) -> str:
@@ -114,6 +125,9 @@ class Settings:
     header_timeout: float = 5.0
     keepalive_timeout: float = 5.0
     max_connections: int = 1000
+    # Cross-site rules (see receiver/guard.py).
+    cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
 
     media_dir: str | None = None  # None: `media` beside a SQLite store (see media_path)
     media_max_bytes: int = 2_147_483_648
@@ -191,6 +205,28 @@ class Settings:
                 except ValueError:
                     raise SettingsError(f"RECEIVER_OUTBOUND_ALLOW: {token.strip()!r} is not a CIDR") from None
 
+        cors_origins: list[str] = []
+        for token in env.get("RECEIVER_CORS_ORIGINS", "").split(","):
+            if not token.strip():
+                continue
+            origin = origin_of(token)
+            if origin is None or urlsplit(token.strip()).path not in ("", "/"):
+                raise SettingsError(
+                    f"RECEIVER_CORS_ORIGINS: {token.strip()!r} is not an origin (scheme://host[:port])"
+                )
+            cors_origins.append(origin)
+        allowed_hosts: list[str] = []
+        for token in env.get("RECEIVER_ALLOWED_HOSTS", "").split(","):
+            name = token.strip().lower().rstrip(".")
+            if not name:
+                continue
+            bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+            if bare != "*" and not _is_host(bare):
+                raise SettingsError(
+                    f"RECEIVER_ALLOWED_HOSTS: {token.strip()!r} is not a host name or address (no port)"
+                )
+            allowed_hosts.append(bare)
+
         poll_after = _int(env, "RECEIVER_POLL_AFTER", 60, low=1, high=86_400)
         poll_max = _int(env, "RECEIVER_POLL_MAX_INTERVAL", 600, low=1, high=86_400)
         if poll_max < 1:
@@ -224,6 +260,8 @@ class Settings:
             header_timeout=float(_int(env, "RECEIVER_HEADER_TIMEOUT", 5, low=1, high=300)),
             keepalive_timeout=float(_int(env, "RECEIVER_KEEPALIVE_TIMEOUT", 5, low=1, high=3600)),
             max_connections=_int(env, "RECEIVER_MAX_CONNECTIONS", 1000, low=16, high=1_000_000),
+            cors_origins=tuple(cors_origins),
+            allowed_hosts=tuple(allowed_hosts),
             media_dir=env.get("RECEIVER_MEDIA_DIR", "").strip() or None,
             media_max_bytes=_int(env, "RECEIVER_MEDIA_MAX_BYTES", 2_147_483_648, low=1, high=1 << 50),
         )

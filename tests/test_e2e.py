@@ -403,7 +403,11 @@ async def test_bad_submits_get_400_and_store_nothing(
     make_stack: StackFactory, body: Any, param: str | None
 ) -> None:
     async with make_stack() as stack:
-        kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+        kwargs: dict[str, Any] = (
+            {"content": body, "headers": {"content-type": "application/json"}}
+            if isinstance(body, bytes)
+            else {"json": body}
+        )
         answer = await stack.client.post(f"{stack.url}/v1/videos", **kwargs)
         assert answer.status_code == 400, answer.text
         assert answer.json()["error"]["param"] == param
