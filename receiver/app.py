@@ -15,6 +15,8 @@ import httpx
 from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -23,8 +25,9 @@ from starlette.types import Receive, Scope, Send
 from receiver import api, dashboard, events, ingest
 from receiver.capture import Capturer, capture_session
 from receiver.context import Context
-from receiver.errors import ApiError
+from receiver.errors import ApiError, Unavailable
 from receiver.fanout import Dispatcher, outbound_session
+from receiver.guard import CrossSiteGuard
 from receiver.http import json_response
 from receiver.media import LocalMedia
 from receiver.openapi import Operation, openapi_json, operation
@@ -35,7 +38,7 @@ from receiver.schemas import Health
 from receiver.settings import Settings
 from receiver.signatures import parse_key
 from receiver.simulator import SimConfig, Simulator, dev_secret
-from store import Store, open_store
+from store import Store, StoreUnavailable, open_store
 
 __all__ = ["Receiver", "create_app"]
 
@@ -57,6 +60,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         "error": {"type": "invalid_request_error", "code": code, "message": str(exc.detail), "param": None}
     }
     return json_response(body, exc.status_code, dict(exc.headers or {}))
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    """Any route's read or write the store could not serve: 503, never a 500."""
+    request.app.state.ctx.unavailable.note("store_unavailable")
+    error = Unavailable(
+        "the store cannot serve this request right now; retry",
+        code="store_unavailable",
+        headers={"retry-after": "1"},
+    )
+    return json_response(error.body(), error.status, error.headers)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -188,6 +202,8 @@ def create_app(
                 scheduler=scheduler,
             )
             app.state.ctx = ctx
+            stack.callback(ctx.refused.close)
+            stack.callback(ctx.unavailable.close)
             the_store.on_change(ctx.heard)
             app.state.media = media
             stop = asyncio.Event()
@@ -234,11 +250,33 @@ def create_app(
     ]
     if simulator is not None:
         routes.append(Mount(SIMULATOR_PATH, app=simulator.app))
+    middleware = [
+        Middleware(
+            CrossSiteGuard,
+            public_url=settings.public_url,
+            listen_host=settings.host,
+            allowed_hosts=settings.allowed_hosts,
+            cors_origins=settings.cors_origins,
+        )
+    ]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["authorization", "content-type", "idempotency-key", "last-event-id"],
+                expose_headers=["idempotent-replayed", "retry-after"],
+                max_age=600,
+            )
+        )
     starlette = Starlette(
         routes=routes,
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
             ApiError: _api_error,
+            StoreUnavailable: _store_unavailable,
             HTTPException: _http_error,
             Exception: _server_error,
         },

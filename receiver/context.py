@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from receiver.logsummary import LogSummary
 from receiver.metrics import Metrics
 from receiver.provider import Provider
 from receiver.schedule import Scheduler
@@ -53,6 +55,15 @@ class Context:
     scheduler: Scheduler = field(repr=False)
     metrics: Metrics = field(default_factory=Metrics, repr=False)
     writes: WriteHealth = field(default_factory=WriteHealth, repr=False)
+    # One line per cause (an error code) per 10 s, however many deliveries an outage refuses.
+    refused: LogSummary = field(
+        default_factory=lambda: LogSummary(logging.getLogger("receiver.ingest"), "deliveries refused"),
+        repr=False,
+    )
+    unavailable: LogSummary = field(
+        default_factory=lambda: LogSummary(logging.getLogger("receiver.api"), "requests answered 503"),
+        repr=False,
+    )
     poll_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     fanout_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # Replaced on every new event: stream readers wait on the one they saw (a broadcast).

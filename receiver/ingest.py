@@ -146,6 +146,7 @@ class IngestApp:
             status = 200
         except ApiError as exc:
             status, outcome = exc.status, f"rejected_{exc.code}"
+            ctx.refused.note(exc.code)
             body = json.dumps(exc.body()).encode()
             extra += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
         except Exception:
