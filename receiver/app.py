@@ -281,6 +281,8 @@ def create_app(
             Exception: _server_error,
         },
     )
+    # A redirect to the slash-less path would copy the request's Host into Location: a 404 it is.
+    starlette.router.redirect_slashes = False
     return Receiver(starlette, ingest.IngestApp(lambda: starlette.state.ctx))
 
 

@@ -285,3 +285,13 @@ async def test_a_page_on_another_origin_cannot_subscribe_replay_or_submit(make_s
             return answer.status_code == 200
 
         await wait_until(own_origin_works, timeout=5)
+
+
+async def test_a_trailing_slash_is_404_never_a_redirect_to_the_requests_host(
+    make_stack: StackFactory,
+) -> None:
+    async with make_stack() as stack:
+        for path in ("/v1/videos/", "/v1/subscriptions/", "/healthz/"):
+            answer = await stack.client.get(f"{stack.url}{path}", headers={"host": "localhost"})
+            assert_error(answer, 404, "not_found")
+            assert "location" not in answer.headers
