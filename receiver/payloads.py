@@ -11,19 +11,23 @@ __all__ = ["PayloadError", "VideoUpdate", "normalise", "normalise_status"]
 
 STATUSES = ("queued", "in_progress", "completed", "failed")
 
-# Provider vocabularies seen in the field, folded into our four statuses.
+# Provider vocabularies seen in the field (Replicate, Runway, Kling, OpenAI...), folded into our
+# four statuses. Any other word counts as still running: polling settles it, and a provider that
+# invents a status must never make us forget a task it has created.
 _STATUS_MAP = {
     "queued": "queued",
     "pending": "queued",
     "submitted": "queued",
+    "starting": "queued",
     "in_progress": "in_progress",
     "running": "in_progress",
     "processing": "in_progress",
-    "starting": "in_progress",
+    "generating": "in_progress",
     "completed": "completed",
     "succeeded": "completed",
     "succeed": "completed",
     "success": "completed",
+    "done": "completed",
     "failed": "failed",
     "error": "failed",
     "expired": "failed",
@@ -68,10 +72,7 @@ class VideoUpdate:
 def normalise_status(value: object) -> str:
     if not isinstance(value, str):
         raise PayloadError("status must be a string")
-    status = _STATUS_MAP.get(value.strip().lower())
-    if status is None:
-        raise PayloadError(f"unknown status {value!r}")
-    return status
+    return _STATUS_MAP.get(value.strip().lower(), "in_progress")
 
 
 def _video_id(value: object, where: str) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from receiver.payloads import PayloadError, normalise
+from receiver.payloads import PayloadError, normalise, normalise_status
 
 VIDEO = {
     "id": "video_1",
@@ -158,7 +158,7 @@ def test_openrouter_expiry_keeps_its_reason() -> None:
         {"id": "", "status": "completed"},
         {"id": "video_1"},
         {"id": "video_1", "status": 3},
-        {"id": "video_1", "status": "bogus"},
+        {"id": "video_1", "status": None},
         {"id": "video_1", "status": "completed", "created_at": True},
         {"id": "video_1", "status": "completed", "content": []},
         {"id": "video_1", "status": "completed", "error": 5},
@@ -176,3 +176,50 @@ def test_openrouter_expiry_keeps_its_reason() -> None:
 def test_rejected_shapes(body: object) -> None:
     with pytest.raises(PayloadError):
         normalise(body)
+
+
+@pytest.mark.parametrize(
+    ("word", "status"),
+    [
+        # Ours, and OpenAI's.
+        ("queued", "queued"),
+        ("in_progress", "in_progress"),
+        ("completed", "completed"),
+        ("failed", "failed"),
+        # Not started yet.
+        ("pending", "queued"),
+        ("submitted", "queued"),  # Kling
+        ("starting", "queued"),  # Replicate: nothing has started
+        ("PENDING", "queued"),  # Runway
+        # Running.
+        ("processing", "in_progress"),
+        ("running", "in_progress"),
+        ("RUNNING", "in_progress"),
+        ("generating", "in_progress"),
+        # Done.
+        ("succeeded", "completed"),
+        ("SUCCEEDED", "completed"),
+        ("success", "completed"),
+        ("succeed", "completed"),  # Kling
+        ("done", "completed"),
+        (" Completed ", "completed"),
+        # Ended without a result.
+        ("error", "failed"),
+        ("canceled", "failed"),
+        ("cancelled", "failed"),
+        ("expired", "failed"),
+        # Any other word: still running, polled until it says more.
+        ("bogus", "in_progress"),
+        ("rendering_frames", "in_progress"),
+        ("", "in_progress"),
+    ],
+)
+def test_normalise_status(word: str, status: str) -> None:
+    assert normalise_status(word) == status
+    assert normalise({"id": "video_1", "status": word}).status == status
+
+
+@pytest.mark.parametrize("value", [None, 3, True, ["completed"], {"status": "completed"}])
+def test_a_status_that_is_not_a_string_is_refused(value: object) -> None:
+    with pytest.raises(PayloadError):
+        normalise_status(value)
