@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from receiver import jsonpolicy
 from receiver.context import Context
+from receiver.core import ORPHAN_GRACE
 from receiver.errors import Conflict, InvalidRequest, NotFound, Unavailable, UpstreamError
 from receiver.forms import is_multipart, read_form
 from receiver.http import authorize, json_response, read_json_object
@@ -28,7 +30,7 @@ from receiver.ingest import reprocess
 from receiver.media import MediaStore
 from receiver.openapi import Header, Operation, operation
 from receiver.outbound import OutboundURLError, address_allowed, check_url, host_address
-from receiver.payloads import PayloadError, normalise_status
+from receiver.payloads import normalise_status
 from receiver.provider import ProviderError
 from receiver.redact import redact_headers, strip_callbacks, strip_text
 from receiver.schemas import (
@@ -69,7 +71,7 @@ __all__ = ["check_outbound_name", "check_outbound_url", "list_body", "routes", "
 log = logging.getLogger("receiver.api")
 
 RESOLVE_TIMEOUT = 2.0  # seconds a subscribe-time lookup of a URL's host name may take
-OPEN_STATUSES = ("submitting", "queued", "in_progress")
+OPEN_STATUSES = ("submitting", "queued", "in_progress")  # not "unconfirmed": it may never have begun
 # Subscriber health reads the sends of the newest events (indexed reads whatever the outbox's
 # size; a scan of the outbox per subscriber costs ~0.1 s at 300k sends) and counts dead letters
 # through their own index, up to a cap.
@@ -281,6 +283,8 @@ async def submit(request: Request) -> Response:
                 request_hash=request_hash if idem_key is not None else None,
                 created_at=now,
                 expires_at=now + expires_after if isinstance(expires_after, int) else None,
+                orphan_after=ctx.settings.provider_timeout + ORPHAN_GRACE,
+                confirm_window=ctx.settings.submit_confirm_window,
             )
         ),
     )
@@ -295,6 +299,13 @@ async def submit(request: Request) -> Response:
             "a request with this Idempotency-Key is still being processed; retry later",
             code="idempotency_in_flight",
         )
+    if created.state == "unconfirmed":
+        raise Conflict(
+            "the first request with this Idempotency-Key reached the provider with an unknown outcome; "
+            "it is not submitted again while the provider may have it: retry with the same key until "
+            "its result is known",
+            code="submit_unconfirmed",
+        )
     if created.state == "exists":
         assert created.task is not None
         return json_response(task_view(created.task, body), headers={"idempotent-replayed": "true"})
@@ -304,36 +315,62 @@ async def submit(request: Request) -> Response:
     try:
         # The provider may echo our callback URL, or only its token: neither goes further.
         answer = strip_callbacks(await ctx.provider.create(outbound), (token,))
-        status = normalise_status(answer.get("status", "queued"))
-    except Exception as exc:
-        # Whatever went wrong, no row is left in "submitting" unless the provider called back.
-        kept = not await store_call(ctx, ctx.store.abandon_submit(created.pk))
-        if kept:
-            log.warning("submit failed after the provider called back; task kept")
-        if isinstance(exc, PayloadError):
-            raise UpstreamError(f"the provider's answer is unusable: {exc}") from None
-        if isinstance(exc, ProviderError):
-            exc.message = strip_text(exc.message, (token,))
+    except ProviderError as exc:
+        exc.message = strip_text(exc.message, (token,))
+        # A refusal, or a request that never left: the provider has no such task. The row goes
+        # unless a delivery came meanwhile (then the provider has it after all).
+        if not exc.ambiguous and await store_call(ctx, ctx.store.abandon_submit(created.pk)):
             raise _provider_failure(exc) from None
-        raise
+        return await _unconfirmed(ctx, created.pk, body, exc)
+    # We have its id, so the task exists: a status we cannot read counts as just queued.
+    raw_status = answer.get("status")
+    status = normalise_status(raw_status) if isinstance(raw_status, str) else "queued"
     # The provider's answer comes without our callback URL (receiver.provider strips it).
     video = {k: v for k, v in answer.items() if k not in ("status", "object")}
     now = ctx.clock()
     first_poll = await ctx.scheduler.first_poll_at(body["model"], now)
     try:
-        task = await store_call(
-            ctx, ctx.store.finish_submit(created.pk, answer["id"], status, video, now, first_poll)
-        )
+        task = await ctx.store.finish_submit(created.pk, answer["id"], status, video, now, first_poll)
     except WrongVideo:
         raise UpstreamError("the provider answered with a video id that belongs to another task") from None
-    # Workspace-wide deliveries that arrived before we knew this video id.
-    for delivery in await ctx.store.unmatched_deliveries(answer["id"]):
-        await reprocess(ctx, delivery)
+    except StoreUnavailable:
+        # The provider has the task but we could not write its id: the row stays "submitting",
+        # the sweep makes it unconfirmed, and its delivery adopts it.
+        ctx.writes.failed()
+        raise _unconfirmed_error(ProviderError("the answer could not be stored", status=200)) from None
+    ctx.writes.ok()
+    # From here the task exists: a read that fails now must not turn its answer into an error.
+    fresh: TaskRow | None = None
+    with contextlib.suppress(StoreUnavailable):
+        # Workspace-wide deliveries that arrived before we knew this video id.
+        for delivery in await ctx.store.unmatched_deliveries(answer["id"]):
+            await reprocess(ctx, delivery)
+        fresh = await ctx.store.task_by_pk(created.pk)
     ctx.wake_poller()  # a new schedule exists: let the poller recompute its next wake-up
     if task.terminal_at is not None:
         ctx.terminal_recorded()
-    fresh = await ctx.store.task_by_pk(created.pk)
     return json_response(task_view(fresh or task, body))
+
+
+def _unconfirmed_error(exc: ProviderError) -> UpstreamError:
+    why = "did not answer in time" if exc.timeout else f"failed us ({exc.message})"
+    return UpstreamError(
+        f"the provider {why}, and it may have accepted the task: it is kept, and a delivery "
+        "about it will record it. A retry with the same Idempotency-Key is safe: it never submits "
+        "the task a second time",
+        status=504 if exc.timeout else 502,
+        code="submit_unconfirmed",
+    )
+
+
+async def _unconfirmed(ctx: Context, pk: int, body: dict[str, Any], exc: ProviderError) -> Response:
+    """Our submit's outcome is unknown: keep the task (and its callback token) unconfirmed. If a
+    delivery already adopted it, the task is known after all: answer it."""
+    task = await store_call(ctx, ctx.store.unconfirm_submit(pk, ctx.clock()))
+    if task is not None and task.video_id is not None:
+        log.warning("submit failed after the provider called back; the task is kept")
+        return json_response(task_view(task, body))
+    raise _unconfirmed_error(exc)
 
 
 async def store_call(ctx: Context, awaitable: Any) -> Any:
@@ -455,7 +492,10 @@ async def list_videos(request: Request) -> Response:
         page = await ctx.store.list_tasks(given(query.status), query.limit, given(query.after))
     except UnknownCursor:
         raise InvalidRequest("after names no video", param="after") from None
-    return json_response(list_body([task_view(t) for t in page.rows], page.has_more))
+    # One read for the whole page's files, as a single read shows them.
+    files = await ctx.store.captures_of([t.pk for t in page.rows]) if page.rows else {}
+    data = [task_view(t, files=files.get(t.pk, [])) for t in page.rows]
+    return json_response(list_body(data, page.has_more))
 
 
 @operation(

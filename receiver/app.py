@@ -38,6 +38,7 @@ from receiver.schemas import Health
 from receiver.settings import Settings
 from receiver.signatures import parse_key
 from receiver.simulator import SimConfig, Simulator, dev_secret
+from receiver.sweeper import Sweeper
 from store import Store, StoreUnavailable, open_store
 
 __all__ = ["Receiver", "create_app"]
@@ -224,6 +225,9 @@ def create_app(
             )
             ctx.workers.append(asyncio.create_task(dispatcher.run(stop), name="dispatcher"))
             app.state.dispatcher = dispatcher
+            sweeper = Sweeper(ctx)
+            ctx.workers.append(asyncio.create_task(sweeper.run(stop), name="sweeper"))
+            app.state.sweeper = sweeper
             downloads = capture_session(settings.outbound_allow)
             stack.push_async_callback(downloads.close)
             capturer = Capturer(ctx, downloads, media, trusted_origin=base if simulator is not None else None)

@@ -15,12 +15,21 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from receiver.tasks import ANOMALY, APPLIED, DUPLICATE, TERMINAL, UNCHANGED, Transition, transition
+from receiver.tasks import (
+    ANOMALY,
+    APPLIED,
+    DUPLICATE,
+    PRE_SUBMIT,
+    TERMINAL,
+    UNCHANGED,
+    Transition,
+    transition,
+)
 from store.errors import StoreError, UnknownToken, WrongVideo
 from store.records import DeliveryResult, DeliveryRow, NewDelivery, NewEvent, TaskChange, TaskRow
 
 __all__ = [
-    "ORPHAN_AFTER",
+    "ORPHAN_GRACE",
     "DeliveryPlan",
     "apply_change",
     "claims_video",
@@ -30,13 +39,15 @@ __all__ = [
     "on_replay",
     "on_submit_answer",
     "on_submit_retry",
+    "on_submit_unknown",
     "pick_sends",
     "plan_deliveries",
     "plan_results",
+    "submit_sweep",
 ]
 
-# A submit still "submitting" after this long lost its process (the provider call times out at 30 s).
-ORPHAN_AFTER = 120.0
+# A submit still "submitting" this long after the provider's whole-call deadline lost its process.
+ORPHAN_GRACE = 15.0
 
 PENDING_CONFIRM = "pending_confirm"  # thin or unsigned: only our own GET may settle it
 PUSH = "push"  # still running, as we knew: only the next poll moves back
@@ -50,15 +61,39 @@ def on_submit_retry(
     stored_created_at: float,
     request_hash: str | None,
     now: float,
+    *,
+    orphan_after: float,
+    confirm_window: float,
 ) -> str:
     """A submit reuses an Idempotency-Key: "mismatch" (another body), "in_flight" (the first is
-    still being submitted), "release" (its process died before the provider answered: free the
-    key so this retry can submit) or "exists" (answer the first task)."""
+    still being submitted), "unconfirmed" (the first's outcome is unknown: the provider may have
+    it, so no second call until a delivery settles it or its window ends), "release" (the window
+    ended with no word from the provider: free the key so this retry can submit) or "exists"
+    (answer the first task)."""
     if stored_hash != request_hash:
         return "mismatch"
-    if stored_status == "submitting":
-        return "in_flight" if stored_created_at > now - ORPHAN_AFTER else "release"
+    if stored_status in PRE_SUBMIT:
+        age = now - stored_created_at
+        if stored_status == "submitting" and age < orphan_after:
+            return "in_flight"
+        return "unconfirmed" if age < confirm_window else "release"
     return "exists"
+
+
+def on_submit_unknown(task: TaskRow, now: float) -> TaskChange:
+    """Our submit's outcome is unknown: keep the task, unconfirmed, unless a delivery has
+    already adopted it (then it is an ordinary task and nothing changes)."""
+    change = TaskChange()
+    if task.status == "submitting":
+        change.sets.update(status="unconfirmed", updated_at=now)
+    return change
+
+
+def submit_sweep(now: float, orphan_after: float, confirm_window: float) -> tuple[float, float]:
+    """The sweep's two cut-offs: tasks still "submitting" created before the first lost their
+    process and become "unconfirmed"; "unconfirmed" tasks created before the second, which no
+    delivery has adopted, are deleted (their key and token are free again)."""
+    return now - orphan_after, now - confirm_window
 
 
 def claims_video(task: TaskRow, video_id: str | None) -> bool:
@@ -82,6 +117,12 @@ def on_delivery(task: TaskRow, d: NewDelivery, *, video_free: bool) -> tuple[str
     change = _write(
         task, write_as, result, d.received_at, resolved_by="webhook", next_poll_at=push, claim=claim
     )
+    if claim is not None and task.status in PRE_SUBMIT:
+        # The provider has the task (it calls back about it): adopt it as an ordinary one.
+        change.sets.setdefault("status", "queued")
+        change.sets.setdefault("updated_at", d.received_at)
+        if change.sets["status"] not in TERMINAL and change.sets.get("next_poll_at") is None:
+            change.sets["next_poll_at"] = d.next_poll_at
     return outcome, change
 
 
@@ -164,7 +205,7 @@ def on_submit_answer(
             change,
             _write(task, APPLIED, result, now, resolved_by="poll", next_poll_at=next_poll_at, claim=claim),
         )
-    if task.status == "submitting" and not result.became_terminal:
+    if task.status in PRE_SUBMIT and not result.became_terminal:
         after = apply_change(task, change)
         if after.status not in TERMINAL and after.next_poll_at is None:
             change.sets["next_poll_at"] = next_poll_at

@@ -21,7 +21,8 @@ class ProviderError(Exception):
     """The provider did not give us a usable video object.
 
     `status` is the provider's HTTP status (None for timeouts and connection failures);
-    `retry_after` its Retry-After in seconds when it sent one.
+    `retry_after` its Retry-After in seconds when it sent one; `sent` False when the request
+    never reached the provider (no connection), so it cannot have acted on it.
     """
 
     def __init__(
@@ -31,12 +32,23 @@ class ProviderError(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         timeout: bool = False,
+        sent: bool = True,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retry_after = retry_after
         self.timeout = timeout
+        self.sent = sent
+
+    @property
+    def ambiguous(self) -> bool:
+        """The provider may have acted on the request although we have no usable answer: a
+        timeout or a broken connection after sending, a 5xx, or a 2xx we cannot read. A 4xx
+        is a refusal, and a request never sent was never seen."""
+        if not self.sent:
+            return False
+        return self.status is None or self.status >= 500 or 200 <= self.status < 300
 
     @property
     def retryable(self) -> bool:
@@ -78,6 +90,10 @@ class Provider:
                 timeout=self.timeout,
                 follow_redirects=False,
             )
+        except httpx.ConnectTimeout:
+            raise ProviderError("provider timed out connecting", timeout=True, sent=False) from None
+        except httpx.ConnectError as exc:
+            raise ProviderError(f"provider unreachable ({type(exc).__name__})", sent=False) from None
         except httpx.TimeoutException:
             raise ProviderError("provider timed out", timeout=True) from None
         except httpx.HTTPError as exc:

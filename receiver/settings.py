@@ -116,6 +116,7 @@ class Settings:
     fanout_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     fanout_timeout: int = 15
     provider_timeout: int = 30
+    submit_confirm_window: int = 3600  # seconds an unconfirmed submit waits for its delivery
     fanout_concurrency: int = 64
     fanout_per_subscriber: int = 4  # where a subscriber's adaptive window starts (receiver.congestion)
     callback_secret: str | None = field(default=None, repr=False)
@@ -252,6 +253,7 @@ class Settings:
             fanout_retry_schedule=schedule,
             fanout_timeout=_int(env, "RECEIVER_FANOUT_TIMEOUT", 15, low=1, high=300),
             provider_timeout=_int(env, "RECEIVER_PROVIDER_TIMEOUT", 30, low=1, high=300),
+            submit_confirm_window=_int(env, "RECEIVER_SUBMIT_CONFIRM_WINDOW", 3600, low=60, high=30 * 86_400),
             fanout_concurrency=_int(env, "RECEIVER_FANOUT_CONCURRENCY", 64, low=1, high=4096),
             fanout_per_subscriber=_int(env, "RECEIVER_FANOUT_PER_SUBSCRIBER", 4, low=1, high=1024),
             callback_secret=callback_secret,

@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RANK", "TERMINAL", "Transition", "is_terminal", "transition"]
+__all__ = ["PRE_SUBMIT", "RANK", "TERMINAL", "Transition", "is_terminal", "transition"]
 
 TERMINAL = frozenset({"completed", "failed"})
 # "submitting": the task row exists but the provider has not answered our submit yet.
-RANK = {"submitting": -1, "queued": 0, "in_progress": 1, "completed": 2, "failed": 2}
+# "unconfirmed": the submit's outcome is unknown (a timeout, a 5xx, an unreadable answer, a
+# process killed mid-call): the provider may have created the task, so its row and callback
+# token are kept until a delivery adopts it or its confirm window ends.
+PRE_SUBMIT = frozenset({"submitting", "unconfirmed"})
+RANK = {"submitting": -1, "unconfirmed": -1, "queued": 0, "in_progress": 1, "completed": 2, "failed": 2}
 
 # Outcomes, as stored on deliveries and counted in metrics.
 APPLIED = "applied"  # moved the task forward

@@ -48,6 +48,14 @@ class Store(Protocol):
         next_poll_at: float,
     ) -> TaskRow: ...
     async def abandon_submit(self, pk: int) -> bool: ...
+    async def unconfirm_submit(self, pk: int, now: float) -> TaskRow | None:
+        """Our submit's outcome is unknown: keep the task as "unconfirmed" (core.on_submit_unknown).
+        The task as it now reads (a delivery may have adopted it already); None if it is gone."""
+
+    async def sweep_submits(self, orphan_before: float, expire_before: float, limit: int) -> tuple[int, int]:
+        """Tasks "submitting" since before `orphan_before` become "unconfirmed"; "unconfirmed"
+        ones since before `expire_before` that no delivery adopted are deleted (at most `limit`
+        of each). Returns (unconfirmed, deleted)."""
 
     async def record_delivery(self, delivery: NewDelivery) -> DeliveryResult: ...
     async def reapply_delivery(

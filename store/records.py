@@ -176,11 +176,14 @@ class NewTask:
     request_hash: str | None
     created_at: float
     expires_at: float | None
+    # How long a key's first submit may stay "submitting", then "unconfirmed" (core.on_submit_retry).
+    orphan_after: float = 45.0
+    confirm_window: float = 3600.0
 
 
 @dataclass(frozen=True)
 class CreateResult:
-    state: str  # created, exists, in_flight, mismatch
+    state: str  # created, exists, in_flight, unconfirmed, mismatch
     pk: int | None = None
     task: TaskRow | None = None
 

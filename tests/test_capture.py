@@ -41,6 +41,9 @@ async def test_result_files_are_kept_and_served(make_stack: StackFactory) -> Non
         assert early.status_code == 404 and early.json()["error"]["code"] == "content_not_kept"
         files = await files_settled(stack, video["id"])
         assert set(files) == {"video", "last_frame"}
+        # Lists carry the files exactly as single reads do.
+        (listed,) = (await stack.client.get(f"{stack.url}/v1/videos")).json()["data"]
+        assert listed["receiver"]["files"] == (await stack.video(video["id"]))["receiver"]["files"]
         source = stack.simulator.file_bytes(f"{video['id']}.mp4")
         assert files["video"]["status"] == "kept" and files["video"]["size"] == len(source)
         assert files["video"]["sha256"] == hashlib.sha256(source).hexdigest()

@@ -198,8 +198,11 @@ async def test_one_idempotency_key_at_two_processes_makes_one_task(database_url:
         assert sorted(r.state for r in results) == ["created", "in_flight", "in_flight", "in_flight"]
         other = await b.create_task(new_task(9, now, **{**same, "request_hash": "other"}))
         assert other.state == "mismatch"
-        # The first submit's process died: after a while its key is free for the retry.
-        late = await a.create_task(new_task(10, now + 600, **same))
+        # The first submit's process died: its outcome is unknown (the provider may have the
+        # task), so the key stays held, unconfirmed, until its confirm window ends.
+        unknown = await a.create_task(new_task(10, now + 600, **same))
+        assert unknown.state == "unconfirmed"
+        late = await a.create_task(new_task(11, now + 3601, **same))
         assert late.state == "created"
 
 

@@ -212,8 +212,10 @@ class TaskStore(PostgresBase):
                         row["created_at"],
                         new.request_hash,
                         new.created_at,
+                        orphan_after=new.orphan_after,
+                        confirm_window=new.confirm_window,
                     )
-                    if verdict in ("mismatch", "in_flight"):
+                    if verdict in ("mismatch", "in_flight", "unconfirmed"):
                         return CreateResult(verdict)
                     if verdict == "exists":
                         return CreateResult("exists", row["pk"], rows.task(row))
@@ -276,6 +278,39 @@ class TaskStore(PostgresBase):
                 return False  # the provider called back, so the task exists there: keep it
             await conn.execute("DELETE FROM tasks WHERE pk = $1 AND status = 'submitting'", pk)
             return True
+
+    async def unconfirm_submit(self, pk: int, now: float) -> TaskRow | None:
+        async with self._tx() as conn:
+            row = await conn.fetchrow("SELECT * FROM tasks WHERE pk = $1 FOR UPDATE", pk)
+            if row is None:
+                return None
+            await write_change(conn, pk, core.on_submit_unknown(rows.task(row), now))
+            return await _full_task(conn, pk)
+
+    async def sweep_submits(self, orphan_before: float, expire_before: float, limit: int) -> tuple[int, int]:
+        async with self._tx() as conn:
+            orphaned = await conn.fetch(
+                "UPDATE tasks SET status = 'unconfirmed' WHERE pk IN (SELECT pk FROM tasks"
+                " WHERE status = 'submitting' AND created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                " RETURNING pk",
+                orphan_before,
+                limit,
+            )
+            # Locked, so the ack path's writer, which checks each row's version when it writes,
+            # decides again (an unknown token) rather than naming a deleted task.
+            expired = await conn.fetch(
+                "DELETE FROM tasks WHERE pk IN (SELECT pk FROM tasks WHERE status = 'unconfirmed'"
+                " AND created_at < $1 AND video_id IS NULL LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING pk",
+                expire_before,
+                limit,
+            )
+            if expired:
+                # What SQLite's foreign key does: a delivery that named no video forgets the task.
+                await conn.execute(
+                    "UPDATE deliveries SET task_pk = NULL WHERE task_pk = ANY($1::bigint[])",
+                    [r["pk"] for r in expired],
+                )
+        return len(orphaned), len(expired)
 
     async def record_delivery(self, delivery: NewDelivery) -> DeliveryResult:
         if self._deliveries is None:

@@ -221,8 +221,10 @@ class TaskStore(SQLiteBase):
                         row["created_at"],
                         new.request_hash,
                         new.created_at,
+                        orphan_after=new.orphan_after,
+                        confirm_window=new.confirm_window,
                     )
-                    if verdict in ("mismatch", "in_flight"):
+                    if verdict in ("mismatch", "in_flight", "unconfirmed"):
                         return CreateResult(verdict)
                     if verdict == "exists":
                         return CreateResult("exists", row["pk"], rows.task(row))
@@ -292,6 +294,33 @@ class TaskStore(SQLiteBase):
                 return False
             conn.execute("DELETE FROM tasks WHERE pk = ? AND status = 'submitting'", (pk,))
             return True
+
+        return await self._write(unit)
+
+    async def unconfirm_submit(self, pk: int, now: float) -> TaskRow | None:
+        def unit(conn: sqlite3.Connection) -> TaskRow | None:
+            row = conn.execute("SELECT * FROM tasks WHERE pk = ?", (pk,)).fetchone()
+            if row is None:
+                return None
+            write_change(conn, pk, core.on_submit_unknown(rows.task(row), now))
+            return _full_task(conn, pk)
+
+        return await self._write(unit)
+
+    async def sweep_submits(self, orphan_before: float, expire_before: float, limit: int) -> tuple[int, int]:
+        def unit(conn: sqlite3.Connection) -> tuple[int, int]:
+            orphaned = conn.execute(
+                "UPDATE tasks SET status = 'unconfirmed' WHERE pk IN (SELECT pk FROM tasks"
+                " WHERE status = 'submitting' AND created_at < ? LIMIT ?)",
+                (orphan_before, limit),
+            ).rowcount
+            # A delivery that named no video keeps its row; the foreign key forgets the task.
+            expired = conn.execute(
+                "DELETE FROM tasks WHERE pk IN (SELECT pk FROM tasks WHERE status = 'unconfirmed'"
+                " AND created_at < ? AND video_id IS NULL LIMIT ?)",
+                (expire_before, limit),
+            ).rowcount
+            return orphaned, expired
 
         return await self._write(unit)
 
