@@ -115,6 +115,8 @@ class Settings:
     keepalive_timeout: float = 5.0
     max_connections: int = 1000
     body_timeout: float = 30.0
+    # Event streams open at once (receiver.events); never more than half of max_connections.
+    max_streams: int = 100
 
     media_dir: str | None = None  # None: `media` beside a SQLite store (see media_path)
     media_max_bytes: int = 2_147_483_648
@@ -226,6 +228,7 @@ class Settings:
             keepalive_timeout=float(_int(env, "RECEIVER_KEEPALIVE_TIMEOUT", 5, low=1, high=3600)),
             max_connections=_int(env, "RECEIVER_MAX_CONNECTIONS", 1000, low=16, high=1_000_000),
             body_timeout=float(_int(env, "RECEIVER_BODY_TIMEOUT", 30, low=1, high=3600)),
+            max_streams=_int(env, "RECEIVER_MAX_STREAMS", 100, low=1, high=1_000_000),
             media_dir=env.get("RECEIVER_MEDIA_DIR", "").strip() or None,
             media_max_bytes=_int(env, "RECEIVER_MEDIA_MAX_BYTES", 2_147_483_648, low=1, high=1 << 50),
         )

@@ -1,5 +1,5 @@
-"""The connection budget, over raw loopback sockets: a body deadline, and classes of connections
-at the cap (stuck, then idle, go first), so deliveries always find room."""
+"""The connection budget, over raw loopback sockets: a body deadline, classes of connections at
+the cap (stuck, then idle, go first), and a cap on event streams, so deliveries always find room."""
 
 from __future__ import annotations
 
@@ -112,16 +112,18 @@ SLOW_BODY = (
 # -- settings ---------------------------------------------------------------------------------
 
 
-def test_body_timeout_setting() -> None:
+def test_body_timeout_and_max_streams_settings() -> None:
     defaults = Settings.from_env({})
-    assert defaults.body_timeout == 30.0
+    assert (defaults.body_timeout, defaults.max_streams) == (30.0, 100)
     assert ConnectionLimits.from_settings(defaults).body_timeout == 30.0
-    chosen = Settings.from_env({"RECEIVER_BODY_TIMEOUT": "7"})
-    assert chosen.body_timeout == 7.0
+    chosen = Settings.from_env({"RECEIVER_BODY_TIMEOUT": "7", "RECEIVER_MAX_STREAMS": "3"})
+    assert (chosen.body_timeout, chosen.max_streams) == (7.0, 3)
     assert ConnectionLimits.from_settings(chosen).body_timeout == 7.0
     for name, value in (
         ("RECEIVER_BODY_TIMEOUT", "0"),
         ("RECEIVER_BODY_TIMEOUT", "1.5s"),
+        ("RECEIVER_MAX_STREAMS", "0"),
+        ("RECEIVER_MAX_STREAMS", "many"),
     ):
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({name: value})
@@ -245,3 +247,69 @@ async def test_at_the_cap_stuck_connections_go_first_then_the_longest_idle(make_
                 for reader, writer in idle[1:]:
                     writer.write(healthz)
                     assert (await read_answer(reader))[0].startswith(b"HTTP/1.1 200 ")
+
+
+# -- event streams ------------------------------------------------------------------------------
+
+
+STREAM = b"GET /v1/events/stream HTTP/1.1\r\nhost: x\r\n\r\n"
+
+
+async def open_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """Ask for an event stream: the head of a stream that started, or a whole refusal."""
+    writer.write(STREAM)
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+    if head.startswith(b"HTTP/1.1 200 "):
+        async with asyncio.timeout(5):
+            await reader.readuntil(b": connected\n\n")
+        return head
+    return head + await read_all(reader, 5)
+
+
+async def test_streams_past_their_cap_get_503_and_deliveries_still_find_room(
+    make_stack: StackFactory,
+) -> None:
+    # As reported: 40 streams on a process of 32 connections used to take every one of them.
+    async with make_stack(SLOW_TASKS, max_connections=32, keepalive_timeout=60.0) as stack:
+        video = (await stack.submit()).json()
+        before = counts(stack)
+        async with connections(stack.url, 0) as readers:
+            answers = []
+            for _ in range(40):
+                readers.append(await asyncio.open_connection("127.0.0.1", port_of(stack.url)))
+                answers.append(await open_stream(*readers[-1]))
+            started = [a for a in answers if a.startswith(b"HTTP/1.1 200 ")]
+            refused = [a for a in answers if not a.startswith(b"HTTP/1.1 200 ")]
+            assert len(started) == 16  # half of RECEIVER_MAX_CONNECTIONS, below RECEIVER_MAX_STREAMS
+            assert len(refused) == 24
+            for answer in refused:  # each read to the end: the server closed the connection
+                head, _, body = answer.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 503 "), answer[:200]
+                assert b"\r\nretry-after: " in head.lower() and b"connection: close" in head.lower()
+                assert error_of(body)["code"] == "too_many_streams"
+            assert stack.app.state.ctx.open_streams == 16
+            # Streams at their cap, and slow bodies in every other slot: a delivery still gets in.
+            async with connections(stack.url, 24) as attackers:
+                for _, writer in attackers:
+                    writer.write(SLOW_BODY)
+                    await writer.drain()
+                answer = await signed_delivery(stack, video["id"], "msg_streams", timeout=10)
+                assert answer.status_code == 200, answer.text
+        # Streams that end (here the readers leave) give their places back.
+        await wait_until(lambda: stack.app.state.ctx.open_streams == 0, what="the streams to be released")
+        async with connections(stack.url, 16) as readers:
+            for reader, writer in readers:
+                assert (await open_stream(reader, writer)).startswith(b"HTTP/1.1 200 ")
+        assert counts(stack)["deliveries"] == before["deliveries"] + 1
+
+
+async def test_max_streams_caps_streams_below_half_the_connections(make_stack: StackFactory) -> None:
+    async with make_stack(SLOW_TASKS, max_streams=2) as stack, connections(stack.url, 3) as readers:
+        assert (await open_stream(*readers[0])).startswith(b"HTTP/1.1 200 ")
+        # Streams refused for a bad Last-Event-ID take no place.
+        for _ in range(3):
+            bad = await stack.client.get(f"{stack.url}/v1/events/stream", headers={"last-event-id": "evt_42"})
+            assert bad.status_code == 400
+        assert (await open_stream(*readers[1])).startswith(b"HTTP/1.1 200 ")
+        assert (await open_stream(*readers[2])).startswith(b"HTTP/1.1 503 ")
