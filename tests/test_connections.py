@@ -7,16 +7,21 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import tomllib
 from collections.abc import AsyncIterator
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from receiver.server import ConnectionLimits
+from receiver.server import ConnectionLimits, guarded_protocol
 from receiver.settings import Settings, SettingsError
 from receiver.simulator import SimConfig
-from tests.conftest import SECRET, Stack, StackFactory, sign_headers, wait_until
+from tests.conftest import SECRET, Stack, StackFactory, serve, sign_headers, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -313,3 +318,63 @@ async def test_max_streams_caps_streams_below_half_the_connections(make_stack: S
             assert bad.status_code == 400
         assert (await open_stream(*readers[1])).startswith(b"HTTP/1.1 200 ")
         assert (await open_stream(*readers[2])).startswith(b"HTTP/1.1 503 ")
+
+
+# -- the uvicorn internals server.py builds on --------------------------------------------------
+
+
+def test_uvicorn_is_the_pinned_version() -> None:
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    (pin,) = [Requirement(d) for d in pyproject["project"]["dependencies"] if d.startswith("uvicorn")]
+    assert pin.specifier.contains(metadata.version("uvicorn")), (
+        f"uvicorn {metadata.version('uvicorn')} is outside {pin}: receiver/server.py subclasses its "
+        "private HttpToolsProtocol; check it against the new version, then move the pin"
+    )
+
+
+OVERRIDDEN = (
+    "connection_made",
+    "connection_lost",
+    "data_received",
+    "eof_received",
+    "on_message_begin",
+    "on_headers_complete",
+    "on_body",
+    "on_message_complete",
+    "on_response_complete",
+    "_unset_keepalive_if_required",
+)
+
+
+async def test_uvicorn_still_has_what_the_guarded_protocol_relies_on() -> None:
+    missing = [name for name in OVERRIDDEN if not callable(getattr(HttpToolsProtocol, name, None))]
+    assert not missing, (
+        f"uvicorn's HttpToolsProtocol no longer has {missing} (receiver/server.py overrides them)"
+    )
+    seen: dict[str, set[str]] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        cycle = receive.__self__  # uvicorn hands the app the cycle's own bound methods
+        assert isinstance(cycle, RequestResponseCycle)
+        seen["cycle"] = set(vars(cycle))
+        seen["protocol"] = set(vars(cycle.on_response.__self__))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serve(app, limits=ConnectionLimits()) as url, httpx.AsyncClient() as client:
+        assert (await client.get(f"{url}/")).status_code == 204
+    cycle_needs = {
+        "response_started",
+        "response_complete",
+        "disconnected",
+        "message_event",
+        "on_response",
+    }
+    protocol_needs = {"connections", "cycle", "loop", "transport", "url", "headers", "parser"}
+    assert not cycle_needs - seen["cycle"], f"RequestResponseCycle lost {cycle_needs - seen['cycle']}"
+    assert not protocol_needs - seen["protocol"], (
+        f"HttpToolsProtocol lost {protocol_needs - seen['protocol']}"
+    )
+    assert issubclass(guarded_protocol(ConnectionLimits()), HttpToolsProtocol)
