@@ -69,6 +69,8 @@ class Context:
     # Replaced on every new event: stream readers wait on the one they saw (a broadcast).
     new_events: asyncio.Event = field(default_factory=asyncio.Event)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
+    # Event streams this process holds open now (capped in receiver.events).
+    open_streams: int = 0
 
     def wake_poller(self) -> None:
         self.poll_wakeup.set()

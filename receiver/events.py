@@ -12,10 +12,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from receiver.api import check_outbound_name, check_outbound_url, list_body, store_call
 from receiver.context import Context
-from receiver.errors import ApiError, InvalidRequest, NotFound
+from receiver.errors import ApiError, InvalidRequest, NotFound, Unavailable
 from receiver.fanout import event_body
 from receiver.http import authorize, json_response, read_json_object
 from receiver.ids import parse_id
@@ -47,6 +48,8 @@ __all__ = ["routes"]
 _STREAM_BATCH = 100
 _KEEPALIVE = 15.0
 _RECHECK = 1.0
+# Seconds a refused stream reader is asked to wait: a slot frees only when another reader leaves.
+_STREAM_RETRY_AFTER = 30
 
 
 def _ctx(request: Request) -> Context:
@@ -367,11 +370,16 @@ async def dead_letters(request: Request) -> Response:
         media="text/event-stream",
         query=StreamQuery,
         headers=(Header("Last-Event-ID", "Resume after this event id"),),
-        errors=(400,),
+        errors=(400, 503),
     )
 )
 async def stream_events(request: Request) -> Response:
-    """Server-Sent Events of new events; Last-Event-ID (header or ?last_event_id) resumes."""
+    """Server-Sent Events of new events; Last-Event-ID (header or ?last_event_id) resumes.
+
+    A stream holds its connection for as long as the reader likes, so this process serves at
+    most RECEIVER_MAX_STREAMS of them and never more than half of RECEIVER_MAX_CONNECTIONS: the
+    connections a stream cannot take are the ones deliveries always find.
+    """
     ctx = _ctx(request)
     query = convert_query(request.query_params, StreamQuery)
     last = request.headers.get("last-event-id") or given(query.last_event_id)
@@ -417,7 +425,31 @@ async def stream_events(request: Request) -> Response:
                     yield b": keep-alive\n\n"
 
     headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-    return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
+    cap = min(ctx.settings.max_streams, ctx.settings.max_connections // 2)
+    # Checked and taken with no await between: concurrent readers cannot all pass at once.
+    if ctx.open_streams >= cap:
+        raise Unavailable(
+            f"{cap} event streams are open, the most this process serves at once",
+            code="too_many_streams",
+            headers={"retry-after": str(_STREAM_RETRY_AFTER), "connection": "close"},
+        )
+    ctx.open_streams += 1
+    return _Stream(ctx, frames(), headers)
+
+
+class _Stream(StreamingResponse):
+    """An event stream that gives its slot back when it ends, however it ends (the reader
+    leaves, the app stops, a store error): the finally is entered at the first step of the call."""
+
+    def __init__(self, ctx: Context, frames: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        super().__init__(frames, media_type="text/event-stream", headers=headers)
+        self._ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._ctx.open_streams -= 1
 
 
 def routes() -> list[Route]:

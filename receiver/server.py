@@ -1,28 +1,38 @@
 """Run the app under uvicorn with connection limits that hold against hostile clients.
 
-uvicorn's HTTP/1.1 protocol (httptools) has no cap on header size and no deadline for headers
-to arrive, and it accepts connections until the process runs out of file descriptors. The
-protocol below adds, per connection: a cap on the bytes of a request head (431), a deadline
-for the head to arrive (the connection is closed; this also ends connections that never send
-anything), and a cap on open connections that makes room for a new one by closing the oldest
-connection that is not in the middle of a request (idle keep-alive, or a head still trickling
-in), so idle sockets can never keep a real delivery out. Idle keep-alive connections close
-after `keepalive_timeout` (uvicorn's own timer).
+uvicorn's HTTP/1.1 protocol (httptools) has no cap on header size, no deadline for a head or a
+body to arrive, and it accepts connections until the process runs out of file descriptors. The
+protocol below adds, per connection: a cap on the bytes of a request head (431), a deadline for
+the head to arrive (the connection is closed; this also ends connections that never send
+anything), a deadline for the body once the head is in (408 `body_timeout`, then the connection
+closes), and a cap on open connections. At the cap a new connection makes room by closing, in
+this order: one stuck in a head or a body (the longest stuck first), else the longest idle one;
+only when every connection is busy with a request the app is handling is the new one refused. So
+no number of clients trickling heads or bodies, or sitting idle, keeps a real delivery out; the
+app caps what it holds open itself (event streams, receiver.events). Idle keep-alive connections
+close after `keepalive_timeout` (uvicorn's own timer).
+
+This subclasses uvicorn's private HttpToolsProtocol, so uvicorn is pinned to the minor version
+tested (pyproject.toml), and tests/test_connections.py fails by name if what is relied on here
+moves in an upgrade.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import resource
 import socket
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from receiver.errors import ApiError, InvalidRequest
 from receiver.settings import Settings, SettingsError
 
 __all__ = ["ConnectionLimits", "Server", "guarded_protocol", "make_server", "raise_fd_limit"]
@@ -44,20 +54,30 @@ class ConnectionLimits:
     max_header_bytes: int = 32_768
     header_timeout: float = 5.0
     max_connections: int = 1000
+    body_timeout: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
-        return cls(settings.max_header_bytes, settings.header_timeout, settings.max_connections)
+        return cls(
+            settings.max_header_bytes,
+            settings.header_timeout,
+            settings.max_connections,
+            settings.body_timeout,
+        )
 
 
-_HEAD_TOO_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-)
-_HEAD_BODY = (
-    b'{"error":{"type":"invalid_request_error","code":"headers_too_large",'
-    b'"message":"request headers are larger than %d bytes","param":null}}'
-)
+def _answer(error: ApiError) -> bytes:
+    """A whole HTTP answer for an error found below the app (the app never sees the request)."""
+    body = json.dumps(error.body(), separators=(",", ":")).encode()
+    head = (
+        f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+# Eviction ranks at the connection cap: lower goes first; a busy connection has none.
+_DONE, _STUCK, _IDLE = 0, 1, 2
 
 
 class _LingeringTransport:
@@ -106,10 +126,13 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # True from the end of one message to the end of the next head; False while a body is
+        # awaited (the head is in, the message is not complete).
         self._awaiting_head = True
         self._head_bytes = 0  # bytes received while a head is awaited (it may arrive in pieces)
         self._head_timer: asyncio.TimerHandle | None = None
-        self._opened_at = 0.0
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._since = 0.0  # when the current request began arriving, or the connection went idle
         self._lingering = False
         self._linger_bytes = 0
         self._raw: asyncio.Transport | None = None
@@ -117,9 +140,9 @@ class _GuardedProtocol(HttpToolsProtocol):
     # -- connection admission ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._opened_at = time.monotonic()
+        self._since = time.monotonic()
         if len(self.connections) >= self.limits.max_connections and not self._evict_one():
-            # Every connection is busy with a request: refuse this one outright.
+            # Every connection is busy with a request the app is handling: refuse this one outright.
             transport.abort()
             return
         self._raw = transport
@@ -129,17 +152,33 @@ class _GuardedProtocol(HttpToolsProtocol):
     def _idle(self) -> bool:
         return self._awaiting_head and (self.cycle is None or self.cycle.response_complete)
 
+    def _rank(self) -> int | None:
+        """Which connections go first when one must (None: busy, never evicted)."""
+        if self._lingering:
+            return _DONE  # answered already; only draining what the client still sends
+        if not self._awaiting_head:
+            return _STUCK  # in a body
+        if not self._idle():
+            return None  # the app is answering (a pipelined head may be arriving meanwhile)
+        return _STUCK if self._head_bytes else _IDLE
+
     def _evict_one(self) -> bool:
-        idle = [c for c in self.connections if isinstance(c, _GuardedProtocol) and c._idle()]
-        if not idle:
+        victim: _GuardedProtocol | None = None
+        best: tuple[int, float] | None = None
+        for conn in self.connections:
+            if not isinstance(conn, _GuardedProtocol):
+                continue
+            rank = conn._rank()
+            if rank is not None and (best is None or (rank, conn._since) < best):
+                victim, best = conn, (rank, conn._since)
+        if victim is None:
             return False
-        oldest = min(idle, key=lambda c: c._opened_at)
-        oldest._abort()
+        victim._abort()
         # abort() calls connection_lost on the next loop turn: count it gone now.
-        self.connections.discard(oldest)
+        self.connections.discard(victim)
         return True
 
-    # -- the request head ----------------------------------------------------------------------
+    # -- deadlines -----------------------------------------------------------------------------
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
@@ -154,6 +193,38 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self._awaiting_head and self._raw is not None and not self._raw.is_closing():
             self._raw.close()
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        raw = self._raw
+        if self._awaiting_head or self._lingering or raw is None or raw.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The app hears a disconnect and whatever it answers goes nowhere: the request was
+            # never whole, so nothing of it may be acted on.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if not cycle.response_started:
+                self._flush()
+                seconds = f"{self.limits.body_timeout:g}"
+                raw.write(
+                    _answer(
+                        InvalidRequest(
+                            f"the request body did not arrive within {seconds} s",
+                            code="body_timeout",
+                            status=408,
+                        )
+                    )
+                )
+        self._linger()
+
+    # -- the connection's bytes ----------------------------------------------------------------
 
     def _receiving(self) -> bool:
         """Bytes of the current request may still be on their way (a head, or a body)."""
@@ -174,6 +245,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._flush()  # an answer written this turn goes out before the end of the stream
         self._lingering = True
         self._disarm_head_timer()
+        self._disarm_body_timer()
         self._unset_keepalive_if_required()
         if raw.can_write_eof():
             raw.write_eof()
@@ -191,18 +263,28 @@ class _GuardedProtocol(HttpToolsProtocol):
             return
         if self._awaiting_head:
             self._arm_head_timer()  # a keep-alive connection starting its next request
+            if self._head_bytes == 0:
+                self._since = time.monotonic()
             self._head_bytes += len(data)
         super().data_received(data)
-        if self._awaiting_head and self._head_bytes > self.limits.max_header_bytes:
-            self._reject_head()
+        if self._awaiting_head:
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._reject_head()
+        elif self._body_timer is None and not self._lingering:
+            # Armed only when a read ends inside a body: a request that arrives whole costs no timer.
+            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
 
     def _reject_head(self) -> None:
         self._disarm_head_timer()
         if self._raw is None or self.transport.is_closing():
             return
-        body = _HEAD_BODY % self.limits.max_header_bytes
+        error = InvalidRequest(
+            f"request headers are larger than {self.limits.max_header_bytes} bytes",
+            code="headers_too_large",
+            status=431,
+        )
         self._flush()
-        self._raw.write(_HEAD_TOO_LARGE % (len(body), body))
+        self._raw.write(_answer(error))
         self._linger()
 
     def on_message_begin(self) -> None:
@@ -226,14 +308,20 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._disarm_body_timer()
         if self._lingering:
             return
         super().on_message_complete()
         self._awaiting_head = True
         self._head_bytes = 0
 
+    def on_response_complete(self) -> None:
+        self._since = time.monotonic()  # idle from now, for the eviction order
+        super().on_response_complete()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._disarm_body_timer()
         if self._raw is None:  # refused in connection_made: uvicorn never saw it
             return
         self._awaiting_head, self._head_bytes = True, 0  # nothing more arrives: close is close

@@ -126,6 +126,9 @@ class Settings:
     header_timeout: float = 5.0
     keepalive_timeout: float = 5.0
     max_connections: int = 1000
+    body_timeout: float = 30.0
+    # Event streams open at once (receiver.events); never more than half of max_connections.
+    max_streams: int = 100
     # Cross-site rules (see receiver/guard.py).
     cors_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
@@ -262,6 +265,8 @@ class Settings:
             header_timeout=float(_int(env, "RECEIVER_HEADER_TIMEOUT", 5, low=1, high=300)),
             keepalive_timeout=float(_int(env, "RECEIVER_KEEPALIVE_TIMEOUT", 5, low=1, high=3600)),
             max_connections=_int(env, "RECEIVER_MAX_CONNECTIONS", 1000, low=16, high=1_000_000),
+            body_timeout=float(_int(env, "RECEIVER_BODY_TIMEOUT", 30, low=1, high=3600)),
+            max_streams=_int(env, "RECEIVER_MAX_STREAMS", 100, low=1, high=1_000_000),
             cors_origins=tuple(cors_origins),
             allowed_hosts=tuple(allowed_hosts),
             media_dir=env.get("RECEIVER_MEDIA_DIR", "").strip() or None,
