@@ -110,7 +110,7 @@ async def signed_delivery(stack: Stack, video_id: str, msg_id: str, timeout: flo
 
 
 SLOW_BODY = (
-    b"POST /webhooks HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"
+    b"POST /webhooks HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"
 )
 
 
@@ -179,7 +179,7 @@ async def test_a_body_that_arrives_in_pieces_within_the_deadline_is_taken(make_s
         video = (await stack.submit()).json()
         body = json.dumps({"id": video["id"], "object": "video", "status": "in_progress"}).encode()
         headers = sign_headers(body, msg_id="msg_pieces")
-        head = "POST /webhooks HTTP/1.1\r\nhost: x\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head = "POST /webhooks HTTP/1.1\r\nhost: localhost\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         head += f"content-length: {len(body)}\r\n\r\n"
         async with connections(stack.url, 1) as [(reader, writer)]:
             writer.write(head.encode())
@@ -221,7 +221,7 @@ async def test_at_the_cap_stuck_connections_go_first_then_the_longest_idle(make_
     async with make_stack(
         SLOW_TASKS, max_connections=16, header_timeout=60.0, keepalive_timeout=60.0
     ) as stack:
-        healthz = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+        healthz = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n"
         async with (
             connections(stack.url, 8) as idle,
             connections(stack.url, 8) as stuck,
@@ -230,7 +230,7 @@ async def test_at_the_cap_stuck_connections_go_first_then_the_longest_idle(make_
                 writer.write(healthz)
                 assert (await read_answer(reader))[0].startswith(b"HTTP/1.1 200 ")
             for _, writer in stuck:
-                writer.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")  # a head that never ends
+                writer.write(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n")  # a head that never ends
                 await writer.drain()
             # One more round trip: the server has read the stuck heads before it answers this
             # (they were in its sockets first). The last idle connection is now the newest idle.
@@ -257,7 +257,7 @@ async def test_at_the_cap_stuck_connections_go_first_then_the_longest_idle(make_
 # -- event streams ------------------------------------------------------------------------------
 
 
-STREAM = b"GET /v1/events/stream HTTP/1.1\r\nhost: x\r\n\r\n"
+STREAM = b"GET /v1/events/stream HTTP/1.1\r\nhost: localhost\r\n\r\n"
 
 
 async def open_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
