@@ -612,10 +612,12 @@ async def ingest_run(
     processes: int,
     scratch: Path,
     routed: bool = False,
+    tree: Path | None = None,
 ) -> dict[str, Any]:
     """`processes` receivers on one store, each loaded by its own wrk (as behind a balancer):
     every process gets deliveries for every task, or with `routed` each gets those of its share
-    of the tasks (a balancer that routes by the callback URL's path)."""
+    of the tasks (a balancer that routes by the callback URL's path). `tree`: run the receiver
+    from that checkout instead (another version, measured in the same run)."""
     secret = dev_secret()
     ports = [free_port() for _ in range(processes)]
     # The provider: the simulator, in this process; its tasks run for hours, so it stays quiet.
@@ -631,6 +633,8 @@ async def ingest_run(
             RECEIVER_API_KEYS="bench-key",
             RECEIVER_OUTBOUND_ALLOW="127.0.0.1/32",  # the result files are kept from the simulator
         )
+        if tree is not None:
+            env["PYTHONPATH"] = str(tree)  # ahead of the installed project on sys.path
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         try:
             for n, port in enumerate(ports):
@@ -772,6 +776,10 @@ async def bench_ingest(args: argparse.Namespace) -> int:
         runs: dict[str, dict[str, Any]] = {}
         runs["sqlite"] = await ingest_run(args, "sqlite", f"sqlite:///{scratch}/receiver-{n}.db", 1, scratch)
         show("SQLite (WAL, synchronous=FULL)", runs["sqlite"])
+        if args.against is not None:
+            url = f"sqlite:///{scratch}/against-{n}.db"
+            runs["against"] = await ingest_run(args, "against", url, 1, scratch, tree=args.against)
+            show(f"SQLite, {args.against.name}", runs["against"])
         if pg_admin is not None:
             for label, processes, routed, shown in (
                 ("pg1", 1, False, "PostgreSQL, 1 process"),
@@ -796,6 +804,13 @@ async def bench_ingest(args: argparse.Namespace) -> int:
     sqlite_ratio, each = ratio("sqlite", "bare")
     sqlite_p99 = statistics.median([r["sqlite"]["p99"] for r in rounds])
     print(f"  SQLite: {sqlite_ratio:.1%} of the bare endpoint {each}, p99 {sqlite_p99:.2f} ms")
+    if args.against is not None:
+        against_ratio, each = ratio("sqlite", "against")
+        against_p99 = statistics.median([r["against"]["p99"] for r in rounds])
+        print(
+            f"  SQLite, this tree against {args.against.name}: {against_ratio:.2f}x {each};"
+            f" its p99 {against_p99:.2f} ms"
+        )
     clean = all(
         run["missing"] == 0 and run["non2xx"] == 0 for r in rounds for k, run in r.items() if k != "bare"
     )
@@ -1514,6 +1529,12 @@ def main(argv: list[str] | None = None) -> int:
     ingest.add_argument("--seed", type=int, default=1)
     ingest.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median is judged)")
     ingest.add_argument("--keep", action="store_true", help="keep the scratch folder (store, server log)")
+    ingest.add_argument(
+        "--against",
+        type=Path,
+        help="a checkout of another version (git worktree add DIR COMMIT): each round also runs"
+        " SQLite from it, and the ratio of this tree to it is printed",
+    )
     ingest.add_argument(
         "--database-url",
         help="PostgreSQL server for the PostgreSQL runs (a scratch database is made on it); default:"
