@@ -46,6 +46,7 @@ __all__ = ["Receiver", "create_app"]
 log = logging.getLogger("receiver")
 
 SIMULATOR_PATH = "/simulator"
+SIMULATOR_MAX_TASKS = 10_000  # the built-in demo provider's memory stays bounded under `serve`
 _STOP_GRACE = 10.0
 
 
@@ -154,6 +155,7 @@ def create_app(
                 api_key=simulator_key,
                 api_keys=settings.api_keys,
                 callback_prefix=f"{settings.public_url}/webhooks/",
+                max_tasks=SIMULATOR_MAX_TASKS,
             ),
             clock=clock,
         )

@@ -65,6 +65,9 @@ class SimConfig:
     content_bytes: int = 32 * 1024  # size of each result file served at the content URLs
     content_rate: float = 0.0  # bytes per real second when serving a result file (0: at once)
     seed: int | None = None
+    # A simulator that runs for months (the demo under `serve`) keeps this many tasks, forgetting
+    # the oldest, and no record of acknowledgements; None keeps everything (tests read it all).
+    max_tasks: int | None = None
 
 
 @dataclass
@@ -114,6 +117,8 @@ class Simulator:
         self._sender: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._bodies: dict[str, bytes] = {}  # a retried message carries the same bytes
+        self._queued: dict[str, int] = {}  # sends of each message still queued or in flight
+        self._owed: dict[str, int] = {}  # the same, per task: a task owed a send is never forgotten
         self.app = Starlette(
             routes=[
                 Route("/v1/videos", self._create, methods=["POST"]),
@@ -229,6 +234,11 @@ class Simulator:
             base_url=str(request.url_for("_file", name="x")).rsplit("/files/", 1)[0],
         )
         self.tasks[task.id] = task
+        while config.max_tasks is not None and len(self.tasks) > config.max_tasks:
+            oldest = next(iter(self.tasks))
+            if oldest in self._owed:
+                break  # it waits for its sends: the bound is passed for a moment
+            del self.tasks[oldest]
         if task.callback_url:
             self._plan_deliveries(task)
         if config.answer_delay:
@@ -289,7 +299,15 @@ class Simulator:
 
     def _push(self, due: float, video_id: str, message: str, status: str, attempt: int = 1) -> None:
         heapq.heappush(self._queue, (due, next(self._seq), video_id, message, status, attempt))
+        self._queued[message] = self._queued.get(message, 0) + 1
+        self._owed[video_id] = self._owed.get(video_id, 0) + 1
         self._wakeup.set()
+
+    def _done(self, video_id: str, message: str) -> None:
+        """One send of `message` is over (sent, given up or dropped): its body goes with its last."""
+        if _release(self._queued, message):
+            self._bodies.pop(message, None)
+        _release(self._owed, video_id)
 
     def payload(self, task: SimTask, status: str) -> bytes:
         video = self.video(task, status)
@@ -341,13 +359,22 @@ class Simulator:
             _, _, video_id, message, status, attempt = heapq.heappop(self._queue)
             if self.deliveries_stopped:
                 self.deliveries_lost += 1
+                self._done(video_id, message)
                 continue
             sending = asyncio.create_task(self._send(video_id, message, status, attempt))
             self._in_flight.add(sending)
             sending.add_done_callback(self._in_flight.discard)
 
     async def _send(self, video_id: str, message: str, status: str, attempt: int) -> None:
-        task = self.tasks[video_id]
+        try:
+            await self._attempt(video_id, message, status, attempt)
+        finally:
+            self._done(video_id, message)
+
+    async def _attempt(self, video_id: str, message: str, status: str, attempt: int) -> None:
+        task = self.tasks.get(video_id)
+        if task is None:
+            return  # forgotten (max_tasks)
         assert task.callback_url is not None and self._http is not None
         body = self._bodies.get(message)
         if body is None:
@@ -359,12 +386,20 @@ class Simulator:
             ok = 200 <= response.status_code < 300
         except httpx.HTTPError:
             ok = False
-        if ok:
+        if ok and self.config.max_tasks is None:
             self.acknowledged.add(message)
         self.deliveries_sent += 1
         if not ok and attempt < self.config.send_attempts:
             backoff = 0.5 * 2 ** (attempt - 1)
             self._push(self.clock() + backoff, video_id, message, status, attempt + 1)
+
+
+def _release(counts: dict[str, int], key: str) -> bool:
+    """Count one down; True when none is left (the key is gone)."""
+    left = counts.pop(key, 1) - 1
+    if left > 0:
+        counts[key] = left
+    return left <= 0
 
 
 def _png(width: int, height: int, seed: bytes) -> bytes:

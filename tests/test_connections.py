@@ -110,7 +110,8 @@ async def signed_delivery(stack: Stack, video_id: str, msg_id: str, timeout: flo
 
 
 SLOW_BODY = (
-    b"POST /webhooks HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"
+    b"POST /webhooks HTTP/1.1\r\nhost: localhost\r\n"
+    b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n{"
 )
 
 
@@ -179,7 +180,9 @@ async def test_a_body_that_arrives_in_pieces_within_the_deadline_is_taken(make_s
         video = (await stack.submit()).json()
         body = json.dumps({"id": video["id"], "object": "video", "status": "in_progress"}).encode()
         headers = sign_headers(body, msg_id="msg_pieces")
-        head = "POST /webhooks HTTP/1.1\r\nhost: localhost\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head = "POST /webhooks HTTP/1.1\r\nhost: localhost\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in headers.items()
+        )
         head += f"content-length: {len(body)}\r\n\r\n"
         async with connections(stack.url, 1) as [(reader, writer)]:
             writer.write(head.encode())
