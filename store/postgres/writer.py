@@ -206,8 +206,10 @@ class _Known:
             task = known[1]
             if d.video_id is not None and task[1] != d.video_id:
                 return None
+            if d.legacy_key is not None:
+                return None  # a key kept before scoping is never remembered: read it
             found[task[0]] = task
-        return list(found.values()), {d.dedupe_key for d in batch if d.dedupe_key in self.keys}
+        return list(found.values()), {d.key for d in batch if d.key in self.keys}
 
     def learn(self, tasks: list[_Task], keys: Iterable[str]) -> None:
         now = self._clock()
@@ -223,7 +225,7 @@ class _Known:
         for d in batch:
             if d.token_hash is not None:
                 self.tasks.pop(d.token_hash, None)
-            self.keys.pop(d.dedupe_key, None)
+            self.keys.pop(d.key, None)
 
 
 def _trim(known: dict[str, Any], limit: int) -> None:
@@ -318,7 +320,7 @@ async def _store(
             _READ,
             list({d.token_hash for d in batch if d.token_hash is not None}),
             list({d.video_id for d in batch if d.video_id is not None}),
-            list({d.dedupe_key for d in batch}),
+            core.lookup_keys(batch),
         )
         # One per task; each as (LEAN..., token_hash, version), without the stored keys.
         tasks = list({r["pk"]: tuple(r)[:9] for r in found if r["pk"] is not None}.values())
@@ -348,14 +350,14 @@ async def _store(
     new = plan.new
     if new:
         # In dedupe-key order: two batches inserting the same keys wait on each other in one order.
-        ordered = sorted(new, key=lambda n: n[0].dedupe_key)
+        ordered = sorted(new, key=lambda n: n[0].key)
         st.ctes.append(
             "ins AS (INSERT INTO deliveries (dedupe_key, task_pk, video_id, route, verified_by, headers,"
             " body, event_type, status, outcome, received_at, last_seen_at, repeats)"
             " SELECT k, t, v, r, vb, h, b, et, s, o, at, greatest(at, seen), n FROM "
             + st.unnest(
                 [
-                    ([d.dedupe_key for d, *_ in ordered], "text"),
+                    ([d.key for d, *_ in ordered], "text"),
                     ([t for _, t, _, _ in ordered], "bigint"),
                     ([v for _, _, v, _ in ordered], "text"),
                     ([d.route for d, *_ in ordered], "text"),
@@ -366,8 +368,8 @@ async def _store(
                     ([d.status for d, *_ in ordered], "text"),
                     ([o for *_, o in ordered], "text"),
                     ([d.received_at for d, *_ in ordered], "float8"),
-                    ([max(copies.get(d.dedupe_key, [d.received_at])) for d, *_ in ordered], "float8"),
-                    ([len(copies.get(d.dedupe_key, ())) for d, *_ in ordered], "int"),
+                    ([max(copies.get(d.key, [d.received_at])) for d, *_ in ordered], "float8"),
+                    ([len(copies.get(d.key, ())) for d, *_ in ordered], "int"),
                 ],
                 "k, t, v, r, vb, h, b, et, s, o, at, seen, n",
             )
@@ -419,14 +421,14 @@ async def _store(
     answer = await conn.fetchrow(f"WITH {', '.join(st.ctes)} SELECT {', '.join(answers)}", *st.args)
     inserted = {k: pk for k, pk in orjson.loads(answer["ins"])} if new else {}
     firsts = {k: (pk, outcome) for k, pk, outcome in orjson.loads(answer["rep"])} if repeats else {}
-    outcomes = {d.dedupe_key: outcome for d, _, _, outcome in new}
+    outcomes = {d.key: outcome for d, _, _, outcome in new}
     firsts.update((k, (inserted[k], outcomes[k])) for k in copies)
     sends = {task_pk: n for task_pk, n in orjson.loads(answer["sends"])} if events else {}
     written = dict(orjson.loads(answer["versions"])) if updates else {}
     by_pk = {r[0]: r for r in tasks}
     known.learn(
         [_changed(by_pk[pk], plan.changes[pk], v) for pk, v in written.items()],
-        [d.dedupe_key for d, *_ in new],
+        [d.key for d, *_ in new],
     )
     # Told to every process once this batch has committed (not inside it: a NOTIFY holds a
     # cluster-wide lock through the commit's flush and would serialise every writer's commits).

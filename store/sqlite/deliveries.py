@@ -114,7 +114,7 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
     what these reads see stays true until the commit)."""
     tokens = orjson.dumps(list({d.token_hash for d in batch if d.token_hash is not None})).decode()
     videos = orjson.dumps(list({d.video_id for d in batch if d.video_id is not None})).decode()
-    keys = orjson.dumps(list({d.dedupe_key for d in batch})).decode()
+    keys = orjson.dumps(core.lookup_keys(batch)).decode()
     found = _json_rows(
         conn,
         "SELECT json_group_array(json_array(pk, video_id, status, video, created_at, next_poll_at,"
@@ -139,7 +139,7 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
                 v
                 for d, task_pk, video_id, outcome in plan.new
                 for v in (
-                    d.dedupe_key,
+                    d.key,
                     task_pk,
                     video_id,
                     d.route,
