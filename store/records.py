@@ -361,7 +361,9 @@ def settle(waiting: Iterable[tuple[asyncio.Future[Any], Any]]) -> None:
 
 class Deadline:
     """Fails each watched future still waiting `timeout` seconds after it was watched, with the
-    error `error()` makes; one timer serves them all.
+    error `error()` makes; one timer serves them all. A future `release`d first is left alone:
+    its write has begun and may commit, so only what that write did may answer it (a 503 means
+    nothing was written).
 
     The ack path's callers used `asyncio.wait_for(asyncio.shield(future), timeout)`, which
     costs a timer, a wrapping future and their callbacks on every delivery: the PostgreSQL
@@ -376,7 +378,12 @@ class Deadline:
         self._timeout = timeout
         self._error = error
         self._watched: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._released: set[asyncio.Future[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
 
     def watch(self, future: asyncio.Future[Any]) -> None:
         loop = future.get_loop()
@@ -385,17 +392,23 @@ class Deadline:
         # Let go of the answered ones now: held for the whole timeout, a few seconds of
         # deliveries would outlive the young generations, and every full collection walks them.
         while watched and watched[0][1].done():
-            watched.popleft()
+            self._released.discard(watched.popleft()[1])
         watched.append((deadline, future))
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._expire, loop)
 
+    def release(self, futures: Iterable[asyncio.Future[Any]]) -> None:
+        """The writes that answer `futures` begin now: no deadline fails them from here on."""
+        self._released.update(futures)
+
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
-        now, watched = loop.time(), self._watched
+        now, watched, released = loop.time(), self._watched, self._released
         while watched and (watched[0][0] <= now or watched[0][1].done()):
             _, future = watched.popleft()
-            if not future.done():
+            if future in released:
+                released.discard(future)
+            elif not future.done():
                 future.set_exception(self._error())
         if watched:
             self._timer = loop.call_at(watched[0][0], self._expire, loop)

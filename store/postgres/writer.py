@@ -71,7 +71,7 @@ class DeliveryWriter:
     def __init__(self, acquire: Callable[[], Any], announce: Callable[[str], None]) -> None:
         self._acquire = acquire  # the pool's acquire(): a connection for each batch
         self._announce = announce  # news for every process, sent after the batch commits
-        self._queue: asyncio.Queue[tuple[NewDelivery, asyncio.Future[DeliveryResult]] | None] = (
+        self._queue: asyncio.Queue[tuple[NewDelivery, asyncio.Future[DeliveryResult], float] | None] = (
             asyncio.Queue()
         )
         self._task: asyncio.Task[None] | None = None
@@ -95,8 +95,9 @@ class DeliveryWriter:
     async def record(self, delivery: NewDelivery) -> DeliveryResult:
         if self._task is None or self._task.done():
             raise StoreUnavailable("the store is not open")
-        future: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((delivery, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[DeliveryResult] = loop.create_future()
+        self._queue.put_nowait((delivery, future, loop.time() + WRITE_TIMEOUT))
         self._arrived += 1
         if self._filled is not None and self._queue.qsize() + 1 >= FULL:  # +1: the one it holds
             _settle(self._filled)
@@ -124,7 +125,14 @@ class DeliveryWriter:
                     stopping = True
                     break
                 batch.append(extra)
-            await self._commit([d for d, _ in batch], [f for _, f in batch])
+            # A delivery answered already (failed at its deadline: a 503; or its caller gone) is
+            # not written. The rest are released from the deadline: from here on only what their
+            # batch did may answer them, since it may commit.
+            batch = [b for b in batch if not b[1].done()]
+            if batch:
+                self._deadline.release(f for _, f, _ in batch)
+                deadline = min(at for _, _, at in batch)
+                await self._commit([d for d, _, _ in batch], [f for _, f, _ in batch], deadline)
             for _ in range(YIELDS):
                 await asyncio.sleep(0)
 
@@ -139,10 +147,12 @@ class DeliveryWriter:
             self._filled = None
 
     async def _commit(
-        self, deliveries: list[NewDelivery], futures: list[asyncio.Future[DeliveryResult]]
+        self, deliveries: list[NewDelivery], futures: list[asyncio.Future[DeliveryResult]], deadline: float
     ) -> None:
+        """Write a batch and answer its callers. A failed statement wrote nothing, so a caller may
+        be told "unavailable" then; no new attempt begins after `deadline` (loop time)."""
         try:
-            results = await self._attempt(deliveries)
+            results = await self._attempt(deliveries, deadline)
         except Exception as exc:
             if len(deliveries) == 1:
                 log.warning("store: a delivery could not be stored (%s)", type(exc).__name__)
@@ -157,14 +167,19 @@ class DeliveryWriter:
                 results = []
                 for delivery in deliveries:
                     try:
-                        results += await self._attempt([delivery])
+                        results += await self._attempt([delivery], deadline)
                     except Exception as one:
                         log.warning("store: a delivery could not be stored (%s)", type(one).__name__)
                         results.append(StoreUnavailable("the store could not take the delivery"))
         settle(zip(futures, results, strict=True))
 
-    async def _attempt(self, deliveries: list[NewDelivery]) -> list[DeliveryResult | StoreError]:
+    async def _attempt(
+        self, deliveries: list[NewDelivery], deadline: float
+    ) -> list[DeliveryResult | StoreError]:
+        loop = asyncio.get_running_loop()
         for _ in range(4):  # three reads, and a first try on what the writer knew
+            if loop.time() > deadline:
+                raise StoreUnavailable("the store did not take the delivery in time")
             async with guard(), self._acquire() as conn:
                 try:
                     results, topic = await _store(conn, deliveries, self._known)
