@@ -154,9 +154,11 @@ class DeliveryWriter:
         try:
             results = await self._attempt(deliveries, deadline)
         except Exception as exc:
-            if len(deliveries) == 1:
-                log.warning("store: a delivery could not be stored (%s)", type(exc).__name__)
-                results = [StoreUnavailable("the store could not take the delivery")]
+            if len(deliveries) == 1 or asyncio.get_running_loop().time() > deadline:
+                log.warning(
+                    "store: %d deliveries could not be stored (%s)", len(deliveries), type(exc).__name__
+                )
+                results = [StoreUnavailable("the store could not take the delivery")] * len(deliveries)
             else:
                 # One bad row must not fail the other acknowledgements: each on its own.
                 log.warning(
