@@ -341,8 +341,8 @@ def plan_deliveries(
 ) -> DeliveryPlan:
     """Decide a batch of deliveries in arrival order: `tasks` are (token hash, lean row) of every
     task a delivery names by token or by video id, `stored` those of the batch's `lookup_keys`
-    already kept. Later
-    deliveries see what earlier ones did; copies of one delivery are repeats, applied once."""
+    already kept. Later deliveries see what earlier ones did; copies of one delivery are
+    repeats, applied once."""
     plan = DeliveryPlan()
     rows: dict[int, TaskRow] = {}
     by_token: dict[str, int] = {}

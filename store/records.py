@@ -381,10 +381,6 @@ class Deadline:
         self._released: set[asyncio.Future[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
-    @property
-    def timeout(self) -> float:
-        return self._timeout
-
     def watch(self, future: asyncio.Future[Any]) -> None:
         loop = future.get_loop()
         deadline = loop.time() + self._timeout

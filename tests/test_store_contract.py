@@ -25,6 +25,7 @@ from store import (
     WrongVideo,
     open_store,
 )
+from store.records import dedupe_base
 
 pytestmark = pytest.mark.anyio
 
@@ -186,6 +187,25 @@ async def test_copies_of_one_delivery_at_two_processes_apply_once(database_url: 
         assert sorted(e.video_id for e in events.rows) == sorted(f"vid{n}" for n in range(20))
         task = await b.task_by_video("vid3")
         assert task is not None and (task.deliveries, task.duplicates) == (4, 3)
+
+
+@pytest.mark.parametrize(
+    ("fields", "key", "legacy"),
+    [
+        ({"token_hash": "ab" * 32}, "t:" + "ab" * 16 + " msg:M", None),
+        ({"route": "workspace", "token_hash": None, "key_id": "f00d"}, "k:f00d msg:M", "w:4:vid1 msg:M"),
+        ({"route": "workspace", "token_hash": None, "video_id": None}, "k:- msg:M", "w:0: msg:M"),
+        ({"dedupe_key": "msg:a b:c"}, "t:tok1 msg:a b:c", None),
+        ({"route": "workspace", "token_hash": None, "video_id": "v 1:x"}, "k:- msg:M", "w:5:v 1:x msg:M"),
+    ],
+)
+def test_kept_keys_are_scoped_and_read_back_as_sent(
+    fields: dict[str, Any], key: str, legacy: str | None
+) -> None:
+    d = delivery(1, "msg:M", None, 0.0, **fields)
+    assert (d.key, d.legacy_key) == (key, legacy)
+    assert {dedupe_base(k) for k in (key, legacy or key)} == {d.dedupe_key}
+    assert dedupe_base("msg:kept-before-scoping") == "msg:kept-before-scoping"
 
 
 async def test_the_same_webhook_id_on_two_tasks_is_two_deliveries(database_url: str) -> None:
