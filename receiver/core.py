@@ -33,6 +33,7 @@ __all__ = [
     "DeliveryPlan",
     "apply_change",
     "claims_video",
+    "lookup_keys",
     "merge",
     "on_delivery",
     "on_poll",
@@ -380,8 +381,9 @@ def plan_deliveries(
     batch: list[NewDelivery], tasks: list[tuple[str, TaskRow]], stored: set[str]
 ) -> DeliveryPlan:
     """Decide a batch of deliveries in arrival order: `tasks` are (token hash, lean row) of every
-    task a delivery names by token or by video id, `stored` the dedupe keys already kept. Later
-    deliveries see what earlier ones did; copies of one delivery are repeats, applied once."""
+    task a delivery names by token or by video id, `stored` those of the batch's `lookup_keys`
+    already kept. Later deliveries see what earlier ones did; copies of one delivery are
+    repeats, applied once."""
     plan = DeliveryPlan()
     rows: dict[int, TaskRow] = {}
     by_token: dict[str, int] = {}
@@ -405,9 +407,12 @@ def plan_deliveries(
                 continue
         elif d.video_id is not None:
             task_pk = by_video.get(d.video_id)
-        if d.dedupe_key in stored or d.dedupe_key in fresh:
-            plan.repeats.setdefault(d.dedupe_key, []).append(d.received_at)
-            plan.steps.append(("repeat", d.dedupe_key))
+        first = d.key if d.key in stored or d.key in fresh else None
+        if first is None and d.legacy_key is not None and d.legacy_key in stored:
+            first = d.legacy_key  # kept before keys were scoped: a copy is still a duplicate
+        if first is not None:
+            plan.repeats.setdefault(first, []).append(d.received_at)
+            plan.steps.append(("repeat", first))
             continue
         if task_pk is None:
             outcome = UNMATCHED if d.actionable else IGNORED
@@ -422,11 +427,19 @@ def plan_deliveries(
                 if "video_id" in change.sets:
                     by_video[change.sets["video_id"]] = task_pk
                 merge(plan.changes.setdefault(task_pk, TaskChange()), change)
-        fresh.add(d.dedupe_key)
+        fresh.add(d.key)
         video_id = d.video_id or (rows[task_pk].video_id if task_pk is not None else None)
         plan.steps.append(("new", len(plan.new)))
         plan.new.append((d, task_pk, video_id, outcome))
     return plan
+
+
+def lookup_keys(batch: list[NewDelivery]) -> list[str]:
+    """The kept keys a batch is a repeat of when present: each delivery's scoped key, and the
+    key its copy was kept under before keys were scoped."""
+    keys = {d.key for d in batch}
+    keys.update(d.legacy_key for d in batch if d.legacy_key is not None)
+    return list(keys)
 
 
 def plan_results(
@@ -449,8 +462,6 @@ def plan_results(
             recorded = plan.recorded.get(value)
             count = sends.get(recorded, 0) if recorded is not None else 0
             out.append(
-                DeliveryResult(
-                    f"dlv_{inserted[d.dedupe_key]}", False, outcome, None, recorded is not None, count
-                )
+                DeliveryResult(f"dlv_{inserted[d.key]}", False, outcome, None, recorded is not None, count)
             )
     return out

@@ -102,6 +102,7 @@ async def ingest(ctx: Context, scope: Scope, receive: Receive, token: str | None
         needs_confirm=unsigned or update.thin,
         received_at=now,
         next_poll_at=now + settings.poll_after,
+        key_id=verification.key_id,
     )
     try:
         result = await ctx.store.record_delivery(delivery)

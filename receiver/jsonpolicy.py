@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["MAX_DEPTH", "JSONPolicyError", "check", "loads"]
+__all__ = ["MAX_DEPTH", "JSONPolicyError", "check", "loads", "text"]
 
 MAX_DEPTH = 32
 _INT_LOW = -(2**63)
@@ -45,6 +45,18 @@ def check(value: Any) -> None:
     """Hold an already-parsed value to the same policy (e.g. one built in code)."""
     if _walk(value):
         raise JSONPolicyError("an integer does not fit in 64 bits")
+
+
+def text(raw: bytes) -> str:
+    """`raw` as a string held to the policy's string rules (valid UTF-8, no U+0000, no lone
+    surrogates), for text that arrives outside JSON (multipart form fields)."""
+    try:
+        # Python's strict UTF-8 also refuses encoded surrogates (ED A0 80 and the like).
+        value = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise JSONPolicyError("not valid UTF-8") from None
+    _string(value)
+    return value
 
 
 def _walk(value: Any) -> bool:

@@ -21,6 +21,7 @@ __all__ = [
     "SecretFormatError",
     "SignatureError",
     "Verification",
+    "fingerprint",
     "parse_key",
     "sign_v1",
     "verify",
@@ -65,6 +66,16 @@ class Verification:
     scheme: str  # standard-v1, standard-v1a, openrouter, unsigned
     message_id: str | None
     timestamp: int | None
+    key_id: str | None = None  # fingerprint() of the key that matched; None when unsigned
+
+
+@functools.lru_cache(maxsize=64)  # the configured keys: the same few on every delivery
+def fingerprint(key: Key) -> str:
+    """A stable name for a configured key that says nothing of it: which secret verified a
+    delivery scopes its deduplication on POST /webhooks. (The signatures it checks are stored
+    with each delivery, so a hash of the key exposes nothing those do not.)"""
+    digest = hashlib.sha256(b"receiver key fingerprint\x00" + key.scheme.encode() + b"\x00" + key.material)
+    return digest.hexdigest()[:16]
 
 
 def _b64decode(text: str) -> bytes:
@@ -119,11 +130,13 @@ def _timestamp(raw: str, now: int, tolerance: int) -> int:
 
 
 @functools.lru_cache(maxsize=16)  # the configured keys: the same tuple on every delivery
-def _split(keys: tuple[Key, ...]) -> tuple[tuple[bytes, ...], tuple[Ed25519PublicKey, ...]]:
-    """HMAC secrets and Ed25519 public keys, each decoded once."""
+def _split(
+    keys: tuple[Key, ...],
+) -> tuple[tuple[tuple[bytes, str], ...], tuple[tuple[Ed25519PublicKey, str], ...]]:
+    """HMAC secrets and Ed25519 public keys, each decoded once, with their fingerprints."""
     return (
-        tuple(k.material for k in keys if k.scheme in ("whsec", "raw")),
-        tuple(k.public_key() for k in keys if k.scheme == "whpk"),
+        tuple((k.material, fingerprint(k)) for k in keys if k.scheme in ("whsec", "raw")),
+        tuple((k.public_key(), fingerprint(k)) for k in keys if k.scheme == "whpk"),
     )
 
 
@@ -141,15 +154,16 @@ def _verify_standard(
     # The original header text is signed, as the OpenAI SDK does ("0<ts>" stays "0<ts>").
     signed = f"{message_id}.{raw_ts}.".encode() + body
     hmac_keys, public_keys = _split(tuple(keys))
-    expected = [base64.b64encode(hmac.digest(k, signed, "sha256")) for k in hmac_keys]
+    expected = [(base64.b64encode(hmac.digest(k, signed, "sha256")), fp) for k, fp in hmac_keys]
     for entry in header.split():
         version, sep, value = entry.partition(",")
         if not sep:  # bare base64 is a v1 signature (as the OpenAI SDK accepts)
             version, value = "v1", entry
         if version == "v1":
             given = value.encode("ascii", "replace")
-            if any(hmac.compare_digest(given, want) for want in expected):
-                return Verification("standard-v1", message_id, timestamp)
+            for want, key_id in expected:
+                if hmac.compare_digest(given, want):
+                    return Verification("standard-v1", message_id, timestamp, key_id)
         elif version == "v1a" and public_keys:
             try:
                 signature = _b64decode(value)
@@ -157,12 +171,12 @@ def _verify_standard(
                 continue
             if len(signature) != 64:
                 continue
-            for public_key in public_keys:
+            for public_key, key_id in public_keys:
                 try:
                     public_key.verify(signature, signed)
                 except InvalidSignature:
                     continue
-                return Verification("standard-v1a", message_id, timestamp)
+                return Verification("standard-v1a", message_id, timestamp, key_id)
     raise SignatureError("no signature matched a configured key")
 
 
@@ -187,14 +201,19 @@ def _verify_openrouter(
     timestamp = _timestamp(raw_ts, now, tolerance)
     signed = f"{raw_ts},".encode() + body
     expected = [
-        hmac.new(k.material, signed, hashlib.sha256).hexdigest().encode() for k in keys if k.scheme == "raw"
+        (hmac.new(k.material, signed, hashlib.sha256).hexdigest().encode(), fingerprint(k))
+        for k in keys
+        if k.scheme == "raw"
     ]
     for value in given:
         if not _HEX.match(value):
             continue
         candidate = value.lower().encode()
-        if any(hmac.compare_digest(candidate, want) for want in expected):
-            return Verification("openrouter", headers.get("x-openrouter-idempotency-key"), timestamp)
+        for want, key_id in expected:
+            if hmac.compare_digest(candidate, want):
+                return Verification(
+                    "openrouter", headers.get("x-openrouter-idempotency-key"), timestamp, key_id
+                )
     raise SignatureError("no signature matched a configured key")
 
 

@@ -37,6 +37,7 @@ import uvicorn
 from receiver.app import create_app
 from receiver.settings import Settings
 from receiver.simulator import SimConfig, Simulator, dev_secret
+from store.records import dedupe_base
 
 # -- shared machinery -----------------------------------------------------------------------------
 
@@ -574,16 +575,16 @@ async def stored_keys(database_url: str) -> tuple[set[str], int]:
     """The dedupe keys in a store (for the acknowledged-but-missing check) and its row count."""
     if database_url.startswith("sqlite:///"):
         with sqlite3.connect(database_url[len("sqlite:///") :]) as conn:
-            keys = {k for (k,) in conn.execute("SELECT dedupe_key FROM deliveries")}
-        return keys, len(keys)
+            keys = [dedupe_base(k) for (k,) in conn.execute("SELECT dedupe_key FROM deliveries")]
+        return set(keys), len(keys)
     import asyncpg
 
     conn = await asyncpg.connect(database_url)
     try:
-        keys = {r[0] for r in await conn.fetch("SELECT dedupe_key FROM deliveries")}
+        keys = [dedupe_base(r[0]) for r in await conn.fetch("SELECT dedupe_key FROM deliveries")]
     finally:
         await conn.close()
-    return keys, len(keys)
+    return set(keys), len(keys)
 
 
 @contextlib.asynccontextmanager
@@ -1296,7 +1297,7 @@ async def bench_storepath(args: argparse.Namespace) -> int:
                     " body, status, outcome, received_at, last_seen_at)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)"
                     " ON CONFLICT (dedupe_key) DO NOTHING RETURNING pk",
-                    d.dedupe_key,
+                    d.key,
                     task.pk,
                     d.video_id,
                     d.route,

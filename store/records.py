@@ -31,6 +31,7 @@ __all__ = [
     "TaskChange",
     "TaskRow",
     "TaskStats",
+    "dedupe_base",
     "delivery_pk",
     "settle",
 ]
@@ -190,7 +191,14 @@ class CreateResult:
 
 @dataclass(slots=True)
 class NewDelivery:
-    """An authentic delivery, ready to store. `status`/`video` are its normalised update."""
+    """An authentic delivery, ready to store. `status`/`video` are its normalised update.
+
+    `dedupe_key` names the message as the provider did (webhook-id, ...); `key` is what it is
+    kept under, scoped: a delivery on a per-task URL repeats only one of the same task (its
+    token hash), one on POST /webhooks only one verified by the same secret (`key_id`). The
+    same webhook-id on two tasks is two deliveries. `legacy_key` is how a workspace delivery's
+    copy was kept before keys were scoped (its secret unknown, under its video id instead): it
+    is still a duplicate of that one."""
 
     dedupe_key: str
     route: str  # task or workspace
@@ -206,6 +214,34 @@ class NewDelivery:
     needs_confirm: bool  # thin or unsigned: only our own GET may settle it
     received_at: float
     next_poll_at: float | None  # where an in_progress delivery pushes the task's next poll
+    key_id: str | None = None  # fingerprint of the secret that verified it (None: unsigned)
+    key: str = field(init=False, repr=False)
+    legacy_key: str | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.route == "task" and self.token_hash is not None:
+            self.key = f"t:{self.token_hash[:_SCOPE_HASH]} {self.dedupe_key}"
+            self.legacy_key = None
+        else:
+            self.key = f"k:{self.key_id or '-'} {self.dedupe_key}"
+            video_id = self.video_id or ""
+            self.legacy_key = f"w:{len(video_id)}:{video_id} {self.dedupe_key}"
+
+
+# Of a token hash (hex SHA-256) in a scoped key: 128 bits tell tasks apart and keep the key short.
+_SCOPE_HASH = 32
+
+
+def dedupe_base(key: str) -> str:
+    """The provider's name for a message (`NewDelivery.dedupe_key`) from the key it is kept
+    under (`NewDelivery.key`, `legacy_key`, or a key kept before scoping, unchanged)."""
+    if key.startswith(("t:", "k:")):
+        return key.partition(" ")[2] or key
+    if key.startswith("w:"):
+        length, sep, rest = key[2:].partition(":")
+        if sep and length.isascii() and length.isdigit() and len(rest) > int(length):
+            return rest[int(length) + 1 :]
+    return key
 
 
 @dataclass(slots=True)
@@ -328,7 +364,9 @@ def settle(waiting: Iterable[tuple[asyncio.Future[Any], Any]]) -> None:
 
 class Deadline:
     """Fails each watched future still waiting `timeout` seconds after it was watched, with the
-    error `error()` makes; one timer serves them all.
+    error `error()` makes; one timer serves them all. A future `release`d first is left alone:
+    its write has begun and may commit, so only what that write did may answer it (a 503 means
+    nothing was written).
 
     The ack path's callers used `asyncio.wait_for(asyncio.shield(future), timeout)`, which
     costs a timer, a wrapping future and their callbacks on every delivery: the PostgreSQL
@@ -343,6 +381,7 @@ class Deadline:
         self._timeout = timeout
         self._error = error
         self._watched: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._released: set[asyncio.Future[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
     def watch(self, future: asyncio.Future[Any]) -> None:
@@ -352,17 +391,23 @@ class Deadline:
         # Let go of the answered ones now: held for the whole timeout, a few seconds of
         # deliveries would outlive the young generations, and every full collection walks them.
         while watched and watched[0][1].done():
-            watched.popleft()
+            self._released.discard(watched.popleft()[1])
         watched.append((deadline, future))
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._expire, loop)
 
+    def release(self, futures: Iterable[asyncio.Future[Any]]) -> None:
+        """The writes that answer `futures` begin now: no deadline fails them from here on."""
+        self._released.update(futures)
+
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
-        now, watched = loop.time(), self._watched
+        now, watched, released = loop.time(), self._watched, self._released
         while watched and (watched[0][0] <= now or watched[0][1].done()):
             _, future = watched.popleft()
-            if not future.done():
+            if future in released:
+                released.discard(future)
+            elif not future.done():
                 future.set_exception(self._error())
         if watched:
             self._timer = loop.call_at(watched[0][0], self._expire, loop)

@@ -7,7 +7,16 @@ from typing import Any
 
 import orjson
 
-from store.records import AttemptRow, DeliveryRow, EventRow, OutboxJob, OutboxRow, SubscriptionRow, TaskRow
+from store.records import (
+    AttemptRow,
+    DeliveryRow,
+    EventRow,
+    OutboxJob,
+    OutboxRow,
+    SubscriptionRow,
+    TaskRow,
+    dedupe_base,
+)
 
 # sqlite3.Row, aiosqlite.Row and asyncpg.Record: read by column name.
 Row = Any
@@ -90,7 +99,7 @@ def delivery(row: Row) -> DeliveryRow:
     return DeliveryRow(
         pk=row["pk"],
         id=f"dlv_{row['pk']}",
-        dedupe_key=row["dedupe_key"],
+        dedupe_key=dedupe_base(row["dedupe_key"]),
         task_pk=row["task_pk"],
         video_id=row["video_id"],
         route=row["route"],

@@ -68,3 +68,17 @@ async def test_answered_futures_are_let_go_before_their_deadline() -> None:
     settle((future, None) for future in answered)
     deadline.watch(loop.create_future())
     assert len(deadline._watched) == 1
+
+
+async def test_a_released_future_is_answered_by_its_write_not_by_the_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    deadline = _deadline(0.05)
+    begun, waiting = loop.create_future(), loop.create_future()
+    deadline.watch(begun)
+    deadline.watch(waiting)
+    deadline.release([begun])  # its batch is being written: it may commit
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(waiting, 5)
+    assert not begun.done()  # the timer has passed it by
+    settle([(begun, "committed")])
+    assert await begun == "committed"

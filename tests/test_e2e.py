@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sqlite3
 import time
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from receiver.signatures import parse_key
 from receiver.simulator import SimConfig
 from tests.conftest import SECRET, StackFactory, sign_headers, wait_until
 
@@ -179,6 +181,47 @@ async def test_workspace_unknown_video_stays_unmatched(make_stack: StackFactory)
         assert answer.status_code == 200
         listed = (await stack.client.get(f"{stack.url}/v1/deliveries")).json()["data"]
         assert listed[0]["outcome"] == "unmatched" and listed[0]["video_id"] == "video_nobody"
+
+
+OTHER_SECRET = "whsec_" + base64.b64encode(b"a second provider's signing key").decode()
+
+
+async def test_the_same_webhook_id_on_two_tasks_is_two_deliveries(
+    make_stack: StackFactory, database_url: str
+) -> None:
+    """Task X got webhook-id M; task Y's own failed delivery on Y's own URL under the same M was
+    answered 'duplicate' and Y stayed queued. Both are applied now, each on its own task; on
+    POST /webhooks the same id under two providers' secrets is two deliveries as well."""
+    keys = (parse_key(SECRET), parse_key(OTHER_SECRET))
+    sim = SimConfig(secret=SECRET, duration_median=3600)
+    async with make_stack(sim, database_url=database_url, webhook_keys=keys) as stack:
+        x, y, z, w = [(await stack.submit()).json()["id"] for _ in range(4)]
+
+        async def deliver(url: str, video_id: str, status: str, secret: str = SECRET) -> dict[str, Any]:
+            body = json.dumps({"id": video_id, "status": status}).encode()
+            headers = sign_headers(body, msg_id="M", secret=secret)
+            answer = await stack.client.post(url, content=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+            result: dict[str, Any] = answer.json()
+            return result
+
+        first = await deliver(callback_path(stack, x), x, "completed")
+        second = await deliver(callback_path(stack, y), y, "failed")
+        assert not first["duplicate"] and not second["duplicate"] and second["id"] != first["id"]
+        done = await stack.video(y)  # at once: no poll was needed to learn it
+        assert done["status"] == "failed" and done["receiver"]["resolved_by"] == "webhook"
+        assert (await stack.video(x))["status"] == "completed"
+        again = await deliver(callback_path(stack, y), y, "failed")
+        assert again["duplicate"] and again["id"] == second["id"]
+
+        workspace = f"{stack.url}/webhooks"
+        one = await deliver(workspace, z, "completed")
+        other = await deliver(workspace, w, "failed", secret=OTHER_SECRET)
+        assert not one["duplicate"] and not other["duplicate"]
+        assert (await stack.video(z))["status"] == "completed"
+        assert (await stack.video(w))["status"] == "failed"
+        same_secret = await deliver(workspace, z, "completed")
+        assert same_secret["duplicate"] and same_secret["id"] == one["id"]
 
 
 async def test_idempotency_key(make_stack: StackFactory) -> None:

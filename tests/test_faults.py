@@ -15,6 +15,7 @@ import pytest
 
 from receiver.simulator import SimConfig, Simulator
 from receiver.tasks import RANK
+from store.records import dedupe_base
 from tests.conftest import SECRET, ReceiverProcess, StackFactory, free_socket, serve, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -77,7 +78,7 @@ def check_outcome(simulator: Simulator, db: str, watcher: Watcher) -> None:
         resolved = dict(
             conn.execute("SELECT resolved_by, count(*) FROM tasks GROUP BY resolved_by").fetchall()
         )
-        stored = {key for (key,) in conn.execute("SELECT dedupe_key FROM deliveries")}
+        stored = {dedupe_base(key) for (key,) in conn.execute("SELECT dedupe_key FROM deliveries")}
     missing = {m for m in simulator.acknowledged if f"msg:{m}" not in stored}
     assert simulator.acknowledged and not missing, f"acknowledged deliveries not in the store: {missing}"
     assert len(simulator.tasks) == TASKS and len(tasks) == TASKS

@@ -22,6 +22,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from receiver.simulator import SimConfig, Simulator
+from store.records import dedupe_base
 from tests.conftest import SECRET, ReceiverProcess, Subscriber, free_socket, serve, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -216,7 +217,8 @@ async def test_two_processes_one_database_one_public_url(tmp_path: Path, postgre
                 per_task = await conn.fetchval(
                     "SELECT max(n) FROM (SELECT count(*) AS n FROM events GROUP BY task_pk) x"
                 )
-                stored = {r["dedupe_key"] for r in await conn.fetch("SELECT dedupe_key FROM deliveries")}
+                kept = await conn.fetch("SELECT dedupe_key FROM deliveries")
+                stored = {dedupe_base(r["dedupe_key"]) for r in kept}
                 resolved = dict(
                     await conn.fetch("SELECT resolved_by, count(*) FROM tasks GROUP BY resolved_by")
                 )

@@ -154,3 +154,84 @@ def test_nest(items: list[tuple[str, str]], expected: Any) -> None:
     with pytest.raises(InvalidRequest) as caught:
         nest(items)
     assert caught.value.param == expected
+
+
+def raw_form(parts: list[tuple[bytes, bytes, bytes]], boundary: bytes = b"xyzzy") -> bytes:
+    """A multipart body built byte by byte: (name, extra part headers, value) each, so a test
+    can send what no well-behaved client library would encode."""
+    out = b""
+    for name, headers, value in parts:
+        out += b"--" + boundary + b"\r\n"
+        out += (
+            b'Content-Disposition: form-data; name="' + name + b'"\r\n' + headers + b"\r\n" + value + b"\r\n"
+        )
+    return out + b"--" + boundary + b"--\r\n"
+
+
+# Each is a 400 before the provider is called or anything is written; on PostgreSQL the first
+# was a paid task whose write then failed (503) because text cannot hold U+0000.
+BAD_TEXT: list[tuple[str, list[tuple[bytes, bytes, bytes]], str | None]] = [
+    ("nul", [(b"model", b"", b"m"), (b"prompt", b"", b"a fox\x00")], "prompt"),
+    ("not-utf8", [(b"model", b"", b"m"), (b"prompt", b"", b"caf\xe9")], "prompt"),
+    ("lone-surrogate", [(b"model", b"", b"m"), (b"prompt", b"", b"a \xed\xa0\x80 fox")], "prompt"),
+    (
+        "nested-nul",
+        [(b"model", b"", b"m"), (b"prompt", b"", b"p"), (b"metadata[k]", b"", b"\x00")],
+        "metadata",
+    ),
+    (
+        "latin-1-part",
+        [(b"model", b"", b"m"), (b"prompt", b"Content-Type: text/plain; charset=latin-1\r\n", b"caf\xe9")],
+        "prompt",
+    ),
+    ("nul-in-name", [(b"model", b"", b"m"), (b"prompt", b"", b"p"), (b"meta\x00data[k]", b"", b"v")], None),
+]
+
+
+@pytest.mark.parametrize(("case", "parts", "param"), BAD_TEXT, ids=[c[0] for c in BAD_TEXT])
+async def test_text_parts_are_held_to_the_json_string_rules(
+    make_stack: StackFactory,
+    database_url: str,
+    case: str,
+    parts: list[tuple[bytes, bytes, bytes]],
+    param: str | None,
+) -> None:
+    async with make_stack(SLOW, database_url=database_url) as stack:
+        answer = await stack.client.post(
+            f"{stack.url}/v1/videos",
+            content=raw_form(parts),
+            headers={"content-type": "multipart/form-data; boundary=xyzzy"},
+        )
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert (error["code"], error["param"]) == ("invalid_multipart", param), case
+        assert not stack.simulator.tasks  # the provider was never asked (nor paid)
+        listed = await stack.client.get(f"{stack.url}/v1/videos")
+        assert listed.status_code == 200 and listed.json()["data"] == []
+        ready = await stack.client.get(f"{stack.url}/readyz")
+        assert ready.status_code == 200, ready.text
+        # The same form, clean and in UTF-8 (declared or not), is taken.
+        good = await stack.client.post(
+            f"{stack.url}/v1/videos",
+            content=raw_form(
+                [
+                    (b"model", b"", b"m"),
+                    (b"prompt", b"Content-Type: text/plain; charset=UTF-8\r\n", "café".encode()),
+                ]
+            ),
+            headers={"content-type": "multipart/form-data; boundary=xyzzy"},
+        )
+        assert good.status_code == 200, good.text
+        assert good.json()["prompt"] == "café"
+
+
+async def test_a_body_declaring_another_charset_is_refused(make_stack: StackFactory) -> None:
+    async with make_stack(SLOW) as stack:
+        answer = await stack.client.post(
+            f"{stack.url}/v1/videos",
+            content=raw_form([(b"model", b"", b"m"), (b"prompt", b"", b"caf\xe9")]),
+            headers={"content-type": "multipart/form-data; boundary=xyzzy; charset=iso-8859-1"},
+        )
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == "invalid_multipart"
+        assert not stack.simulator.tasks

@@ -14,6 +14,7 @@ from receiver.signatures import (
     NoSignature,
     SecretFormatError,
     SignatureError,
+    fingerprint,
     parse_key,
     sign_v1,
     verify,
@@ -72,6 +73,22 @@ def test_tv1_multi_signature_header_passes_if_any_entry_is_valid() -> None:
         verify(std(TV1_ID, TV1_TS, header), TV1_BODY, keys(TV1_SECRET), now=TV1_TS, tolerance=300).scheme
         == "standard-v1"
     )
+
+
+def test_a_verification_names_the_key_that_matched_by_fingerprint() -> None:
+    """The matched key scopes deduplication on POST /webhooks: stable, distinct per key, and
+    nothing of the secret in it."""
+    other = "whsec_" + base64.b64encode(b"another provider").decode()
+    both = keys(other, TV1_SECRET)
+    result = verify(std(TV1_ID, TV1_TS, TV1_SIG), TV1_BODY, both, now=TV1_TS, tolerance=300)
+    assert result.key_id == fingerprint(both[1]) != fingerprint(both[0])
+    assert result.key_id == fingerprint(parse_key(TV1_SECRET))  # the same key, parsed again
+    assert TV1_SECRET[len("whsec_") :] not in result.key_id and len(result.key_id) == 16
+    raw = parse_key("raw:shared")
+    signed = hmac.new(b"shared", f"{TV1_TS},".encode() + TV1_BODY, hashlib.sha256).hexdigest()
+    headers = {"x-openrouter-signature": f"t={TV1_TS},v1={signed}"}
+    routed = verify(headers, TV1_BODY, [*both, raw], now=TV1_TS, tolerance=300)
+    assert routed.key_id == fingerprint(raw)
 
 
 @pytest.mark.parametrize("delta", [-301, 301])

@@ -25,6 +25,7 @@ from store import (
     WrongVideo,
     open_store,
 )
+from store.records import dedupe_base
 
 pytestmark = pytest.mark.anyio
 
@@ -186,6 +187,70 @@ async def test_copies_of_one_delivery_at_two_processes_apply_once(database_url: 
         assert sorted(e.video_id for e in events.rows) == sorted(f"vid{n}" for n in range(20))
         task = await b.task_by_video("vid3")
         assert task is not None and (task.deliveries, task.duplicates) == (4, 3)
+
+
+@pytest.mark.parametrize(
+    ("fields", "key", "legacy"),
+    [
+        ({"token_hash": "ab" * 32}, "t:" + "ab" * 16 + " msg:M", None),
+        ({"route": "workspace", "token_hash": None, "key_id": "f00d"}, "k:f00d msg:M", "w:4:vid1 msg:M"),
+        ({"route": "workspace", "token_hash": None, "video_id": None}, "k:- msg:M", "w:0: msg:M"),
+        ({"dedupe_key": "msg:a b:c"}, "t:tok1 msg:a b:c", None),
+        ({"route": "workspace", "token_hash": None, "video_id": "v 1:x"}, "k:- msg:M", "w:5:v 1:x msg:M"),
+    ],
+)
+def test_kept_keys_are_scoped_and_read_back_as_sent(
+    fields: dict[str, Any], key: str, legacy: str | None
+) -> None:
+    d = delivery(1, "msg:M", None, 0.0, **fields)
+    assert (d.key, d.legacy_key) == (key, legacy)
+    assert {dedupe_base(k) for k in (key, legacy or key)} == {d.dedupe_key}
+    assert dedupe_base("msg:kept-before-scoping") == "msg:kept-before-scoping"
+
+
+async def test_the_same_webhook_id_on_two_tasks_is_two_deliveries(database_url: str) -> None:
+    """Dedupe is scoped to the task on per-task URLs: task 2's own result under a webhook-id
+    task 1 already used is applied, not taken for a repeat of task 1's delivery."""
+    now = time.time()
+    async with opened(database_url) as (store,):
+        for n in (1, 2, 3, 4):
+            await submitted(store, n, now)
+        x = await store.record_delivery(delivery(1, "msg:M", "completed", now))
+        y = await store.record_delivery(delivery(2, "msg:M", "failed", now + 1))
+        assert (y.duplicate, y.outcome, y.terminal) == (False, "applied", True) and y.id != x.id
+        again = await store.record_delivery(delivery(2, "msg:M", "failed", now + 2))
+        assert again.duplicate and again.id == y.id
+        # The same in one batch: queued together, neither is a repeat of the other.
+        both = await asyncio.gather(
+            store.record_delivery(delivery(3, "msg:N", "completed", now)),
+            store.record_delivery(delivery(4, "msg:N", "completed", now)),
+        )
+        assert [(r.duplicate, r.terminal) for r in both] == [(False, True), (False, True)]
+        for n, status in ((1, "completed"), (2, "failed"), (3, "completed"), (4, "completed")):
+            task = await store.task_by_video(f"vid{n}")
+            assert task is not None and task.status == status, n
+        task = await store.task_by_video("vid2")
+        assert task is not None and (task.deliveries, task.duplicates) == (2, 1)
+
+
+async def test_on_the_workspace_url_a_repeat_is_one_verified_by_the_same_secret(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        await submitted(store, 1, now)
+
+        def signed(key_id: str, at: float) -> NewDelivery:
+            return delivery(1, "msg:W", "in_progress", at, route="workspace", token_hash=None, key_id=key_id)
+
+        first = await store.record_delivery(signed("secret-a", now))
+        other = await store.record_delivery(signed("secret-b", now + 1))
+        assert not first.duplicate and not other.duplicate and other.id != first.id
+        same = await store.record_delivery(signed("secret-a", now + 2))
+        assert same.duplicate and same.id == first.id
+        # A per-task delivery is scoped to its task, not to a secret: another delivery again.
+        task_url = await store.record_delivery(delivery(1, "msg:W", "in_progress", now + 3))
+        assert not task_url.duplicate
+        task = await store.task_by_video("vid1")
+        assert task is not None and (task.deliveries, task.duplicates) == (4, 1)
 
 
 async def test_one_idempotency_key_at_two_processes_makes_one_task(database_url: str) -> None:

@@ -155,3 +155,17 @@ $$;
 -- lock and deletes only a task no delivery names: the reference cannot dangle. The constraint's
 -- check ran once per inserted delivery, about a tenth of the server's CPU on the ack path.
 ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS deliveries_task_pk_fkey;
+
+-- migration 5: deduplication is scoped (store/records.py, NewDelivery.key): a delivery on a
+-- per-task URL repeats only an earlier one of the same task, one on POST /webhooks only one
+-- verified by the same secret. Keys kept before are respelled so their copies still repeat them:
+-- a per-task one under its task's token hash; a workspace one, whose secret was not recorded,
+-- under its video id, which every copy of it names (NewDelivery.legacy_key). The new spellings
+-- start with t: or w:, which no key kept before did, so no two rows can meet on the way.
+UPDATE deliveries d
+SET dedupe_key = 't:' || substr(t.token_hash, 1, 32) || ' ' || d.dedupe_key
+FROM tasks t
+WHERE d.route = 'task' AND t.pk = d.task_pk;
+UPDATE deliveries
+SET dedupe_key = 'w:' || length(coalesce(video_id, '')) || ':' || coalesce(video_id, '') || ' ' || dedupe_key
+WHERE route = 'workspace';

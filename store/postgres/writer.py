@@ -71,7 +71,7 @@ class DeliveryWriter:
     def __init__(self, acquire: Callable[[], Any], announce: Callable[[str], None]) -> None:
         self._acquire = acquire  # the pool's acquire(): a connection for each batch
         self._announce = announce  # news for every process, sent after the batch commits
-        self._queue: asyncio.Queue[tuple[NewDelivery, asyncio.Future[DeliveryResult]] | None] = (
+        self._queue: asyncio.Queue[tuple[NewDelivery, asyncio.Future[DeliveryResult], float] | None] = (
             asyncio.Queue()
         )
         self._task: asyncio.Task[None] | None = None
@@ -95,8 +95,9 @@ class DeliveryWriter:
     async def record(self, delivery: NewDelivery) -> DeliveryResult:
         if self._task is None or self._task.done():
             raise StoreUnavailable("the store is not open")
-        future: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((delivery, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[DeliveryResult] = loop.create_future()
+        self._queue.put_nowait((delivery, future, loop.time() + WRITE_TIMEOUT))
         self._arrived += 1
         if self._filled is not None and self._queue.qsize() + 1 >= FULL:  # +1: the one it holds
             _settle(self._filled)
@@ -124,7 +125,14 @@ class DeliveryWriter:
                     stopping = True
                     break
                 batch.append(extra)
-            await self._commit([d for d, _ in batch], [f for _, f in batch])
+            # A delivery answered already (failed at its deadline: a 503; or its caller gone) is
+            # not written. The rest are released from the deadline: from here on only what their
+            # batch did may answer them, since it may commit.
+            batch = [b for b in batch if not b[1].done()]
+            if batch:
+                self._deadline.release(f for _, f, _ in batch)
+                deadline = min(at for _, _, at in batch)
+                await self._commit([d for d, _, _ in batch], [f for _, f, _ in batch], deadline)
             for _ in range(YIELDS):
                 await asyncio.sleep(0)
 
@@ -139,14 +147,18 @@ class DeliveryWriter:
             self._filled = None
 
     async def _commit(
-        self, deliveries: list[NewDelivery], futures: list[asyncio.Future[DeliveryResult]]
+        self, deliveries: list[NewDelivery], futures: list[asyncio.Future[DeliveryResult]], deadline: float
     ) -> None:
+        """Write a batch and answer its callers. A failed statement wrote nothing, so a caller may
+        be told "unavailable" then; no new attempt begins after `deadline` (loop time)."""
         try:
-            results = await self._attempt(deliveries)
+            results = await self._attempt(deliveries, deadline)
         except Exception as exc:
-            if len(deliveries) == 1:
-                log.warning("store: a delivery could not be stored (%s)", type(exc).__name__)
-                results = [StoreUnavailable("the store could not take the delivery")]
+            if len(deliveries) == 1 or asyncio.get_running_loop().time() > deadline:
+                log.warning(
+                    "store: %d deliveries could not be stored (%s)", len(deliveries), type(exc).__name__
+                )
+                results = [StoreUnavailable("the store could not take the delivery")] * len(deliveries)
             else:
                 # One bad row must not fail the other acknowledgements: each on its own.
                 log.warning(
@@ -157,14 +169,19 @@ class DeliveryWriter:
                 results = []
                 for delivery in deliveries:
                     try:
-                        results += await self._attempt([delivery])
+                        results += await self._attempt([delivery], deadline)
                     except Exception as one:
                         log.warning("store: a delivery could not be stored (%s)", type(one).__name__)
                         results.append(StoreUnavailable("the store could not take the delivery"))
         settle(zip(futures, results, strict=True))
 
-    async def _attempt(self, deliveries: list[NewDelivery]) -> list[DeliveryResult | StoreError]:
+    async def _attempt(
+        self, deliveries: list[NewDelivery], deadline: float
+    ) -> list[DeliveryResult | StoreError]:
+        loop = asyncio.get_running_loop()
         for _ in range(4):  # three reads, and a first try on what the writer knew
+            if loop.time() > deadline:
+                raise StoreUnavailable("the store did not take the delivery in time")
             async with guard(), self._acquire() as conn:
                 try:
                     results, topic = await _store(conn, deliveries, self._known)
@@ -206,8 +223,10 @@ class _Known:
             task = known[1]
             if d.video_id is not None and task[1] != d.video_id:
                 return None
+            if d.legacy_key is not None:
+                return None  # a key kept before scoping is never remembered: read it
             found[task[0]] = task
-        return list(found.values()), {d.dedupe_key for d in batch if d.dedupe_key in self.keys}
+        return list(found.values()), {d.key for d in batch if d.key in self.keys}
 
     def learn(self, tasks: list[_Task], keys: Iterable[str]) -> None:
         now = self._clock()
@@ -223,7 +242,7 @@ class _Known:
         for d in batch:
             if d.token_hash is not None:
                 self.tasks.pop(d.token_hash, None)
-            self.keys.pop(d.dedupe_key, None)
+            self.keys.pop(d.key, None)
 
 
 def _trim(known: dict[str, Any], limit: int) -> None:
@@ -318,7 +337,7 @@ async def _store(
             _READ,
             list({d.token_hash for d in batch if d.token_hash is not None}),
             list({d.video_id for d in batch if d.video_id is not None}),
-            list({d.dedupe_key for d in batch}),
+            core.lookup_keys(batch),
         )
         # One per task; each as (LEAN..., token_hash, version), without the stored keys.
         tasks = list({r["pk"]: tuple(r)[:9] for r in found if r["pk"] is not None}.values())
@@ -348,14 +367,14 @@ async def _store(
     new = plan.new
     if new:
         # In dedupe-key order: two batches inserting the same keys wait on each other in one order.
-        ordered = sorted(new, key=lambda n: n[0].dedupe_key)
+        ordered = sorted(new, key=lambda n: n[0].key)
         st.ctes.append(
             "ins AS (INSERT INTO deliveries (dedupe_key, task_pk, video_id, route, verified_by, headers,"
             " body, event_type, status, outcome, received_at, last_seen_at, repeats)"
             " SELECT k, t, v, r, vb, h, b, et, s, o, at, greatest(at, seen), n FROM "
             + st.unnest(
                 [
-                    ([d.dedupe_key for d, *_ in ordered], "text"),
+                    ([d.key for d, *_ in ordered], "text"),
                     ([t for _, t, _, _ in ordered], "bigint"),
                     ([v for _, _, v, _ in ordered], "text"),
                     ([d.route for d, *_ in ordered], "text"),
@@ -366,8 +385,8 @@ async def _store(
                     ([d.status for d, *_ in ordered], "text"),
                     ([o for *_, o in ordered], "text"),
                     ([d.received_at for d, *_ in ordered], "float8"),
-                    ([max(copies.get(d.dedupe_key, [d.received_at])) for d, *_ in ordered], "float8"),
-                    ([len(copies.get(d.dedupe_key, ())) for d, *_ in ordered], "int"),
+                    ([max(copies.get(d.key, [d.received_at])) for d, *_ in ordered], "float8"),
+                    ([len(copies.get(d.key, ())) for d, *_ in ordered], "int"),
                 ],
                 "k, t, v, r, vb, h, b, et, s, o, at, seen, n",
             )
@@ -419,14 +438,14 @@ async def _store(
     answer = await conn.fetchrow(f"WITH {', '.join(st.ctes)} SELECT {', '.join(answers)}", *st.args)
     inserted = {k: pk for k, pk in orjson.loads(answer["ins"])} if new else {}
     firsts = {k: (pk, outcome) for k, pk, outcome in orjson.loads(answer["rep"])} if repeats else {}
-    outcomes = {d.dedupe_key: outcome for d, _, _, outcome in new}
+    outcomes = {d.key: outcome for d, _, _, outcome in new}
     firsts.update((k, (inserted[k], outcomes[k])) for k in copies)
     sends = {task_pk: n for task_pk, n in orjson.loads(answer["sends"])} if events else {}
     written = dict(orjson.loads(answer["versions"])) if updates else {}
     by_pk = {r[0]: r for r in tasks}
     known.learn(
         [_changed(by_pk[pk], plan.changes[pk], v) for pk, v in written.items()],
-        [d.dedupe_key for d, *_ in new],
+        [d.key for d, *_ in new],
     )
     # Told to every process once this batch has committed (not inside it: a NOTIFY holds a
     # cluster-wide lock through the commit's flush and would serialise every writer's commits).

@@ -22,7 +22,7 @@ from receiver import core
 from store import rows
 from store.errors import StoreError, StoreUnavailable
 from store.records import Deadline, DeliveryResult, NewDelivery, TaskChange, settle
-from store.sqlite.writer import WRITE_TIMEOUT, Writer
+from store.sqlite.writer import WRITE_TIMEOUT, Late, Writer
 
 __all__ = ["LISTED", "DeliveryBatcher"]
 
@@ -114,7 +114,7 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
     what these reads see stays true until the commit)."""
     tokens = orjson.dumps(list({d.token_hash for d in batch if d.token_hash is not None})).decode()
     videos = orjson.dumps(list({d.video_id for d in batch if d.video_id is not None})).decode()
-    keys = orjson.dumps(list({d.dedupe_key for d in batch})).decode()
+    keys = orjson.dumps(core.lookup_keys(batch)).decode()
     found = _json_rows(
         conn,
         "SELECT json_group_array(json_array(pk, video_id, status, video, created_at, next_poll_at,"
@@ -139,7 +139,7 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
                 v
                 for d, task_pk, video_id, outcome in plan.new
                 for v in (
-                    d.dedupe_key,
+                    d.key,
                     task_pk,
                     video_id,
                     d.route,
@@ -175,33 +175,50 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
 
 
 class DeliveryBatcher:
-    """Collects the deliveries that arrive while the writer is busy into one unit of work."""
+    """Collects the deliveries that arrive while the writer is busy into one unit of work.
+
+    A delivery still waiting here at its deadline fails (503, nothing written); once its batch
+    is handed to the writer, the writer's own rule holds from the same deadline on: not begun
+    by then, it never runs; begun, it is waited for."""
 
     def __init__(self, writer: Writer) -> None:
         self._writer = writer
-        self._pending: list[tuple[NewDelivery, asyncio.Future[DeliveryResult]]] = []
+        self._pending: list[tuple[NewDelivery, asyncio.Future[DeliveryResult], float]] = []
         self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None
         self._deadline = Deadline(
             WRITE_TIMEOUT, lambda: StoreUnavailable("the store did not take the delivery in time")
         )
 
     async def record(self, delivery: NewDelivery) -> DeliveryResult:
-        future: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
-        self._pending.append((delivery, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[DeliveryResult] = loop.create_future()
+        self._pending.append((delivery, future, loop.time() + WRITE_TIMEOUT))
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+            self._flusher = loop.create_task(self._flush())
         self._deadline.watch(future)
         return await future
 
     async def _flush(self) -> None:
         try:
             while self._pending:
-                batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
-                deliveries = [d for d, _ in batch]
+                taken, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
+                # Answered already (failed at the deadline, or its caller cancelled): not written.
+                batch = [(d, f, at) for d, f, at in taken if not f.done()]
+                if not batch:
+                    continue
+                futures = [f for _, f, _ in batch]
+                self._deadline.release(futures)
+                deadline = min(at for _, _, at in batch)
+                deliveries = [d for d, _, _ in batch]
                 results: list[Any]
                 try:
-                    results = await self._writer.run(functools.partial(store_batch, batch=deliveries))
+                    results = await self._writer.run(
+                        functools.partial(store_batch, batch=deliveries), deadline=deadline
+                    )
+                except Late:
+                    results = [StoreUnavailable("the store did not take the delivery in time")] * len(batch)
                 except StoreUnavailable:
                     if len(batch) == 1:
                         results = [StoreUnavailable("the store could not take the delivery")]
@@ -209,9 +226,10 @@ class DeliveryBatcher:
                         # One bad row must not fail the other acknowledgements: each on its own.
                         singles = [functools.partial(store_batch, batch=[d]) for d in deliveries]
                         answers = await asyncio.gather(
-                            *(self._writer.run(one) for one in singles), return_exceptions=True
+                            *(self._writer.run(one, deadline=deadline) for one in singles),
+                            return_exceptions=True,
                         )
                         results = [a[0] if isinstance(a, list) else a for a in answers]
-                settle(zip((future for _, future in batch), results, strict=True))
+                settle(zip(futures, results, strict=True))
         finally:
             self._flushing = False

@@ -31,3 +31,17 @@ CREATE INDEX captures_due ON captures (next_attempt_at) WHERE status = 'pending'
 ALTER TABLE tasks ADD COLUMN listed_seq INTEGER;
 UPDATE tasks SET listed_seq = pk WHERE video_id IS NOT NULL;
 CREATE INDEX tasks_listed ON tasks (listed_seq, pk) WHERE video_id IS NOT NULL;
+
+-- migration 8: deduplication is scoped (store/records.py, NewDelivery.key): a delivery on a
+-- per-task URL repeats only an earlier one of the same task, one on POST /webhooks only one
+-- verified by the same secret. Keys kept before are respelled so their copies still repeat them:
+-- a per-task one under its task's token hash; a workspace one, whose secret was not recorded,
+-- under its video id, which every copy of it names (NewDelivery.legacy_key). The new spellings
+-- start with t: or w:, which no key kept before did, so no two rows can meet on the way.
+UPDATE deliveries
+SET dedupe_key = 't:' || substr((SELECT token_hash FROM tasks WHERE tasks.pk = deliveries.task_pk), 1, 32)
+    || ' ' || dedupe_key
+WHERE route = 'task' AND task_pk IS NOT NULL;
+UPDATE deliveries
+SET dedupe_key = 'w:' || length(coalesce(video_id, '')) || ':' || coalesce(video_id, '') || ' ' || dedupe_key
+WHERE route = 'workspace';

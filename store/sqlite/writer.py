@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from store.errors import StoreError, StoreUnavailable
 
-__all__ = ["Unit", "Writer"]
+__all__ = ["Late", "Unit", "Writer"]
 
 log = logging.getLogger("receiver.store")
 
@@ -26,15 +26,40 @@ BUSY_TIMEOUT = 2.0
 WRITE_TIMEOUT = 5.0
 
 
+class Late(StoreUnavailable):
+    """The write had not begun by its deadline, and never will: nothing was written."""
+
+
+_QUEUED, _STARTED, _ABANDONED = 0, 1, 2
+
+
 class _Job:
-    __slots__ = ("abandoned", "future", "unit")
+    __slots__ = ("_lock", "_state", "future", "unit")
 
     def __init__(self, unit: Unit, future: asyncio.Future[Any]) -> None:
         self.unit = unit
         self.future = future
-        # Set on the loop when the caller stopped waiting: a write not yet started is skipped,
-        # so a request answered 503 leaves nothing behind.
-        self.abandoned = threading.Event()
+        # Started (on the writer thread) and abandoned (on the loop, by a caller whose deadline
+        # passed) exclude each other: a caller answered 503 leaves nothing behind, and a unit
+        # that began is waited for, since its batch may commit.
+        self._lock = threading.Lock()
+        self._state = _QUEUED
+
+    def begin(self) -> bool:
+        """On the writer thread: whether the unit may run (False: its caller has gone)."""
+        with self._lock:
+            if self._state == _ABANDONED:
+                return False
+            self._state = _STARTED
+            return True
+
+    def abandon(self) -> bool:
+        """On the loop: give up on a unit not yet begun (False: it has begun)."""
+        with self._lock:
+            if self._state == _STARTED:
+                return False
+            self._state = _ABANDONED
+            return True
 
 
 class Writer:
@@ -77,20 +102,28 @@ class Writer:
             self._conn = None
         self._executor.shutdown(wait=True)
 
-    async def run(self, unit: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, unit: Callable[[sqlite3.Connection], T], *, deadline: float | None = None) -> T:
         """Run `unit` in the next batch's transaction and return what it returned once committed.
 
-        A unit raises a StoreError only before it writes anything (the batch goes on without
-        it); any other exception undoes the batch, which runs again without that unit."""
+        A unit not begun by `deadline` (loop time; WRITE_TIMEOUT from now by default) is never
+        run: Late, nothing written. One that has begun is waited for, however long it takes: its
+        batch may commit, and a caller told "unavailable" must find nothing written. A unit raises
+        a StoreError only before it writes anything (the batch goes on without it); any other
+        exception undoes the batch, which runs again without that unit."""
         if self._task is None or self._task.done():
             raise StoreUnavailable("the store is not open")
-        job = _Job(unit, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + WRITE_TIMEOUT
+        job = _Job(unit, loop.create_future())
         self._queue.put_nowait(job)
         try:
-            result: T = await asyncio.wait_for(asyncio.shield(job.future), WRITE_TIMEOUT)
+            result: T = await asyncio.wait_for(asyncio.shield(job.future), max(0.0, deadline - loop.time()))
         except TimeoutError:
-            job.abandoned.set()
-            raise StoreUnavailable("the store did not take the write in time") from None
+            if job.abandon():
+                job.future.cancel()  # nobody waits for it now
+                raise Late("the store did not take the write in time") from None
+            result = await job.future
         return result
 
     async def _loop(self) -> None:
@@ -137,8 +170,8 @@ class Writer:
                     if index in failed:
                         results.append((False, failed[index]))
                         continue
-                    if job.abandoned.is_set():
-                        results.append((False, StoreUnavailable("abandoned")))
+                    if not job.begin():
+                        results.append((False, Late("abandoned")))
                         continue
                     try:
                         results.append((True, job.unit(conn)))
