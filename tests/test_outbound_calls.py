@@ -1,0 +1,194 @@
+"""Every call we make keeps its budget: a total deadline, stall detection for downloads, and an
+answer read as a stream that stops at its cap; result files are kept decoded and served safely."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from receiver.provider import Provider, ProviderError
+from receiver.simulator import SimConfig
+from tests.conftest import SECRET, Stack, StackFactory, sign_headers, wait_until
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1024 * 1024
+SLOW = SimConfig(secret=SECRET, duration_median=3600)  # the provider's own result never comes
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Exchange:
+    """One connection's request and how many body bytes the server got out before it ended."""
+
+    request: Request
+    sent: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+Answer = Callable[[Exchange, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawServer:
+    """HTTP/1.1 on a loopback port, written by hand so a test decides every byte and its pace:
+    each connection's request head is read, then `answer` writes what it likes and the
+    connection closes. `exchanges` records each connection and what it managed to send."""
+
+    def __init__(self, answer: Answer) -> None:
+        self._answer = answer
+        self.exchanges: list[Exchange] = []
+        self.url = ""
+
+    def of(self, path: str) -> list[Exchange]:
+        return [e for e in self.exchanges if e.request.path == path]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        exchange: Exchange | None = None
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            line, *lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = line.split(" ", 2)
+            headers = {}
+            for header in lines:
+                if ":" in header:
+                    name, value = header.split(":", 1)
+                    headers[name.strip().lower()] = value.strip()
+            await reader.readexactly(int(headers.get("content-length", "0")))
+            exchange = Exchange(Request(method, path, headers))
+            self.exchanges.append(exchange)
+            await self._answer(exchange, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the receiver hung up: what a capped or abandoned call does
+        finally:
+            if exchange is not None:
+                exchange.done.set()
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            yield self.url
+        finally:
+            server.close()
+            await server.wait_closed()
+
+
+def head(status: int = 200, **headers: str | int) -> bytes:
+    lines = [f"HTTP/1.1 {status} X"] + [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
+    return ("\r\n".join([*lines, "connection: close"]) + "\r\n\r\n").encode()
+
+
+async def send(exchange: Exchange, writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(data)
+    await writer.drain()
+    exchange.sent += len(data)
+
+
+async def drip(exchange: Exchange, writer: asyncio.StreamWriter, *, every: float, count: int) -> None:
+    """One byte per `every` seconds, `count` of them at most."""
+    for _ in range(count):
+        await send(exchange, writer, b" ")
+        await asyncio.sleep(every)  # wait-ok: the server's pace is the behaviour under test
+
+
+async def flood(exchange: Exchange, writer: asyncio.StreamWriter, total: int) -> None:
+    """`total` bytes as fast as the receiver takes them, until it hangs up."""
+    chunk = b"x" * (64 * 1024)
+    for _ in range(total // len(chunk)):
+        await send(exchange, writer, chunk)
+
+
+async def completed_with(stack: Stack, content: dict[str, str]) -> str:
+    """A task the provider has accepted, then a signed delivery saying it completed with
+    `content` (the result files' URLs)."""
+    video_id = (await stack.submit()).json()["id"]
+    body = json.dumps(
+        {"id": video_id, "object": "video", "status": "completed", "model": "m", "content": content}
+    ).encode()
+    answer = await stack.client.post(
+        f"{stack.url}/webhooks", content=body, headers=sign_headers(body, msg_id=secrets.token_hex(8))
+    )
+    assert answer.status_code == 200, answer.text
+    return video_id
+
+
+async def files_of(stack: Stack, video_id: str) -> dict[str, dict[str, Any]]:
+    return {f["variant"]: f for f in (await stack.video(video_id))["receiver"]["files"]}
+
+
+# -- the provider ------------------------------------------------------------------------------
+
+
+async def test_a_dripping_provider_is_cut_off_at_its_deadline(make_stack: StackFactory) -> None:
+    # A byte every 0.25 s: a per-read timeout of 1 s never fires, and the whole answer (spaces,
+    # which are not a video object) would take 6 s; the call's deadline is 1 s in all.
+    async def answer(exchange: Exchange, writer: asyncio.StreamWriter) -> None:
+        await send(exchange, writer, head(200, content_type="application/json"))
+        await drip(exchange, writer, every=0.25, count=24)
+
+    provider = RawServer(answer)
+    async with provider.running() as url, make_stack(provider_url=url, provider_timeout=1) as stack:
+        submitted = await stack.submit()
+        assert submitted.status_code == 504, submitted.text  # a timeout, not an unreadable answer
+        assert set(submitted.json()["error"]) == {"type", "code", "message", "param"}
+        (exchange,) = provider.exchanges
+        await wait_until(exchange.done.is_set, timeout=5, what="the receiver to hang up")
+        assert exchange.sent < len(head(200, content_type="application/json")) + 24
+
+        # A poll is held to the same deadline (one whose lease ran out could be claimed twice).
+        async with httpx.AsyncClient() as http:
+            with pytest.raises(ProviderError) as failure:
+                await Provider(http, url, timeout=1.0).retrieve("video_1")
+        assert failure.value.timeout and failure.value.retryable
+
+
+async def test_an_oversized_provider_answer_stops_at_the_cap(make_stack: StackFactory) -> None:
+    total = 100 * MiB
+
+    async def answer(exchange: Exchange, writer: asyncio.StreamWriter) -> None:
+        await send(exchange, writer, head(200, content_type="application/json"))
+        await send(exchange, writer, b'{"id": "video_1", "object": "video", "pad": "')
+        await flood(exchange, writer, total)
+
+    provider = RawServer(answer)
+    async with provider.running() as url, make_stack(provider_url=url) as stack:
+        submitted = await stack.submit()
+        assert submitted.status_code == 502, submitted.text
+        (exchange,) = provider.exchanges
+        await wait_until(exchange.done.is_set, timeout=10, what="the receiver to hang up")
+        # 4 MiB read, plus what the two sockets' buffers held when the receiver hung up.
+        assert exchange.sent < total / 4
+
+
+async def test_a_gzipped_provider_answer_is_read(make_stack: StackFactory) -> None:
+    video = {"id": "video_gz", "object": "video", "status": "queued", "model": "m", "prompt": "p"}
+    encoded = gzip.compress(json.dumps(video).encode())
+
+    async def answer(exchange: Exchange, writer: asyncio.StreamWriter) -> None:
+        await send(exchange, writer, head(200, content_type="application/json", content_encoding="gzip"))
+        await send(exchange, writer, encoded)
+
+    provider = RawServer(answer)
+    async with provider.running() as url, make_stack(provider_url=url) as stack:
+        submitted = await stack.submit()
+        assert submitted.status_code == 200, submitted.text
+        assert submitted.json()["id"] == "video_gz"
