@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import hashlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -192,3 +193,97 @@ async def test_a_gzipped_provider_answer_is_read(make_stack: StackFactory) -> No
         submitted = await stack.submit()
         assert submitted.status_code == 200, submitted.text
         assert submitted.json()["id"] == "video_gz"
+
+
+# -- downloads ---------------------------------------------------------------------------------
+
+
+def file_server(files: dict[str, tuple[bytes, dict[str, str]]], drip_every: float = 2.0) -> RawServer:
+    """Paths under /drip/ announce 1000 bytes and send one per `drip_every` seconds; any other
+    path is a file from `files` (its bytes, its extra headers)."""
+
+    async def answer(exchange: Exchange, writer: asyncio.StreamWriter) -> None:
+        path = exchange.request.path
+        if path.startswith("/drip/"):
+            await send(exchange, writer, head(200, content_type="video/mp4", content_length=1000))
+            await drip(exchange, writer, every=drip_every, count=1000)
+            return
+        data, headers = files[path]
+        await send(exchange, writer, head(200, content_length=len(data), **headers))
+        await send(exchange, writer, data)
+
+    return RawServer(answer)
+
+
+async def test_a_stalled_download_is_abandoned_and_retried_while_a_normal_file_is_kept(
+    make_stack: StackFactory,
+) -> None:
+    normal = secrets.token_bytes(50_000)
+    files = file_server({"/normal.mp4": (normal, {"content_type": "video/mp4"})})
+    async with files.running() as url, make_stack(SLOW, media_stall=0.5) as stack:
+        # Four dripping files take every download slot (the capturer runs four at once).
+        dripping = await completed_with(stack, {f"d{i}_url": f"{url}/drip/{i}" for i in range(4)})
+        await wait_until(lambda: len(files.exchanges) >= 4, timeout=10, what="four dripping downloads")
+        # A normal file of another task still gets a slot: the drips are abandoned as stalled.
+        kept = await completed_with(stack, {"video_url": f"{url}/normal.mp4"})
+
+        async def normal_kept() -> bool:
+            return (await files_of(stack, kept)).get("video", {}).get("status") == "kept"
+
+        await wait_until(normal_kept, timeout=15, what="the normal file to be kept")
+        video = (await files_of(stack, kept))["video"]
+        assert video["size"] == len(normal) and video["sha256"] == hashlib.sha256(normal).hexdigest()
+
+        stalled = await files_of(stack, dripping)
+        assert all(f["status"] == "pending" and "Stalled" in f["error"] for f in stalled.values()), stalled
+        # ... and retried: the same file is asked for again.
+        await wait_until(lambda: len(files.of("/drip/0")) >= 2, timeout=20, what="a retry of a stalled file")
+
+
+async def test_a_download_that_trickles_past_its_total_deadline_is_retried(make_stack: StackFactory) -> None:
+    # A byte every 0.1 s is never a stall, but 1000 of them take 100 s: more than the 1 s allowed.
+    files = file_server({}, drip_every=0.1)
+    async with files.running() as url, make_stack(SLOW, media_timeout=1) as stack:
+        video_id = await completed_with(stack, {"video_url": f"{url}/drip/slow"})
+
+        async def abandoned() -> bool:
+            error = (await files_of(stack, video_id))["video"]["error"]
+            return error is not None and "DeadlineExceeded" in error
+
+        await wait_until(abandoned, timeout=10, what="the download to be abandoned at its deadline")
+        assert (await files_of(stack, video_id))["video"]["status"] == "pending"  # to be retried
+
+
+async def test_a_gzip_encoded_result_is_kept_decoded(make_stack: StackFactory) -> None:
+    original = secrets.token_bytes(20_000) + b"\0" * 300_000
+    encoded = gzip.compress(original)
+    files = file_server({"/video.mp4": (encoded, {"content_type": "video/mp4", "content_encoding": "gzip"})})
+    async with files.running() as url, make_stack(SLOW) as stack:
+        video_id = await completed_with(stack, {"video_url": f"{url}/video.mp4"})
+
+        async def settled() -> bool:
+            return (await files_of(stack, video_id))["video"]["status"] != "pending"
+
+        await wait_until(settled, timeout=15, what="the file to be kept")
+        kept = (await files_of(stack, video_id))["video"]
+        assert kept["status"] == "kept", kept
+        assert kept["size"] == len(original)
+        assert kept["sha256"] == hashlib.sha256(original).hexdigest()
+        served = await stack.client.get(f"{stack.url}/v1/videos/{video_id}/content")
+        assert served.content == original and "content-encoding" not in served.headers
+        assert files.exchanges[0].request.headers["accept-encoding"] == "identity"
+
+
+async def test_the_size_cap_holds_for_the_decoded_bytes(make_stack: StackFactory) -> None:
+    # 50 MB of zeros gzip to about 50 kB: the cap (1 MB) is on what the file really is.
+    bomb = gzip.compress(b"\0" * 50_000_000)
+    files = file_server({"/video.mp4": (bomb, {"content_type": "video/mp4", "content_encoding": "gzip"})})
+    async with files.running() as url, make_stack(SLOW, media_max_bytes=MiB) as stack:
+        video_id = await completed_with(stack, {"video_url": f"{url}/video.mp4"})
+
+        async def settled() -> bool:
+            return (await files_of(stack, video_id))["video"]["status"] != "pending"
+
+        await wait_until(settled, timeout=15, what="the file to be refused")
+        refused = (await files_of(stack, video_id))["video"]
+        assert refused["status"] == "failed" and "RECEIVER_MEDIA_MAX_BYTES" in refused["error"]
