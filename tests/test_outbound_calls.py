@@ -287,3 +287,67 @@ async def test_the_size_cap_holds_for_the_decoded_bytes(make_stack: StackFactory
         await wait_until(settled, timeout=15, what="the file to be refused")
         refused = (await files_of(stack, video_id))["video"]
         assert refused["status"] == "failed" and "RECEIVER_MEDIA_MAX_BYTES" in refused["error"]
+
+
+# -- fan-out -----------------------------------------------------------------------------------
+
+
+async def test_a_subscriber_s_huge_answer_is_read_only_up_to_64_kib(make_stack: StackFactory) -> None:
+    total = 100 * MiB
+
+    async def answer(exchange: Exchange, writer: asyncio.StreamWriter) -> None:
+        await send(exchange, writer, head(200, content_length=total))
+        await flood(exchange, writer, total)
+
+    subscriber = RawServer(answer)
+    fast = SimConfig(secret=SECRET, duration_median=0.2, duration_sigma=0.1)
+    async with subscriber.running() as url, make_stack(fast) as stack:
+        answer_ = await stack.client.post(f"{stack.url}/v1/subscriptions", json={"url": f"{url}/hook"})
+        assert answer_.status_code == 200, answer_.text
+        video_id = (await stack.submit()).json()["id"]
+        await stack.wait_status(video_id, "completed")
+        await wait_until(lambda: bool(subscriber.exchanges), timeout=15, what="the event's send")
+        exchange = subscriber.exchanges[0]
+        await wait_until(exchange.done.is_set, timeout=10, what="the receiver to hang up")
+        assert exchange.sent < total / 4
+
+        async def delivered() -> bool:
+            events = (await stack.client.get(f"{stack.url}/v1/events", params={"video_id": video_id})).json()
+            if not events["data"]:
+                return False
+            event = (await stack.client.get(f"{stack.url}/v1/events/{events['data'][0]['id']}")).json()
+            return [s["status"] for s in event["sends"]] == ["delivered"]
+
+        await wait_until(delivered, timeout=10, what="the send to count as delivered")
+
+
+async def test_a_subscriber_dripping_its_answer_is_cut_off_at_the_send_deadline(
+    make_stack: StackFactory,
+) -> None:
+    # The status comes at once, then a byte every 0.2 s: never a silent socket, but the attempt
+    # has RECEIVER_FANOUT_TIMEOUT (1 s) in all.
+    async def answer(exchange: Exchange, writer: asyncio.StreamWriter) -> None:
+        await send(exchange, writer, head(200, content_length=1000))
+        await drip(exchange, writer, every=0.2, count=1000)
+
+    subscriber = RawServer(answer)
+    fast = SimConfig(secret=SECRET, duration_median=0.2, duration_sigma=0.1)
+    async with (
+        subscriber.running() as url,
+        make_stack(fast, fanout_timeout=1, fanout_retry_schedule=(3600.0,)) as stack,
+    ):
+        answer_ = await stack.client.post(f"{stack.url}/v1/subscriptions", json={"url": f"{url}/hook"})
+        assert answer_.status_code == 200, answer_.text
+        video_id = (await stack.submit()).json()["id"]
+        sends: list[dict[str, Any]] = []
+
+        async def attempted() -> bool:
+            events = (await stack.client.get(f"{stack.url}/v1/events", params={"video_id": video_id})).json()
+            if not events["data"]:
+                return False
+            event = (await stack.client.get(f"{stack.url}/v1/events/{events['data'][0]['id']}")).json()
+            sends[:] = event["sends"]
+            return bool(sends) and sends[0]["attempts"] == 1
+
+        await wait_until(attempted, timeout=15, what="the send's first attempt to be recorded")
+        assert sends[0]["status"] != "delivered" and sends[0]["last_error"] == "timed out", sends
