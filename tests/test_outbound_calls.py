@@ -351,3 +351,49 @@ async def test_a_subscriber_dripping_its_answer_is_cut_off_at_the_send_deadline(
 
         await wait_until(attempted, timeout=15, what="the send's first attempt to be recorded")
         assert sends[0]["status"] != "delivered" and sends[0]["last_error"] == "timed out", sends
+
+
+# -- serving kept files ------------------------------------------------------------------------
+
+SERVED = [
+    # stored type, served type, disposition
+    ("video/mp4", "video/mp4", "inline"),
+    ("image/png", "image/png", "inline"),
+    ("image/svg+xml", "application/octet-stream", "attachment"),
+    ("application/javascript", "application/octet-stream", "attachment"),
+]
+
+
+async def test_kept_files_are_served_so_no_browser_runs_them(make_stack: StackFactory) -> None:
+    paths = {
+        f"/f{i}": (f"body {stored}".encode(), {"content_type": stored})
+        for i, (stored, _, _) in enumerate(SERVED)
+    }
+    files = file_server(paths)
+    async with files.running() as url, make_stack(SLOW) as stack:
+        video_id = await completed_with(stack, {f"f{i}_url": f"{url}/f{i}" for i in range(len(SERVED))})
+
+        async def all_kept() -> bool:
+            found = await files_of(stack, video_id)
+            return len(found) == len(SERVED) and all(f["status"] == "kept" for f in found.values())
+
+        await wait_until(all_kept, timeout=15, what="every file to be kept")
+        kept = await files_of(stack, video_id)
+        for i, (stored, served, disposition) in enumerate(SERVED):
+            answer = await stack.client.get(
+                f"{stack.url}/v1/videos/{video_id}/content", params={"variant": f"f{i}"}
+            )
+            assert answer.status_code == 200 and answer.content == f"body {stored}".encode()
+            assert kept[f"f{i}"]["content_type"] == stored  # as the provider said
+            headers = answer.headers
+            assert headers["content-type"].split(";")[0] == served, stored
+            assert headers["x-content-type-options"] == "nosniff"
+            assert headers["content-security-policy"] == "sandbox; default-src 'none'"
+            assert headers["content-disposition"].split(";")[0] == disposition, stored
+            assert video_id in headers["content-disposition"]
+            ranged = await stack.client.get(
+                f"{stack.url}/v1/videos/{video_id}/content",
+                params={"variant": f"f{i}"},
+                headers={"range": "bytes=0-3"},
+            )
+            assert ranged.status_code == 206 and ranged.headers["x-content-type-options"] == "nosniff"
