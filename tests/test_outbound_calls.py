@@ -9,6 +9,8 @@ import gzip
 import hashlib
 import json
 import secrets
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from receiver.call import BadEncoding, Budget, TooLarge
 from receiver.provider import Provider, ProviderError
 from receiver.simulator import SimConfig
 from tests.conftest import SECRET, Stack, StackFactory, sign_headers, wait_until
@@ -134,6 +137,68 @@ async def completed_with(stack: Stack, content: dict[str, str]) -> str:
 
 async def files_of(stack: Stack, video_id: str) -> dict[str, dict[str, Any]]:
     return {f["variant"]: f for f in (await stack.video(video_id))["receiver"]["files"]}
+
+
+# -- the budget on its own --------------------------------------------------------------------
+
+PLAIN = secrets.token_bytes(30_000) + b"\0" * 200_000
+
+
+def _deflate(data: bytes, wbits: int) -> bytes:
+    packer = zlib.compressobj(wbits=wbits)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "raw", "expected"),
+    [
+        (None, PLAIN, PLAIN),
+        ("identity", PLAIN, PLAIN),
+        ("gzip", gzip.compress(PLAIN), PLAIN),
+        ("X-GZIP", gzip.compress(PLAIN), PLAIN),
+        ("gzip", gzip.compress(PLAIN[:5]) + gzip.compress(PLAIN[5:]), PLAIN),  # two members
+        ("deflate", _deflate(PLAIN, zlib.MAX_WBITS), PLAIN),  # zlib-wrapped, as meant
+        ("deflate", _deflate(PLAIN, -zlib.MAX_WBITS), PLAIN),  # raw, as some servers send
+        ("gzip", gzip.compress(PLAIN)[:-20], BadEncoding),  # cut short
+        ("gzip", gzip.compress(PLAIN) + b"junk", BadEncoding),
+        ("gzip", b"not gzip at all", BadEncoding),
+        ("br", b"", BadEncoding),  # not offered, not decoded
+        ("gzip, gzip", b"", BadEncoding),
+    ],
+)
+async def test_a_body_is_decoded_whole(encoding: str | None, raw: bytes, expected: bytes | type) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(raw), 7000):
+            yield raw[start : start + 7000]
+
+    budget = Budget(deadline=10, cap=len(PLAIN))
+    if isinstance(expected, bytes):
+        assert await budget.body(chunks(), encoding).read() == expected
+    else:
+        with pytest.raises(BadEncoding):
+            await budget.body(chunks(), encoding).read()
+
+
+async def test_a_compression_bomb_stops_at_the_cap() -> None:
+    bomb = gzip.compress(b"\0" * 100 * MiB)  # about 100 kB
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(bomb), 64 * 1024):
+            yield bomb[start : start + 64 * 1024]
+
+    budget = Budget(deadline=10, cap=MiB)
+    body = budget.body(chunks(), "gzip")
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooLarge):
+            async for _ in body:
+                pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # One 64 kB chunk of it inflates to 64 MB; it is undone a piece at a time, checked each.
+    assert peak < MiB and body.received <= 64 * 1024
+    assert await budget.body(chunks(), "gzip").prefix() == b"\0" * MiB
 
 
 # -- the provider ------------------------------------------------------------------------------
@@ -272,6 +337,23 @@ async def test_a_gzip_encoded_result_is_kept_decoded(make_stack: StackFactory) -
         served = await stack.client.get(f"{stack.url}/v1/videos/{video_id}/content")
         assert served.content == original and "content-encoding" not in served.headers
         assert files.exchanges[0].request.headers["accept-encoding"] == "identity"
+
+
+async def test_a_result_in_an_encoding_we_did_not_offer_is_refused_with_the_reason(
+    make_stack: StackFactory,
+) -> None:
+    files = file_server(
+        {"/video.mp4": (b"\x8b\x00\x80", {"content_type": "video/mp4", "content_encoding": "br"})}
+    )
+    async with files.running() as url, make_stack(SLOW) as stack:
+        video_id = await completed_with(stack, {"video_url": f"{url}/video.mp4"})
+
+        async def settled() -> bool:
+            return (await files_of(stack, video_id))["video"]["status"] != "pending"
+
+        await wait_until(settled, timeout=15, what="the file to be refused")
+        refused = (await files_of(stack, video_id))["video"]
+        assert refused["status"] == "failed" and "Content-Encoding 'br'" in refused["error"]
 
 
 async def test_the_size_cap_holds_for_the_decoded_bytes(make_stack: StackFactory) -> None:
