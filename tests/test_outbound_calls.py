@@ -20,6 +20,7 @@ import pytest
 
 from receiver.call import BadEncoding, Budget, TooLarge
 from receiver.provider import Provider, ProviderError
+from receiver.settings import Settings, SettingsError
 from receiver.simulator import SimConfig
 from tests.conftest import SECRET, Stack, StackFactory, sign_headers, wait_until
 
@@ -278,6 +279,17 @@ def file_server(files: dict[str, tuple[bytes, dict[str, str]]], drip_every: floa
         await send(exchange, writer, data)
 
     return RawServer(answer)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 900), ("60", 60), ("0", None), ("15m", None)])
+def test_media_timeout_setting(value: str | None, expected: int | None) -> None:
+    env = {} if value is None else {"RECEIVER_MEDIA_TIMEOUT": value}
+    if expected is None:
+        with pytest.raises(SettingsError, match="RECEIVER_MEDIA_TIMEOUT"):
+            Settings.from_env(env)
+    else:
+        settings = Settings.from_env(env)
+        assert settings.media_timeout == expected and settings.media_stall == 30
 
 
 async def test_a_stalled_download_is_abandoned_and_retried_while_a_normal_file_is_kept(
