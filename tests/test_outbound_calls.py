@@ -58,12 +58,16 @@ class RawServer:
         self._answer = answer
         self.exchanges: list[Exchange] = []
         self.url = ""
+        self._handlers: set[asyncio.Task[Any]] = set()
 
     def of(self, path: str) -> list[Exchange]:
         return [e for e in self.exchanges if e.request.path == path]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         exchange: Exchange | None = None
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             line, *lines = head.decode("latin-1").split("\r\n")
@@ -80,6 +84,7 @@ class RawServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the receiver hung up: what a capped or abandoned call does
         finally:
+            self._handlers.discard(handler)
             if exchange is not None:
                 exchange.done.set()
             writer.close()
@@ -94,6 +99,9 @@ class RawServer:
             yield self.url
         finally:
             server.close()
+            for handler in list(self._handlers):  # answers still dripping or silent
+                handler.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
             await server.wait_closed()
 
 
@@ -265,11 +273,14 @@ async def test_a_gzipped_provider_answer_is_read(make_stack: StackFactory) -> No
 
 
 def file_server(files: dict[str, tuple[bytes, dict[str, str]]], drip_every: float = 2.0) -> RawServer:
-    """Paths under /drip/ announce 1000 bytes and send one per `drip_every` seconds; any other
-    path is a file from `files` (its bytes, its extra headers)."""
+    """Paths under /silent/ never answer; under /drip/ they announce 1000 bytes and send one per
+    `drip_every` seconds; any other path is a file from `files` (its bytes, its extra headers)."""
 
     async def answer(exchange: Exchange, writer: asyncio.StreamWriter) -> None:
         path = exchange.request.path
+        if path.startswith("/silent/"):
+            await asyncio.sleep(60)  # wait-ok: a server that never answers is the behaviour under test
+            return
         if path.startswith("/drip/"):
             await send(exchange, writer, head(200, content_type="video/mp4", content_length=1000))
             await drip(exchange, writer, every=drip_every, count=1000)
@@ -315,6 +326,19 @@ async def test_a_stalled_download_is_abandoned_and_retried_while_a_normal_file_i
         assert all(f["status"] == "pending" and "Stalled" in f["error"] for f in stalled.values()), stalled
         # ... and retried: the same file is asked for again.
         await wait_until(lambda: len(files.of("/drip/0")) >= 2, timeout=20, what="a retry of a stalled file")
+
+
+async def test_a_file_server_that_never_answers_is_a_stall_too(make_stack: StackFactory) -> None:
+    files = file_server({})
+    async with files.running() as url, make_stack(SLOW, media_stall=0.5) as stack:
+        video_id = await completed_with(stack, {"video_url": f"{url}/silent/1"})
+
+        async def abandoned() -> bool:
+            error = (await files_of(stack, video_id))["video"]["error"]
+            return error is not None and "Stalled" in error
+
+        await wait_until(abandoned, timeout=10, what="the download to be abandoned as stalled")
+        assert (await files_of(stack, video_id))["video"]["status"] == "pending"  # to be retried
 
 
 async def test_a_download_that_trickles_past_its_total_deadline_is_retried(make_stack: StackFactory) -> None:
