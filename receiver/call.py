@@ -74,31 +74,35 @@ class _Decoder:
             raise BadEncoding(f"Content-Encoding {name[:40]!r} is not supported")
         self._name = name
         self._inflate: zlib._Decompress | None = None
-        if name in ("gzip", "x-gzip"):
-            self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._start = b""  # a stream's first byte, until there are two to tell its form by
 
     @property
     def identity(self) -> bool:
         return self._name == "identity"
+
+    def _begin(self, data: bytes) -> zlib._Decompress:
+        # After the first stream ends, gzip allows another member; nothing else may follow.
+        if self._inflate is not None and (self._name == "deflate" or not data.startswith(b"\x1f\x8b")):
+            raise BadEncoding("bytes after the end of the encoded body")
+        if self._name != "deflate":
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        # "deflate" is meant to be zlib-wrapped, but servers send raw deflate too.
+        zlib_header = data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+        return zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         if self._name == "identity":
             if data:
                 yield data
             return
-        if self._inflate is None:
-            if not data:
-                return
-            # "deflate" is meant to be zlib-wrapped, but servers send raw deflate too.
-            zlib_header = len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
-            self._inflate = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
+        data, self._start = self._start + data, b""
         try:
             while data:
-                if self._inflate.eof:
-                    # gzip allows several members one after another; nothing else may follow.
-                    if self._name == "deflate" or not data.startswith(b"\x1f\x8b"):
-                        raise BadEncoding("bytes after the end of the encoded body")
-                    self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                if self._inflate is None or self._inflate.eof:
+                    if len(data) < 2:
+                        self._start = data
+                        return
+                    self._inflate = self._begin(data)
                 out = self._inflate.decompress(data, CHUNK)
                 data = self._inflate.unused_data if self._inflate.eof else self._inflate.unconsumed_tail
                 if out:
@@ -107,7 +111,7 @@ class _Decoder:
             raise BadEncoding(f"the {self._name} body is corrupt ({exc})") from None
 
     def end(self) -> None:
-        if self._name != "identity" and (self._inflate is None or not self._inflate.eof):
+        if self._name != "identity" and (self._start or self._inflate is None or not self._inflate.eof):
             raise BadEncoding(f"the {self._name} body ends early")
 
 

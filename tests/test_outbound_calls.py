@@ -175,10 +175,14 @@ def _deflate(data: bytes, wbits: int) -> bytes:
         ("gzip, gzip", b"", BadEncoding),
     ],
 )
-async def test_a_body_is_decoded_whole(encoding: str | None, raw: bytes, expected: bytes | type) -> None:
+@pytest.mark.parametrize("size", [1, 7000])
+async def test_a_body_is_decoded_whole(
+    encoding: str | None, raw: bytes, expected: bytes | type, size: int
+) -> None:
     async def chunks() -> AsyncIterator[bytes]:
-        for start in range(0, len(raw), 7000):
-            yield raw[start : start + 7000]
+        for start in range(0, min(len(raw), 50 * size), size):  # one byte at a time: the first 50
+            yield raw[start : start + size]
+        yield raw[50 * size :]
 
     budget = Budget(deadline=10, cap=len(PLAIN))
     if isinstance(expected, bytes):
