@@ -12,7 +12,7 @@ import mimetypes
 import secrets
 import socket
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -70,6 +70,7 @@ __all__ = ["check_outbound_name", "check_outbound_url", "list_body", "routes", "
 
 log = logging.getLogger("receiver.api")
 
+_RASTER_IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "image/avif"})
 RESOLVE_TIMEOUT = 2.0  # seconds a subscribe-time lookup of a URL's host name may take
 OPEN_STATUSES = ("submitting", "queued", "in_progress")  # not "unconfirmed": it may never have begun
 # Subscriber health reads the sends of the newest events (indexed reads whatever the outbox's
@@ -426,15 +427,25 @@ async def get_video_content(request: Request) -> Response:
         raise NotFound(
             f"the {query.variant} file is not kept ({state})", param="variant", code="content_not_kept"
         )
-    extension = mimetypes.guess_extension(kept.content_type or "") or ""
+    stored_type = kept.content_type or "application/octet-stream"
+    essence = stored_type.split(";", 1)[0].strip().lower()
+    # The provider chose the type. Only a video or a raster image may show in the browser and
+    # keep its type; anything else (HTML, SVG, a script) is a download under a type no browser
+    # runs, so no page on our origin can execute it, even as a <script src>.
+    inline = essence.startswith("video/") or essence in _RASTER_IMAGES
+    extension = mimetypes.guess_extension(essence) or ""
+    filename = f"{task.video_id}{extension}"
     media: MediaStore = request.app.state.media
-    answer = media.response(
-        kept.key, kept.content_type or "application/octet-stream", f"{task.video_id}{extension}"
-    )
+    answer = media.response(kept.key, stored_type if inline else "application/octet-stream", filename)
     if answer is None:
         raise NotFound(
             "the kept file is missing from the media store", param="variant", code="content_missing"
         )
+    quoted = quote(filename)
+    named = f'filename="{filename}"' if quoted == filename else f"filename*=utf-8''{quoted}"
+    answer.headers["content-disposition"] = f"{'inline' if inline else 'attachment'}; {named}"
+    answer.headers["x-content-type-options"] = "nosniff"
+    answer.headers["content-security-policy"] = "sandbox; default-src 'none'"
     return RangeErrorsAsJson(answer)
 
 

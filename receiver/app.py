@@ -215,9 +215,7 @@ def create_app(
             app.state.poller = poller
             scheduler.on_stopped = ctx.wake_poller
             ctx.workers.append(asyncio.create_task(scheduler.watch(stop), name="delivery-health"))
-            outbound = outbound_session(
-                settings.outbound_allow, float(settings.fanout_timeout), settings.fanout_concurrency
-            )
+            outbound = outbound_session(settings.outbound_allow, settings.fanout_concurrency)
             stack.push_async_callback(outbound.close)
             dispatcher = Dispatcher(
                 ctx,

@@ -1,5 +1,6 @@
 """Result files kept: due captures are claimed with a lease, downloaded through the outbound
-address guard, streamed to the media store under a size cap, and recorded with size and SHA-256."""
+address guard under a budget (total deadline, stall, size cap), streamed decoded to the media
+store, and recorded with size and SHA-256."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import ssl
 
 import aiohttp
 
+from receiver.call import BadEncoding, Budget, TooLarge
 from receiver.context import Context
 from receiver.fanout import BlockedAddress, GuardedResolver, vet_destination
 from receiver.media import MediaStore
@@ -35,15 +37,16 @@ class Refused(Exception):
 
 
 def capture_session(allow: tuple[Network, ...], connections: int = 8) -> aiohttp.ClientSession:
-    """The downloads' HTTP client: every new connection's addresses vetted by GuardedResolver."""
+    """The downloads' HTTP client: every new connection's addresses vetted by GuardedResolver.
+    It sets no timeout and decodes nothing itself: each download runs under its budget
+    (receiver.call), which also undoes a Content-Encoding sent in spite of our `identity`."""
     connector = aiohttp.TCPConnector(
         limit=connections,
         resolver=GuardedResolver(allow),
         use_dns_cache=False,
         ssl=ssl.create_default_context(),
     )
-    # No total timeout (a large file takes its time); a stalled read fails.
-    timeout = aiohttp.ClientTimeout(total=None, connect=15, sock_read=60)
+    timeout = aiohttp.ClientTimeout(total=None)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
 
 
@@ -142,40 +145,57 @@ class Capturer:
 
     async def _download(self, row: CaptureRow) -> CaptureOutcome:
         ctx = self._ctx
-        cap = ctx.settings.media_max_bytes
+        settings = ctx.settings
+        cap = settings.media_max_bytes
+        budget = Budget(deadline=settings.media_timeout, cap=cap, stall=settings.media_stall)
         key = f"{row.task_pk}/{row.variant}"
         try:
-            if self._trusted is None or not row.url.startswith(self._trusted + "/"):
-                await vet_destination(row.url, ctx.settings.outbound_allow)
-            async with self._http.get(row.url, allow_redirects=False) as response:
-                if response.status in (408, 425, 429) or response.status >= 500:
-                    raise aiohttp.ClientResponseError(
-                        response.request_info, (), status=response.status, message="retryable"
-                    )
-                if response.status != 200:
-                    raise Refused(f"the file's URL answered {response.status}")
-                length = response.content_length
-                if length is not None and length > cap:
-                    raise Refused(f"{length} bytes is over RECEIVER_MEDIA_MAX_BYTES ({cap})")
-                content_type = (response.headers.get("content-type") or "application/octet-stream")[:255]
-                writer = self._media.writer(key)
-                digest, size = hashlib.sha256(), 0
-                try:
-                    async for chunk in response.content.iter_chunked(CHUNK):
-                        size += len(chunk)
-                        if size > cap:
-                            raise Refused(f"more than RECEIVER_MEDIA_MAX_BYTES ({cap}) bytes")
-                        digest.update(chunk)
-                        await writer.write(chunk)
-                    if length is not None and size != length:
-                        raise aiohttp.ClientPayloadError(f"got {size} of {length} bytes")
-                    await writer.commit()
-                except BaseException:
-                    await writer.abort()
-                    raise
+            async with budget.bound():
+                if self._trusted is None or not row.url.startswith(self._trusted + "/"):
+                    await vet_destination(row.url, settings.outbound_allow)
+                # We ask for the bytes as they are: a file kept compressed would be served corrupt.
+                request = self._http.get(
+                    row.url, allow_redirects=False, headers={"accept-encoding": "identity"}
+                )
+                async with await budget.head(request) as response:
+                    if response.status in (408, 425, 429) or response.status >= 500:
+                        raise aiohttp.ClientResponseError(
+                            response.request_info, (), status=response.status, message="retryable"
+                        )
+                    if response.status != 200:
+                        raise Refused(f"the file's URL answered {response.status}")
+                    try:
+                        body = budget.body(
+                            response.content.iter_chunked(CHUNK), response.headers.get("content-encoding")
+                        )
+                    except BadEncoding as exc:
+                        raise Refused(str(exc)) from None
+                    length = response.content_length
+                    # An encoded length says little of the decoded size, which is what the cap is for.
+                    if length is not None and length > cap and not body.encoded:
+                        raise Refused(f"{length} bytes is over RECEIVER_MEDIA_MAX_BYTES ({cap})")
+                    content_type = (response.headers.get("content-type") or "application/octet-stream")[:255]
+                    writer = self._media.writer(key)
+                    digest = hashlib.sha256()
+                    try:
+                        async for chunk in body:
+                            digest.update(chunk)
+                            await writer.write(chunk)
+                        if length is not None and body.received != length:
+                            raise aiohttp.ClientPayloadError(f"got {body.received} of {length} bytes")
+                        await writer.commit()
+                    except BaseException:
+                        await writer.abort()
+                        raise
+                    size = body.size
+        except TooLarge:
+            return CaptureOutcome(
+                row.pk, "failed", ctx.clock(), error=f"more than RECEIVER_MEDIA_MAX_BYTES ({cap}) bytes"
+            )
         except (Refused, BlockedAddress) as exc:
             return CaptureOutcome(row.pk, "failed", ctx.clock(), error=str(exc)[:300])
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, BadEncoding) as exc:
+            # Stalled and DeadlineExceeded land here too: the next attempt starts over.
             error = f"{type(exc).__name__}: {exc}"[:300]
             if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, BlockedAddress):
                 return CaptureOutcome(row.pk, "failed", ctx.clock(), error=str(exc.os_error)[:300])

@@ -17,6 +17,7 @@ import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
+from receiver.call import Budget
 from receiver.congestion import Congestion, Signal
 from receiver.context import Context
 from receiver.http import parse_retry_after
@@ -83,9 +84,10 @@ async def vet_destination(url: str, allow: tuple[Network, ...]) -> None:
             raise BlockedAddress("plain http is allowed only inside RECEIVER_OUTBOUND_ALLOW")
 
 
-def outbound_session(allow: tuple[Network, ...], timeout: float, connections: int) -> aiohttp.ClientSession:
+def outbound_session(allow: tuple[Network, ...], connections: int) -> aiohttp.ClientSession:
     """The fan-out's HTTP client: aiohttp (one httpx client tops out near 1k POST/s at 64 in
-    flight, encode/httpx#3215), resolving through GuardedResolver on every new connection."""
+    flight, encode/httpx#3215), resolving through GuardedResolver on every new connection. It
+    sets no timeout of its own: each send runs under its budget (receiver.call)."""
     connector = aiohttp.TCPConnector(
         limit=connections,
         resolver=GuardedResolver(allow),
@@ -94,7 +96,7 @@ def outbound_session(allow: tuple[Network, ...], timeout: float, connections: in
     )
     return aiohttp.ClientSession(
         connector=connector,
-        timeout=aiohttp.ClientTimeout(total=timeout),
+        timeout=aiohttp.ClientTimeout(total=None),
         auto_decompress=False,
         skip_auto_headers=("User-Agent",),
     )
@@ -278,10 +280,14 @@ class Dispatcher:
             log.warning("dispatcher: could not record an attempt (%s)", type(exc).__name__)
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, float | None]:
-        await vet_destination(url, self._ctx.settings.outbound_allow)
-        async with self._http.post(url, data=body, headers=headers, allow_redirects=False) as response:
-            await response.content.read(ANSWER_CAP)  # read a little, never the whole of a huge answer
-            return response.status, parse_retry_after(response.headers.get("retry-after"))
+        settings = self._ctx.settings
+        budget = Budget(deadline=settings.fanout_timeout, cap=ANSWER_CAP)
+        async with budget.bound():
+            await vet_destination(url, settings.outbound_allow)
+            async with self._http.post(url, data=body, headers=headers, allow_redirects=False) as response:
+                # Only the status counts; a glance at the answer, never the whole of a huge one.
+                await budget.body(response.content.iter_chunked(ANSWER_CAP)).prefix()
+                return response.status, parse_retry_after(response.headers.get("retry-after"))
 
     def _judge(
         self,

@@ -1,13 +1,16 @@
-"""httpx client for the provider's video API: create and retrieve, errors mapped."""
+"""httpx client for the provider's video API: create and retrieve, each call under one budget
+(receiver.call), errors mapped."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from receiver import jsonpolicy
+from receiver.call import ACCEPT_ENCODING, BadEncoding, Budget, CallTimeout, TooLarge
 from receiver.http import parse_retry_after
 from receiver.ids import valid_video_id
 from receiver.redact import strip_callbacks, strip_text
@@ -55,17 +58,29 @@ class ProviderError(Exception):
         return self.status is None or self.status in (408, 409, 425, 429) or self.status >= 500
 
 
-def _provider_message(response: httpx.Response) -> str:
+def _provider_message(status: int, content: bytes) -> str:
     """The provider's own error message, without our callback URL (it may quote it back)."""
     try:
-        body = jsonpolicy.loads(response.content)
+        body = jsonpolicy.loads(content)
     except jsonpolicy.JSONPolicyError:
-        return f"provider answered {response.status_code}"
+        return f"provider answered {status}"
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         message = body["error"].get("message")
         if isinstance(message, str) and message:
             return strip_text(message)[:500]
-    return f"provider answered {response.status_code}"
+    return f"provider answered {status}"
+
+
+async def _read(budget: Budget, response: httpx.Response) -> bytes:
+    if response.is_stream_consumed:
+        # A transport may hand over an answer it has already read and decoded (httpx's
+        # MockTransport does): nothing is left to stream, only the cap to hold.
+        return await budget.body(_whole(response.content)).read()
+    return await budget.body(response.aiter_raw(), response.headers.get("content-encoding")).read()
+
+
+async def _whole(content: bytes) -> AsyncIterator[bytes]:
+    yield content
 
 
 @dataclass
@@ -81,33 +96,45 @@ class Provider:
         return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     async def _call(self, method: str, path: str, json: dict[str, Any] | None = None) -> dict[str, Any]:
+        budget = Budget(deadline=self.timeout, cap=_MAX_ANSWER)
+        request = self.http.build_request(
+            method,
+            f"{self.base_url}{path}",
+            json=json,
+            headers={**self._headers(), "accept-encoding": ACCEPT_ENCODING},
+            # The budget's deadline is the only one: httpx's own would restart on every read.
+            timeout=None,
+        )
+        status: int | None = None
         try:
-            response = await self.http.request(
-                method,
-                f"{self.base_url}{path}",
-                json=json,
-                headers=self._headers(),
-                timeout=self.timeout,
-                follow_redirects=False,
-            )
-        except httpx.ConnectTimeout:
-            raise ProviderError("provider timed out connecting", timeout=True, sent=False) from None
+            async with budget.bound():
+                response = await budget.head(self.http.send(request, stream=True, follow_redirects=False))
+                status = response.status_code
+                try:
+                    content = await _read(budget, response)
+                finally:
+                    await response.aclose()
+        except CallTimeout:
+            raise ProviderError("provider timed out", timeout=True) from None
+        except TooLarge:
+            raise ProviderError("provider answer too large", status=status) from None
+        except BadEncoding as exc:
+            raise ProviderError(f"provider answer cannot be read ({exc})", status=status) from None
         except httpx.ConnectError as exc:
+            # No connection, so the request never reached the provider: it cannot have acted on it.
             raise ProviderError(f"provider unreachable ({type(exc).__name__})", sent=False) from None
         except httpx.TimeoutException:
             raise ProviderError("provider timed out", timeout=True) from None
         except httpx.HTTPError as exc:
             raise ProviderError(f"provider unreachable ({type(exc).__name__})") from None
-        if len(response.content) > _MAX_ANSWER:
-            raise ProviderError("provider answer too large", status=response.status_code)
         if response.status_code != 200 and not 200 <= response.status_code < 300:
             raise ProviderError(
-                _provider_message(response),
+                _provider_message(response.status_code, content),
                 status=response.status_code,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
         try:
-            body = jsonpolicy.loads(response.content)
+            body = jsonpolicy.loads(content)
         except jsonpolicy.JSONPolicyError as exc:
             raise ProviderError(
                 f"provider answered with something that is not acceptable JSON ({exc})",

@@ -135,6 +135,9 @@ class Settings:
 
     media_dir: str | None = None  # None: `media` beside a SQLite store (see media_path)
     media_max_bytes: int = 2_147_483_648
+    media_timeout: int = 900  # seconds one download may take in all
+    # Library-only (no variable): seconds without a byte before a download is abandoned and retried.
+    media_stall: float = 30.0
 
     @property
     def simulated(self) -> bool:
@@ -271,6 +274,7 @@ class Settings:
             allowed_hosts=tuple(allowed_hosts),
             media_dir=env.get("RECEIVER_MEDIA_DIR", "").strip() or None,
             media_max_bytes=_int(env, "RECEIVER_MEDIA_MAX_BYTES", 2_147_483_648, low=1, high=1 << 50),
+            media_timeout=_int(env, "RECEIVER_MEDIA_TIMEOUT", 900, low=1, high=86_400),
         )
 
     def media_path(self) -> str:
