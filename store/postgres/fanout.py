@@ -28,9 +28,19 @@ from store.records import (
     SubscriptionRow,
 )
 
-__all__ = ["FanoutStore"]
+__all__ = ["DUE_SENDS", "FanoutStore"]
 
 _CLAIM_LOCK = 0x6F7574626F78  # "outbox": claims take turns, so fleet-wide counts stay true
+
+# The claims' scan, earliest due first, through outbox_ready: that index holds no paused
+# subscriber's send (held), so a paused backlog, however large, is never walked. The join still
+# checks the subscriber (a send queued while its subscriber was being paused, say).
+DUE_SENDS = (
+    "SELECT o.pk AS opk, o.subscription_pk AS spk FROM outbox o"
+    " JOIN subscriptions s ON s.pk = o.subscription_pk"
+    " WHERE o.status = 'pending' AND NOT o.held AND o.next_attempt_at <= $1 AND s.status = 'active'"
+    " AND o.subscription_pk <> ALL($2::bigint[]) ORDER BY o.next_attempt_at LIMIT $3"
+)
 
 
 class FanoutStore(PostgresBase):
@@ -89,7 +99,16 @@ class FanoutStore(PostgresBase):
                     now,
                     row["pk"],
                 )
-            elif status == "active":
+            else:
+                # Held sends leave the claims' index (outbox_ready): claims never walk a paused
+                # subscriber's backlog, however large.
+                await conn.execute(
+                    "UPDATE outbox SET held = $2"
+                    " WHERE subscription_pk = $1 AND status = 'pending' AND held <> $2",
+                    row["pk"],
+                    status == "paused",
+                )
+            if status == "active":
                 await conn.execute("SELECT pg_notify($1, 'outbox')", CHANNEL)
         return rows.subscription(row)
 
@@ -109,15 +128,7 @@ class FanoutStore(PostgresBase):
                 )
             }
             full = [pk for pk, n in in_flight.items() if n >= caps.get(pk, default_cap)]
-            found = await conn.fetch(
-                "SELECT o.pk AS opk, o.subscription_pk AS spk FROM outbox o"
-                " JOIN subscriptions s ON s.pk = o.subscription_pk"
-                " WHERE o.status = 'pending' AND o.next_attempt_at <= $1 AND s.status = 'active'"
-                " AND o.subscription_pk <> ALL($2::bigint[]) ORDER BY o.next_attempt_at LIMIT $3",
-                now,
-                full,
-                limit * 4,
-            )
+            found = await conn.fetch(DUE_SENDS, now, full, limit * 4)
             due = [(r["opk"], r["spk"]) for r in found]
             taken = core.pick_sends(due, in_flight, caps, default_cap, limit)
             if not taken:
@@ -174,8 +185,9 @@ class FanoutStore(PostgresBase):
 
     async def next_outbox_due(self) -> float | None:
         found = await self._fetch(
-            "SELECT min(o.next_attempt_at) AS due FROM outbox o JOIN subscriptions s"
-            " ON s.pk = o.subscription_pk WHERE o.status = 'pending' AND s.status = 'active'"
+            "SELECT o.next_attempt_at AS due FROM outbox o JOIN subscriptions s ON s.pk = o.subscription_pk"
+            " WHERE o.status = 'pending' AND NOT o.held AND s.status = 'active'"
+            " ORDER BY o.next_attempt_at LIMIT 1"
         )
         due = found[0]["due"] if found else None
         return float(due) if due is not None else None
@@ -205,9 +217,9 @@ class FanoutStore(PostgresBase):
             counted = await conn.fetchrow(
                 "WITH chosen AS (SELECT e.pk, e.task_pk, e.type FROM events e"
                 f" WHERE {clause}), queued AS (INSERT INTO outbox (event_pk, subscription_pk, replay_id,"
-                " status, next_attempt_at, created_at) SELECT e.pk, s.pk, $1, 'pending', $2, $2"
-                f" FROM chosen e JOIN subscriptions s ON {match} WHERE s.status IN ('active', 'paused')"
-                " ORDER BY e.pk RETURNING 1)"
+                " status, next_attempt_at, created_at, held) SELECT e.pk, s.pk, $1, 'pending', $2, $2,"
+                f" s.status = 'paused' FROM chosen e JOIN subscriptions s ON {match}"
+                " WHERE s.status IN ('active', 'paused') ORDER BY e.pk RETURNING 1)"
                 " SELECT (SELECT count(*) FROM chosen) AS selected, (SELECT count(*) FROM queued) AS queued",
                 *args,
             )

@@ -24,7 +24,17 @@ from store.records import (
 )
 from store.sqlite.base import SQLiteBase
 
-__all__ = ["FanoutStore"]
+__all__ = ["DUE_SENDS", "FanoutStore"]
+
+# The claims' scan, earliest due first, through outbox_ready: that index holds no paused
+# subscriber's send (held), so a paused backlog, however large, is never walked. The join still
+# checks the subscriber (a send queued while its subscriber was being paused, say).
+DUE_SENDS = (
+    "SELECT o.pk AS opk, o.subscription_pk AS spk FROM outbox o"
+    " JOIN subscriptions s ON s.pk = o.subscription_pk"
+    " WHERE o.status = 'pending' AND o.held = 0 AND o.next_attempt_at <= ? AND s.status = 'active'"
+    " AND o.subscription_pk NOT IN ({full}) ORDER BY o.next_attempt_at LIMIT ?"
+)
 
 
 class FanoutStore(SQLiteBase):
@@ -84,6 +94,14 @@ class FanoutStore(SQLiteBase):
                     " WHERE subscription_pk = ? AND status = 'pending'",
                     (now, row["pk"]),
                 )
+            elif status in ("paused", "active"):
+                # Held sends leave the claims' index (outbox_ready): claims never walk a paused
+                # subscriber's backlog, however large.
+                conn.execute(
+                    "UPDATE outbox SET held = ?"
+                    " WHERE subscription_pk = ? AND status = 'pending' AND held != ?",
+                    (status == "paused", row["pk"], status == "paused"),
+                )
             return rows.subscription(
                 conn.execute("SELECT * FROM subscriptions WHERE pk = ?", (row["pk"],)).fetchone()
             )
@@ -110,12 +128,7 @@ class FanoutStore(SQLiteBase):
             # The earliest due sends, skipping subscribers already at their cap; a window a few
             # times the room, so one subscriber's backlog costs the others one round at most.
             found = conn.execute(
-                "SELECT o.pk AS opk, o.subscription_pk AS spk FROM outbox o"
-                " JOIN subscriptions s ON s.pk = o.subscription_pk"
-                " WHERE o.status = 'pending' AND o.next_attempt_at <= ? AND s.status = 'active'"
-                f" AND o.subscription_pk NOT IN ({','.join('?' * len(full))})"
-                " ORDER BY o.next_attempt_at LIMIT ?",
-                (now, *full, limit * 4),
+                DUE_SENDS.format(full=",".join("?" * len(full))), (now, *full, limit * 4)
             ).fetchall()
             due = [(row["opk"], row["spk"]) for row in found]
             taken = core.pick_sends(due, in_flight, caps, default_cap, limit)
@@ -180,8 +193,9 @@ class FanoutStore(SQLiteBase):
 
     async def next_outbox_due(self) -> float | None:
         found = await self._fetchall(
-            "SELECT min(o.next_attempt_at) AS due FROM outbox o JOIN subscriptions s"
-            " ON s.pk = o.subscription_pk WHERE o.status = 'pending' AND s.status = 'active'"
+            "SELECT o.next_attempt_at AS due FROM outbox o JOIN subscriptions s ON s.pk = o.subscription_pk"
+            " WHERE o.status = 'pending' AND o.held = 0 AND s.status = 'active'"
+            " ORDER BY o.next_attempt_at LIMIT 1"
         )
         due = found[0]["due"] if found else None
         return float(due) if due is not None else None
@@ -207,7 +221,6 @@ class FanoutStore(SQLiteBase):
                 where.append(f"e.id IN ({','.join('?' * len(sel.event_ids))})")
                 params.extend(sel.event_ids)
             clause = " AND ".join(where) or "1"
-            selected = conn.execute(f"SELECT count(*) FROM events e WHERE {clause}", params).fetchone()[0]
             if sel.subscription_id is not None:
                 match = "s.id = ? AND (s.task_pk IS NULL OR s.task_pk = e.task_pk)"
                 match_params: list[Any] = [sel.subscription_id]
@@ -217,10 +230,16 @@ class FanoutStore(SQLiteBase):
                     " (SELECT 1 FROM json_each(s.events) WHERE value = e.type))))"
                 )
                 match_params = []
+            pairs = (
+                f"FROM events e JOIN subscriptions s ON {match}"
+                f" WHERE s.status IN ('active', 'paused') AND {clause}"
+            )
+            selected = conn.execute(f"SELECT count(*) FROM events e WHERE {clause}", params).fetchone()[0]
+            # A paused subscriber's sends are held: out of the claims' index until it resumes.
             cursor = conn.execute(
                 "INSERT INTO outbox (event_pk, subscription_pk, replay_id, status, next_attempt_at,"
-                " created_at) SELECT e.pk, s.pk, ?, 'pending', ?, ? FROM events e JOIN subscriptions s"
-                f" ON {match} WHERE s.status IN ('active', 'paused') AND {clause} ORDER BY e.pk",
+                f" created_at, held) SELECT e.pk, s.pk, ?, 'pending', ?, ?, s.status = 'paused' {pairs}"
+                " ORDER BY e.pk",
                 (replay_id, now, now, *match_params, *params),
             )
             return selected, cursor.rowcount
