@@ -21,6 +21,7 @@ from store import (
     NewDelivery,
     NewTask,
     OutboxStats,
+    OverLimit,
     ReplayFilter,
     Store,
     UnknownCursor,
@@ -423,6 +424,70 @@ async def test_the_task_list_follows_the_order_tasks_got_their_video_ids(databas
         await store.record_delivery(delivery(3, "msg:early", "in_progress", now, video_id="vid3"))
         newest = await store.list_tasks(None, 10, None)
         assert [t.video_id for t in newest.rows] == ["vid3", "vid1", "vid2"]
+
+
+async def test_the_subscription_cap_counts_what_clients_made_and_have_not_deleted(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        first = await store.create_subscription("https://a.example.com/hook", None, "whsec_x", now, limit=2)
+        await store.create_subscription("https://b.example.com/hook", None, "whsec_x", now, limit=2)
+        await store.set_subscription_status(first.id, "paused", now)  # paused still counts
+        with pytest.raises(OverLimit) as refused:
+            await store.create_subscription("https://c.example.com/hook", None, "whsec_x", now, limit=2)
+        assert (refused.value.count, refused.value.limit) == (2, 2)
+        listed = await store.list_subscriptions(10, None)
+        assert sorted(s.url for s in listed.rows) == [
+            "https://a.example.com/hook",
+            "https://b.example.com/hook",
+        ]
+        # A task's own callback_url is no subscription a client made: it does not count.
+        await store.create_task(new_task(1, now, callback_url="https://own.example.com/hook"))
+        await store.set_subscription_status(first.id, "deleted", now)
+        third = await store.create_subscription("https://c.example.com/hook", None, "whsec_x", now, limit=2)
+        assert third.url == "https://c.example.com/hook"
+
+
+async def test_subscription_creates_at_two_processes_stop_at_the_cap(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url, 2) as (a, b):
+        made = await asyncio.gather(
+            *(
+                s.create_subscription(f"https://{n}.example.com/hook", None, "whsec_x", now, limit=5)
+                for n, s in zip(range(12), [a, b] * 6, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        assert sum(not isinstance(m, BaseException) for m in made) == 5
+        assert all(isinstance(m, OverLimit) for m in made if isinstance(m, BaseException))
+        assert len((await a.list_subscriptions(100, None)).rows) == 5
+
+
+async def test_a_replay_over_its_cap_writes_nothing_and_one_at_its_cap_is_queued(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        subs = [
+            await store.create_subscription(f"https://{n}.example.com/hook", None, "whsec_x", now)
+            for n in range(3)
+        ]
+        await store.set_subscription_status(
+            subs[2].id, "paused", now
+        )  # paused: its sends are held, not skipped
+        for n in range(2):
+            await submitted(store, n, now)
+            await store.record_delivery(delivery(n, f"msg:{n}", "completed", now))
+        before = await store.outbox_stats()
+        assert before.by_status == {"pending": 6}
+        # Two events times three subscriptions: six sends, one past a cap of five.
+        with pytest.raises(OverLimit) as refused:
+            await store.queue_replay(ReplayFilter(), now, "rpl_over", max_sends=5)
+        assert (refused.value.count, refused.value.limit) == (6, 5)
+        assert await store.replay_progress("rpl_over") == {}
+        assert await store.outbox_stats() == before
+        assert await store.queue_replay(ReplayFilter(), now, "rpl_at", max_sends=6) == (2, 6)
+        assert await store.replay_progress("rpl_at") == {"pending": 6}
+        # Counted with the same rule as the writes: one subscription's share fits a smaller cap.
+        narrow = ReplayFilter(subscription_id=subs[0].id)
+        assert await store.queue_replay(narrow, now, "rpl_one", max_sends=2) == (2, 2)
 
 
 async def test_claims_and_wakeups_pass_over_a_paused_subscribers_backlog(database_url: str) -> None:

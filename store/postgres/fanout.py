@@ -13,7 +13,7 @@ from typing import Any
 
 from receiver import core
 from store import rows
-from store.errors import UnknownCursor
+from store.errors import OverLimit, UnknownCursor
 from store.postgres.base import CHANNEL, VISIBLE, PostgresBase
 from store.postgres.changes import SUBSCRIBED
 from store.records import (
@@ -31,6 +31,7 @@ from store.records import (
 __all__ = ["DUE_SENDS", "FanoutStore"]
 
 _CLAIM_LOCK = 0x6F7574626F78  # "outbox": claims take turns, so fleet-wide counts stay true
+_SUBSCRIBE_LOCK = 0x737562736372  # "subscr": creates take turns, so the cap holds for the fleet
 
 # The claims' scan, earliest due first, through outbox_ready: that index holds no paused
 # subscriber's send (held), so a paused backlog, however large, is never walked. The join still
@@ -45,9 +46,19 @@ DUE_SENDS = (
 
 class FanoutStore(PostgresBase):
     async def create_subscription(
-        self, url: str, events: list[str] | None, secret: str, now: float
+        self, url: str, events: list[str] | None, secret: str, now: float, *, limit: int | None = None
     ) -> SubscriptionRow:
         async with self._tx() as conn:
+            if limit is not None:
+                # Two processes counting at once under READ COMMITTED would both see room.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _SUBSCRIBE_LOCK)
+                counted = await conn.fetchval(
+                    "SELECT count(*) FROM (SELECT 1 FROM subscriptions"
+                    " WHERE task_pk IS NULL AND status <> 'deleted' LIMIT $1) AS listed",
+                    limit + 1,
+                )
+                if counted >= limit:
+                    raise OverLimit(int(counted), limit)
             row = await conn.fetchrow(
                 "INSERT INTO subscriptions (id, url, events, secret, status, created_at, updated_at)"
                 " VALUES ($1, $2, $3::jsonb, $4, 'active', $5, $5) RETURNING *",
@@ -192,40 +203,60 @@ class FanoutStore(PostgresBase):
         due = found[0]["due"] if found else None
         return float(due) if due is not None else None
 
-    async def queue_replay(self, selection: ReplayFilter, now: float, replay_id: str) -> tuple[int, int]:
+    async def queue_replay(
+        self, selection: ReplayFilter, now: float, replay_id: str, *, max_sends: int | None = None
+    ) -> tuple[int, int]:
         """Queue the selected events again, under their own ids, to one subscriber or to every
         subscriber they match now. Returns (events selected, sends queued)."""
         sel = selection
-        where: list[str] = []
-        args: list[Any] = [replay_id, now]
-        for condition, value in (
-            ("e.video_id = ${}", sel.video_id),
-            ("e.created_at >= ${}", sel.since),
-            ("e.created_at < ${}", sel.until),
-            ("e.id = ANY(${}::text[])", sel.event_ids),
-        ):
-            if value is not None:
-                args.append(value)
-                where.append(condition.format(len(args)))
+        chosen = [
+            (condition, value)
+            for condition, value in (
+                ("e.video_id = ${}", sel.video_id),
+                ("e.created_at >= ${}", sel.since),
+                ("e.created_at < ${}", sel.until),
+                ("e.id = ANY(${}::text[])", sel.event_ids),
+            )
+            if value is not None
+        ]
+        filters = [value for _, value in chosen]
+
+        def selecting(first: int) -> str:
+            """The events' conditions, their arguments numbered from `first`."""
+            return " AND ".join(c.format(n) for n, (c, _) in enumerate(chosen, start=first)) or "true"
+
+        args: list[Any] = [replay_id, now, *filters]
+        clause = selecting(3)
         if sel.subscription_id is not None:
             args.append(sel.subscription_id)
             match = f"s.id = ${len(args)} AND (s.task_pk IS NULL OR s.task_pk = e.task_pk)"
         else:
             match = SUBSCRIBED  # every subscription the event matches now
-        clause = " AND ".join(where) or "true"
+        # One statement, one snapshot: the pairs counted are the pairs written, so a subscription
+        # made meanwhile cannot slip past the cap. They are read only as far as the cap (a replay
+        # of everything costs max_sends + 1 rows, never the whole history), and written only when
+        # they fit.
+        args.append(max_sends + 1 if max_sends is not None else None)
+        cap = len(args)
         async with self._tx() as conn:
             counted = await conn.fetchrow(
-                "WITH chosen AS (SELECT e.pk, e.task_pk, e.type FROM events e"
-                f" WHERE {clause}), queued AS (INSERT INTO outbox (event_pk, subscription_pk, replay_id,"
-                " status, next_attempt_at, created_at, held) SELECT e.pk, s.pk, $1, 'pending', $2, $2,"
-                f" s.status = 'paused' FROM chosen e JOIN subscriptions s ON {match}"
-                " WHERE s.status IN ('active', 'paused') ORDER BY e.pk RETURNING 1)"
-                " SELECT (SELECT count(*) FROM chosen) AS selected, (SELECT count(*) FROM queued) AS queued",
+                "WITH pairs AS (SELECT e.pk AS epk, s.pk AS spk, s.status = 'paused' AS held"
+                f" FROM events e JOIN subscriptions s ON {match} WHERE s.status IN ('active', 'paused')"
+                f" AND {clause} LIMIT ${cap}), queued AS (INSERT INTO outbox (event_pk, subscription_pk,"
+                " replay_id, status, next_attempt_at, created_at, held)"
+                " SELECT epk, spk, $1, 'pending', $2, $2, held FROM pairs"
+                f" WHERE ${cap}::bigint IS NULL OR (SELECT count(*) FROM pairs) < ${cap}"
+                " ORDER BY epk RETURNING 1)"
+                " SELECT (SELECT count(*) FROM pairs) AS pairs, (SELECT count(*) FROM queued) AS queued",
                 *args,
             )
+            if max_sends is not None and counted["pairs"] > max_sends:
+                raise OverLimit(int(counted["pairs"]), max_sends)
+            # Only for the answer, and only once the replay fits.
+            selected = await conn.fetchval(f"SELECT count(*) FROM events e WHERE {selecting(1)}", *filters)
             if counted["queued"]:
                 await conn.execute("SELECT pg_notify($1, 'outbox')", CHANNEL)
-        return int(counted["selected"]), int(counted["queued"])
+        return int(selected), int(counted["queued"])
 
     async def replay_progress(self, replay_id: str) -> dict[str, int]:
         found = await self._fetch(

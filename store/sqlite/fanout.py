@@ -10,7 +10,7 @@ from typing import Any
 
 from receiver import core
 from store import rows
-from store.errors import UnknownCursor
+from store.errors import OverLimit, UnknownCursor
 from store.records import (
     Attempt,
     AttemptRow,
@@ -39,9 +39,18 @@ DUE_SENDS = (
 
 class FanoutStore(SQLiteBase):
     async def create_subscription(
-        self, url: str, events: list[str] | None, secret: str, now: float
+        self, url: str, events: list[str] | None, secret: str, now: float, *, limit: int | None = None
     ) -> SubscriptionRow:
         def unit(conn: sqlite3.Connection) -> SubscriptionRow:
+            if limit is not None:
+                # The writer's transaction holds the write lock: no other create can slip past.
+                counted = conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM subscriptions"
+                    " WHERE task_pk IS NULL AND status != 'deleted' LIMIT ?)",
+                    (limit + 1,),
+                ).fetchone()[0]
+                if counted >= limit:
+                    raise OverLimit(counted, limit)
             cursor = conn.execute(
                 "INSERT INTO subscriptions (id, url, events, secret, status, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, 'active', ?, ?)",
@@ -200,7 +209,9 @@ class FanoutStore(SQLiteBase):
         due = found[0]["due"] if found else None
         return float(due) if due is not None else None
 
-    async def queue_replay(self, selection: ReplayFilter, now: float, replay_id: str) -> tuple[int, int]:
+    async def queue_replay(
+        self, selection: ReplayFilter, now: float, replay_id: str, *, max_sends: int | None = None
+    ) -> tuple[int, int]:
         """Queue the selected events again, under their own ids, to one subscriber or to every
         subscriber they match now. Returns (events selected, sends queued)."""
         sel = selection
@@ -234,6 +245,15 @@ class FanoutStore(SQLiteBase):
                 f"FROM events e JOIN subscriptions s ON {match}"
                 f" WHERE s.status IN ('active', 'paused') AND {clause}"
             )
+            if max_sends is not None:
+                # Counted only as far as the cap: a replay of everything costs max_sends + 1 rows
+                # here, never the whole history. The writer's lock keeps it true until the insert.
+                counted = conn.execute(
+                    f"SELECT count(*) FROM (SELECT 1 {pairs} LIMIT ?)",
+                    (*match_params, *params, max_sends + 1),
+                ).fetchone()[0]
+                if counted > max_sends:
+                    raise OverLimit(counted, max_sends)
             selected = conn.execute(f"SELECT count(*) FROM events e WHERE {clause}", params).fetchone()[0]
             # A paused subscriber's sends are held: out of the claims' index until it resumes.
             cursor = conn.execute(
