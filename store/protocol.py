@@ -124,6 +124,15 @@ class Store(Protocol):
         self, status: str, subscription_id: str | None, limit: int, after: int | None
     ) -> Page: ...
     async def events_after(self, event_id: str | None, limit: int) -> list[EventRow]: ...
+    async def recent_sends(
+        self, subscription_pks: list[int], first_event_pk: int, limit: int
+    ) -> dict[int, list[OutboxRow]]:
+        """Per subscription, its newest `limit` sends (first and replayed, with their attempts)
+        of the events from `first_event_pk` on: read through an index, whatever the outbox's size."""
+
+    async def dead_letter_counts(self, subscription_pks: list[int], limit: int) -> dict[int, int]:
+        """Per subscription, its dead letters, counted up to `limit` + 1 (more: more than `limit`)."""
+
     async def outbox_stats(self) -> OutboxStats: ...
 
     # -- kept result files -------------------------------------------------------------------

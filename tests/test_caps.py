@@ -106,3 +106,20 @@ async def test_a_new_event_reaches_its_subscriber_past_a_paused_backlog(
         # Resumed, the backlog goes.
         await stack.client.post(f"{stack.url}/v1/subscriptions/{paused['id']}/resume")
         await wait_until(lambda: len(held.received) >= 1, timeout=20, what="the held sends")
+
+
+async def test_subscriber_health_reads_a_bounded_window(make_stack: StackFactory, tmp_path: Any) -> None:
+    async with make_stack() as stack:
+        seed_events(tmp_path / "receiver.db", 150)
+        sub = await subscribe(stack, "http://127.0.0.1:9/hook")
+        await stack.client.post(f"{stack.url}/v1/subscriptions/{sub['id']}/pause")
+        for _ in range(3):  # 450 held sends, 300 of them of the newest 100 events
+            replay = await stack.client.post(
+                f"{stack.url}/v1/events/replay", json={"subscription_id": sub["id"]}
+            )
+            assert replay.json()["sends"] == 150
+        answer = await stack.client.get(f"{stack.url}/v1/health/subscribers")
+        assert answer.status_code == 200, answer.text
+        (health,) = answer.json()["data"]
+        assert (health["window_events"], health["sends"], health["in_flight"]) == (100, 100, 100)
+        assert (health["status"], health["dead_letters"], health["dead_letters_more"]) == ("paused", 0, False)

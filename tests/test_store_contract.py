@@ -578,3 +578,33 @@ async def test_the_claims_scan_reads_no_held_send(database_url: str) -> None:
             assert read == [("outbox_ready", 1, 0)], read
         finally:
             await conn.close()
+
+
+async def test_subscriber_health_reads_are_bounded_per_subscriber(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        busy = await store.create_subscription("https://busy.example.com/hook", None, "whsec_x", now)
+        quiet = await store.create_subscription(
+            "https://quiet.example.com/hook", ["video.failed"], "whsec_x", now
+        )
+        for n in range(6):
+            await submitted(store, n, now)
+            await store.record_delivery(delivery(n, f"msg:{n}", "completed", now))
+        for n in range(3):  # every event replayed to the busy one: 24 sends in all
+            await store.queue_replay(ReplayFilter(subscription_id=busy.id), now, f"rpl_{n}")
+        events = await store.list_events(None, None, 4, None)  # the newest four
+        first = min(e.pk for e in events.rows)
+        recent = await store.recent_sends([busy.pk, quiet.pk], first, 10)
+        assert recent[quiet.pk] == []
+        sends = recent[busy.pk]
+        assert len(sends) == 10  # of the 16 sends of those four events
+        assert {s.event_id for s in sends} <= {e.id for e in events.rows}
+        newest = events.rows[0].id
+        assert [s.event_id for s in sends[:4]] == [newest] * 4  # newest events first, replays too
+        jobs = await store.claim_outbox(now + 1, 100, {}, 100, 60)
+        for job in jobs:
+            await store.record_attempt(Attempt(job.pk, now + 2, 500, 1.0, "answered 500", "dead"))
+        again = await store.recent_sends([busy.pk], first, 10)
+        assert all(s.status == "dead" and len(s.log) == 1 for s in again[busy.pk])
+        assert await store.dead_letter_counts([busy.pk, quiet.pk], 5) == {busy.pk: 6, quiet.pk: 0}
+        assert await store.dead_letter_counts([busy.pk], 100) == {busy.pk: 24}

@@ -325,6 +325,40 @@ class FanoutStore(PostgresBase):
         )
         return [rows.event(r) for r in found]
 
+    async def recent_sends(
+        self, subscription_pks: list[int], first_event_pk: int, limit: int
+    ) -> dict[int, list[OutboxRow]]:
+        found = await self._fetch(
+            "SELECT x.* FROM unnest($1::bigint[]) AS sub(pk) CROSS JOIN LATERAL ("
+            + rows.OUTBOX_SELECT
+            + " WHERE o.subscription_pk = sub.pk AND o.event_pk >= $2"
+            " ORDER BY o.event_pk DESC, o.pk DESC LIMIT $3) AS x",
+            subscription_pks,
+            first_event_pk,
+            limit,
+        )
+        attempts = await self._fetch(
+            "SELECT * FROM attempts WHERE outbox_pk = ANY($1::bigint[]) ORDER BY pk", [r["pk"] for r in found]
+        )
+        log: dict[int, list[AttemptRow]] = {}
+        for a in attempts:
+            log.setdefault(a["outbox_pk"], []).append(
+                AttemptRow(a["at"], a["status"], a["latency_ms"], a["error"])
+            )
+        sends: dict[int, list[OutboxRow]] = {pk: [] for pk in subscription_pks}
+        for r in found:
+            sends[r["subscription_pk"]].append(rows.outbox(r, log.get(r["pk"], [])))
+        return sends
+
+    async def dead_letter_counts(self, subscription_pks: list[int], limit: int) -> dict[int, int]:
+        found = await self._fetch(
+            "SELECT sub.pk, (SELECT count(*) FROM (SELECT 1 FROM outbox o WHERE o.subscription_pk = sub.pk"
+            " AND o.status = 'dead' LIMIT $2) AS d) AS n FROM unnest($1::bigint[]) AS sub(pk)",
+            subscription_pks,
+            limit + 1,
+        )
+        return {int(r["pk"]): int(r["n"]) for r in found}
+
     async def outbox_stats(self) -> OutboxStats:
         found = await self._fetch("SELECT status, count(*) AS n FROM outbox GROUP BY status")
         return OutboxStats({r["status"]: r["n"] for r in found})

@@ -329,6 +329,46 @@ class FanoutStore(SQLiteBase):
         found = await self._fetchall("SELECT * FROM events WHERE pk > ? ORDER BY pk LIMIT ?", (after, limit))
         return [rows.event(r) for r in found]
 
+    async def recent_sends(
+        self, subscription_pks: list[int], first_event_pk: int, limit: int
+    ) -> dict[int, list[OutboxRow]]:
+        found: list[Any] = []
+        for pk in subscription_pks:
+            found += await self._fetchall(
+                rows.OUTBOX_SELECT + " WHERE o.subscription_pk = ? AND o.event_pk >= ?"
+                " ORDER BY o.event_pk DESC, o.pk DESC LIMIT ?",
+                (pk, first_event_pk, limit),
+            )
+        log = await self._attempts([r["pk"] for r in found])
+        sends: dict[int, list[OutboxRow]] = {pk: [] for pk in subscription_pks}
+        for r in found:
+            sends[r["subscription_pk"]].append(rows.outbox(r, log.get(r["pk"], [])))
+        return sends
+
+    async def _attempts(self, outbox_pks: list[int]) -> dict[int, list[AttemptRow]]:
+        log: dict[int, list[AttemptRow]] = {}
+        for start in range(0, len(outbox_pks), 500):  # under SQLite's limit of bound values
+            chunk = outbox_pks[start : start + 500]
+            for a in await self._fetchall(
+                f"SELECT * FROM attempts WHERE outbox_pk IN ({','.join('?' * len(chunk))}) ORDER BY pk",
+                tuple(chunk),
+            ):
+                log.setdefault(a["outbox_pk"], []).append(
+                    AttemptRow(a["at"], a["status"], a["latency_ms"], a["error"])
+                )
+        return log
+
+    async def dead_letter_counts(self, subscription_pks: list[int], limit: int) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for pk in subscription_pks:
+            found = await self._fetchall(
+                "SELECT count(*) AS n FROM (SELECT 1 FROM outbox WHERE subscription_pk = ?"
+                " AND status = 'dead' LIMIT ?)",
+                (pk, limit + 1),
+            )
+            counts[pk] = int(found[0]["n"])
+        return counts
+
     async def outbox_stats(self) -> OutboxStats:
         found = await self._fetchall("SELECT status, count(*) AS n FROM outbox GROUP BY status")
         return OutboxStats({r["status"]: r["n"] for r in found})
