@@ -564,18 +564,21 @@ async def test_the_claims_scan_reads_no_held_send(database_url: str) -> None:
 
         conn = await asyncpg.connect(database_url)
         try:
-            await conn.execute("ANALYZE outbox; ANALYZE subscriptions")
             plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {POSTGRES_DUE}", now + 1, [], 40)
+            # A fresh database, statistics not yet gathered: the plan must hold anyway.
             nodes = [json.loads(plan)[0]["Plan"]]
-            read = []
+            indexes, read = set(), []
             while nodes:
                 node = nodes.pop()
                 nodes += node.get("Plans", [])
+                if node.get("Index Name", "").startswith("outbox"):
+                    indexes.add(node["Index Name"])
                 if node.get("Relation Name") == "outbox":
                     read.append(
-                        (node.get("Index Name"), node["Actual Rows"], node.get("Rows Removed by Filter", 0))
+                        (node["Node Type"], node["Actual Rows"], node.get("Rows Removed by Filter", 0))
                     )
-            assert read == [("outbox_ready", 1, 0)], read
+            assert indexes == {"outbox_ready"}, plan
+            assert len(read) == 1 and read[0][0] != "Seq Scan" and read[0][1:] == (1, 0), plan
         finally:
             await conn.close()
 

@@ -24,16 +24,26 @@ from store.records import (
 )
 from store.sqlite.base import SQLiteBase
 
-__all__ = ["DUE_SENDS", "FanoutStore"]
+__all__ = ["DUE_SENDS", "NEXT_DUE", "FanoutStore"]
 
 # The claims' scan, earliest due first, through outbox_ready: that index holds no paused
-# subscriber's send (held), so a paused backlog, however large, is never walked. The join still
-# checks the subscriber (a send queued while its subscriber was being paused, say).
+# subscriber's send (held), so a paused backlog, however large, is never walked. The scan is a
+# subquery with its own LIMIT so that no plan can start from the subscriptions instead (one
+# that does walks every due send of every active subscriber: seconds, on a PostgreSQL whose
+# statistics lag behind a burst). The join still checks the subscriber, for a send queued while
+# its subscriber was being paused.
 DUE_SENDS = (
-    "SELECT o.pk AS opk, o.subscription_pk AS spk FROM outbox o"
-    " JOIN subscriptions s ON s.pk = o.subscription_pk"
-    " WHERE o.status = 'pending' AND o.held = 0 AND o.next_attempt_at <= ? AND s.status = 'active'"
-    " AND o.subscription_pk NOT IN ({full}) ORDER BY o.next_attempt_at LIMIT ?"
+    "SELECT o.pk AS opk, o.subscription_pk AS spk FROM (SELECT pk, subscription_pk, next_attempt_at"
+    " FROM outbox WHERE status = 'pending' AND held = 0 AND next_attempt_at <= ?"
+    " AND subscription_pk NOT IN ({full}) ORDER BY next_attempt_at LIMIT ?) AS o"
+    " JOIN subscriptions s ON s.pk = o.subscription_pk WHERE s.status = 'active' ORDER BY o.next_attempt_at"
+)
+# The dispatcher's next wake-up: the earliest of the first sends in that index whose subscriber
+# is active. None when all of them are strays (see above): the dispatcher then looks again soon.
+NEXT_DUE = (
+    "SELECT min(o.next_attempt_at) AS due FROM (SELECT subscription_pk, next_attempt_at FROM outbox"
+    " WHERE status = 'pending' AND held = 0 ORDER BY next_attempt_at LIMIT 100) AS o"
+    " JOIN subscriptions s ON s.pk = o.subscription_pk WHERE s.status = 'active'"
 )
 
 
@@ -201,11 +211,7 @@ class FanoutStore(SQLiteBase):
         await self._write(unit)
 
     async def next_outbox_due(self) -> float | None:
-        found = await self._fetchall(
-            "SELECT o.next_attempt_at AS due FROM outbox o JOIN subscriptions s ON s.pk = o.subscription_pk"
-            " WHERE o.status = 'pending' AND o.held = 0 AND s.status = 'active'"
-            " ORDER BY o.next_attempt_at LIMIT 1"
-        )
+        found = await self._fetchall(NEXT_DUE)
         due = found[0]["due"] if found else None
         return float(due) if due is not None else None
 
