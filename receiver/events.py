@@ -322,13 +322,13 @@ async def replay_events(request: Request) -> Response:
         selected, queued = await store_call(
             ctx, ctx.store.queue_replay(selection, ctx.clock(), replay_id, max_sends=limit)
         )
-    except OverLimit as exc:
+    except OverLimit:
         # The count stops at limit + 1: "more than" is the most it can say without reading
         # every row the replay selects.
         raise InvalidRequest(
-            f"this replay would queue more than {limit} sends ({exc.count} counted before stopping);"
-            f" RECEIVER_REPLAY_MAX_SENDS is {limit}: narrow it with subscription_id, video_id,"
-            " event_ids, since or until",
+            f"this replay would queue more than {limit} sends (its events times the subscriptions"
+            f" each goes to), past RECEIVER_REPLAY_MAX_SENDS ({limit}); narrow it with"
+            " subscription_id, video_id, event_ids, since or until",
             code="replay_too_large",
         ) from None
     if not queued:
