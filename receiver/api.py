@@ -73,10 +73,11 @@ log = logging.getLogger("receiver.api")
 _RASTER_IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "image/avif"})
 RESOLVE_TIMEOUT = 2.0  # seconds a subscribe-time lookup of a URL's host name may take
 OPEN_STATUSES = ("submitting", "queued", "in_progress")  # not "unconfirmed": it may never have begun
-# Subscriber health reads the sends of the newest events (indexed reads whatever the outbox's
-# size; a scan of the outbox per subscriber costs ~0.1 s at 300k sends) and counts dead letters
-# through their own index, up to a cap.
+# Subscriber health reads each subscriber's newest sends of the newest events, at most
+# _HEALTH_SENDS of them (first sends and replays; one index range per subscriber whatever the
+# outbox's size), and counts its dead letters through their own index, up to a cap.
 _HEALTH_EVENTS = 100
+_HEALTH_SENDS = 100
 _DEAD_CAP = 1000
 
 
@@ -646,27 +647,17 @@ async def stats(request: Request) -> Response:
     )
 
 
-async def _dead_letters(ctx: Context, subscription_id: str) -> tuple[int, bool]:
-    """How many of the subscriber's sends are dead letters, up to _DEAD_CAP; True: more."""
-    count, cursor = 0, None
-    while count < _DEAD_CAP:
-        page = await ctx.store.list_outbox("dead", subscription_id, min(100, _DEAD_CAP - count), cursor)
-        count += len(page.rows)
-        if not page.has_more or not page.rows:
-            return count, False
-        cursor = page.rows[-1].pk
-    return count, True
-
-
-async def _recent_sends(ctx: Context) -> tuple[int, dict[str, list[OutboxRow]]]:
-    """Every send (first and replayed) of the newest _HEALTH_EVENTS events, by subscriber;
-    and how many events that was."""
+async def _recent_sends(
+    ctx: Context, subscriptions: list[SubscriptionRow]
+) -> tuple[int, dict[int, list[OutboxRow]]]:
+    """Each subscriber's newest sends (first and replayed, _HEALTH_SENDS at most) of the newest
+    _HEALTH_EVENTS events, by subscription pk; and how many events that was."""
     events = await ctx.store.list_events(None, None, _HEALTH_EVENTS, None)
-    by_subscriber: dict[str, list[OutboxRow]] = {}
-    for event in events.rows:
-        for send in await ctx.store.event_sends(event.pk):
-            by_subscriber.setdefault(send.subscription_id, []).append(send)
-    return len(events.rows), by_subscriber
+    if not events.rows:
+        return 0, {}
+    first = min(e.pk for e in events.rows)
+    sends = await ctx.store.recent_sends([s.pk for s in subscriptions], first, _HEALTH_SENDS)
+    return len(events.rows), sends
 
 
 def subscriber_health(
@@ -731,10 +722,13 @@ async def list_subscriber_health(request: Request) -> Response:
         page = await ctx.store.list_subscriptions(query.limit, given(query.after))
     except UnknownCursor:
         raise InvalidRequest("after names no subscription", param="after") from None
-    window, recent = await _recent_sends(ctx) if page.rows else (0, {})
-    data = [
-        subscriber_health(s, recent.get(s.id, []), await _dead_letters(ctx, s.id), window) for s in page.rows
-    ]
+    window, recent = await _recent_sends(ctx, page.rows) if page.rows else (0, {})
+    dead = await ctx.store.dead_letter_counts([s.pk for s in page.rows], _DEAD_CAP) if page.rows else {}
+    data = []
+    for s in page.rows:
+        dead_letters = dead.get(s.pk, 0)
+        capped = (min(dead_letters, _DEAD_CAP), dead_letters > _DEAD_CAP)
+        data.append(subscriber_health(s, recent.get(s.pk, []), capped, window))
     return json_response(list_body(data, page.has_more, key="subscription_id"))
 
 

@@ -41,7 +41,7 @@ from receiver.schemas import (
     given,
 )
 from receiver.signatures import SecretFormatError, parse_key
-from store import EventRow, OutboxRow, ReplayFilter, SubscriptionRow, UnknownCursor
+from store import EventRow, OutboxRow, OverLimit, ReplayFilter, SubscriptionRow, UnknownCursor
 
 __all__ = ["routes"]
 
@@ -133,7 +133,17 @@ async def create_subscription(request: Request) -> Response:
                 raise SecretFormatError("not whsec_")
         except SecretFormatError:
             raise InvalidRequest("secret must be a whsec_<base64> secret", param="secret") from None
-    row = await store_call(ctx, ctx.store.create_subscription(url, events, secret, ctx.clock()))
+    limit = ctx.settings.max_subscriptions
+    try:
+        row = await store_call(
+            ctx, ctx.store.create_subscription(url, events, secret, ctx.clock(), limit=limit)
+        )
+    except OverLimit:
+        raise InvalidRequest(
+            f"there are {limit} subscriptions already, the most RECEIVER_MAX_SUBSCRIPTIONS allows;"
+            " delete one first",
+            code="too_many_subscriptions",
+        ) from None
     return json_response(subscription_view(row, secret=True))
 
 
@@ -310,7 +320,20 @@ async def replay_events(request: Request) -> Response:
         event_ids=body.event_ids,
     )
     replay_id = "rpl_" + secrets.token_hex(12)
-    selected, queued = await store_call(ctx, ctx.store.queue_replay(selection, ctx.clock(), replay_id))
+    limit = ctx.settings.replay_max_sends
+    try:
+        selected, queued = await store_call(
+            ctx, ctx.store.queue_replay(selection, ctx.clock(), replay_id, max_sends=limit)
+        )
+    except OverLimit:
+        # The count stops at limit + 1: "more than" is the most it can say without reading
+        # every row the replay selects.
+        raise InvalidRequest(
+            f"this replay would queue more than {limit} sends (its events times the subscriptions"
+            f" each goes to), past RECEIVER_REPLAY_MAX_SENDS ({limit}); narrow it with"
+            " subscription_id, video_id, event_ids, since or until",
+            code="replay_too_large",
+        ) from None
     if not queued:
         # Nothing was queued, so nothing is kept under that id: answer none rather than an id
         # that GET /v1/replays/{id} would not know.

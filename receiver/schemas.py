@@ -450,8 +450,9 @@ class SendFailure(Answer):
 
 
 class SubscriberHealth(Answer):
-    """A subscriber's sends over the newest events (window_events of them), and all its dead
-    letters (counted up to 1,000; dead_letters_more: there are more)."""
+    """A subscriber's newest sends (100 at most, replays included) of the newest events
+    (window_events of them), and all its dead letters (counted up to 1,000; dead_letters_more:
+    there are more)."""
 
     object: Literal["subscriber_health"]
     subscription_id: str

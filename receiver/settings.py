@@ -120,6 +120,9 @@ class Settings:
     fanout_concurrency: int = 64
     fanout_per_subscriber: int = 4  # where a subscriber's adaptive window starts (receiver.congestion)
     callback_secret: str | None = field(default=None, repr=False)
+    # Work one request may cause: sends a replay may queue, subscriptions a client may hold.
+    replay_max_sends: int = 10_000
+    max_subscriptions: int = 1000
     outbound_allow: tuple[Network, ...] = ()
     # Connection limits (see receiver/server.py).
     max_header_bytes: int = 32_768
@@ -263,6 +266,8 @@ class Settings:
             fanout_concurrency=_int(env, "RECEIVER_FANOUT_CONCURRENCY", 64, low=1, high=4096),
             fanout_per_subscriber=_int(env, "RECEIVER_FANOUT_PER_SUBSCRIBER", 4, low=1, high=1024),
             callback_secret=callback_secret,
+            replay_max_sends=_int(env, "RECEIVER_REPLAY_MAX_SENDS", 10_000, low=1, high=10_000_000),
+            max_subscriptions=_int(env, "RECEIVER_MAX_SUBSCRIPTIONS", 1000, low=1, high=1_000_000),
             outbound_allow=tuple(networks),
             max_header_bytes=_int(env, "RECEIVER_MAX_HEADER_BYTES", 32_768, low=1024, high=1 << 20),
             header_timeout=float(_int(env, "RECEIVER_HEADER_TIMEOUT", 5, low=1, high=300)),

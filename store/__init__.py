@@ -6,7 +6,7 @@ store.sqlite (the embedded default, one process) and store.postgres (N processes
 
 from __future__ import annotations
 
-from store.errors import StoreError, StoreUnavailable, UnknownCursor, UnknownToken, WrongVideo
+from store.errors import OverLimit, StoreError, StoreUnavailable, UnknownCursor, UnknownToken, WrongVideo
 from store.protocol import Store
 from store.records import (
     Attempt,
@@ -48,6 +48,7 @@ __all__ = [
     "OutboxJob",
     "OutboxRow",
     "OutboxStats",
+    "OverLimit",
     "Page",
     "ReplayFilter",
     "Store",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["StoreError", "StoreUnavailable", "UnknownCursor", "UnknownToken", "WrongVideo"]
+__all__ = ["OverLimit", "StoreError", "StoreUnavailable", "UnknownCursor", "UnknownToken", "WrongVideo"]
 
 
 class StoreError(Exception):
@@ -23,3 +23,13 @@ class WrongVideo(StoreError):
 
 class UnknownCursor(StoreError):
     """A list's `after` names no row."""
+
+
+class OverLimit(StoreError):
+    """A write would pass the cap its caller gave: nothing was written. The count stops as soon
+    as it passes the cap, so `count` is at most `limit + 1`: "more than `limit`"."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"more than {limit} ({count} counted)")
+        self.count = count
+        self.limit = limit

@@ -98,8 +98,11 @@ class Store(Protocol):
 
     # -- fan-out ---------------------------------------------------------------------------------
     async def create_subscription(
-        self, url: str, events: list[str] | None, secret: str, now: float
-    ) -> SubscriptionRow: ...
+        self, url: str, events: list[str] | None, secret: str, now: float, *, limit: int | None = None
+    ) -> SubscriptionRow:
+        """With `limit`: OverLimit (nothing written) when `limit` subscriptions not deleted exist
+        already, counted in the transaction that writes; a task's own callback_url not counted."""
+
     async def get_subscription(self, subscription_id: str) -> SubscriptionRow | None: ...
     async def list_subscriptions(self, limit: int, after: str | None) -> Page: ...
     async def set_subscription_status(
@@ -113,7 +116,12 @@ class Store(Protocol):
 
     async def record_attempt(self, attempt: Attempt) -> None: ...
     async def next_outbox_due(self) -> float | None: ...
-    async def queue_replay(self, selection: ReplayFilter, now: float, replay_id: str) -> tuple[int, int]: ...
+    async def queue_replay(
+        self, selection: ReplayFilter, now: float, replay_id: str, *, max_sends: int | None = None
+    ) -> tuple[int, int]:
+        """(events selected, sends queued). With `max_sends`: OverLimit (nothing written) when it
+        would queue more, counted (up to max_sends + 1) in the transaction that writes."""
+
     async def replay_progress(self, replay_id: str) -> dict[str, int]: ...
     async def list_events(
         self, video_id: str | None, event_type: str | None, limit: int, after: str | None
@@ -124,6 +132,15 @@ class Store(Protocol):
         self, status: str, subscription_id: str | None, limit: int, after: int | None
     ) -> Page: ...
     async def events_after(self, event_id: str | None, limit: int) -> list[EventRow]: ...
+    async def recent_sends(
+        self, subscription_pks: list[int], first_event_pk: int, limit: int
+    ) -> dict[int, list[OutboxRow]]:
+        """Per subscription, its newest `limit` sends (first and replayed, with their attempts)
+        of the events from `first_event_pk` on: read through an index, whatever the outbox's size."""
+
+    async def dead_letter_counts(self, subscription_pks: list[int], limit: int) -> dict[int, int]:
+        """Per subscription, its dead letters, counted up to `limit` + 1 (more: more than `limit`)."""
+
     async def outbox_stats(self) -> OutboxStats: ...
 
     # -- kept result files -------------------------------------------------------------------

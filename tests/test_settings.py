@@ -18,6 +18,17 @@ def test_defaults() -> None:
     assert settings.fanout_retry_schedule == (5, 300, 1800, 7200, 18000, 36000, 36000)
 
 
+def test_caps_on_the_work_of_one_request() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.replay_max_sends, defaults.max_subscriptions) == (10_000, 1000)
+    given = Settings.from_env({"RECEIVER_REPLAY_MAX_SENDS": "50", "RECEIVER_MAX_SUBSCRIPTIONS": "3"})
+    assert (given.replay_max_sends, given.max_subscriptions) == (50, 3)
+    for name in ("RECEIVER_REPLAY_MAX_SENDS", "RECEIVER_MAX_SUBSCRIPTIONS"):
+        for bad in ("0", "-1", "many"):
+            with pytest.raises(SettingsError, match=name):
+                Settings.from_env({name: bad})
+
+
 def test_secrets_never_show_in_repr() -> None:
     settings = Settings.from_env(
         {

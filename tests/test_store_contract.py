@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +20,8 @@ from store import (
     CaptureOutcome,
     NewDelivery,
     NewTask,
+    OutboxStats,
+    OverLimit,
     ReplayFilter,
     Store,
     UnknownCursor,
@@ -488,3 +492,190 @@ async def test_the_task_list_follows_the_order_tasks_got_their_video_ids(databas
         await store.record_delivery(delivery(3, "msg:early", "in_progress", now, video_id="vid3"))
         newest = await store.list_tasks(None, 10, None)
         assert [t.video_id for t in newest.rows] == ["vid3", "vid1", "vid2"]
+
+
+async def test_the_subscription_cap_counts_what_clients_made_and_have_not_deleted(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        first = await store.create_subscription("https://a.example.com/hook", None, "whsec_x", now, limit=2)
+        await store.create_subscription("https://b.example.com/hook", None, "whsec_x", now, limit=2)
+        await store.set_subscription_status(first.id, "paused", now)  # paused still counts
+        with pytest.raises(OverLimit) as refused:
+            await store.create_subscription("https://c.example.com/hook", None, "whsec_x", now, limit=2)
+        assert (refused.value.count, refused.value.limit) == (2, 2)
+        listed = await store.list_subscriptions(10, None)
+        assert sorted(s.url for s in listed.rows) == [
+            "https://a.example.com/hook",
+            "https://b.example.com/hook",
+        ]
+        # A task's own callback_url is no subscription a client made: it does not count.
+        await store.create_task(new_task(1, now, callback_url="https://own.example.com/hook"))
+        await store.set_subscription_status(first.id, "deleted", now)
+        third = await store.create_subscription("https://c.example.com/hook", None, "whsec_x", now, limit=2)
+        assert third.url == "https://c.example.com/hook"
+
+
+async def test_subscription_creates_at_two_processes_stop_at_the_cap(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url, 2) as (a, b):
+        made = await asyncio.gather(
+            *(
+                s.create_subscription(f"https://{n}.example.com/hook", None, "whsec_x", now, limit=5)
+                for n, s in zip(range(12), [a, b] * 6, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        assert sum(not isinstance(m, BaseException) for m in made) == 5
+        assert all(isinstance(m, OverLimit) for m in made if isinstance(m, BaseException))
+        assert len((await a.list_subscriptions(100, None)).rows) == 5
+
+
+async def test_a_replay_over_its_cap_writes_nothing_and_one_at_its_cap_is_queued(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        subs = [
+            await store.create_subscription(f"https://{n}.example.com/hook", None, "whsec_x", now)
+            for n in range(3)
+        ]
+        await store.set_subscription_status(
+            subs[2].id, "paused", now
+        )  # paused: its sends are held, not skipped
+        for n in range(2):
+            await submitted(store, n, now)
+            await store.record_delivery(delivery(n, f"msg:{n}", "completed", now))
+        before = await store.outbox_stats()
+        assert before.by_status == {"pending": 6}
+        # Two events times three subscriptions: six sends, one past a cap of five.
+        with pytest.raises(OverLimit) as refused:
+            await store.queue_replay(ReplayFilter(), now, "rpl_over", max_sends=5)
+        assert (refused.value.count, refused.value.limit) == (6, 5)
+        assert await store.replay_progress("rpl_over") == {}
+        assert await store.outbox_stats() == before
+        assert await store.queue_replay(ReplayFilter(), now, "rpl_at", max_sends=6) == (2, 6)
+        assert await store.replay_progress("rpl_at") == {"pending": 6}
+        # Counted with the same rule as the writes: one subscription's share fits a smaller cap.
+        narrow = ReplayFilter(subscription_id=subs[0].id)
+        assert await store.queue_replay(narrow, now, "rpl_one", max_sends=2) == (2, 2)
+
+
+async def test_claims_and_wakeups_pass_over_a_paused_subscribers_backlog(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        paused = [
+            await store.create_subscription(f"https://p{n}.example.com/hook", None, "whsec_x", now)
+            for n in range(30)
+        ]
+        for sub in paused:
+            await store.set_subscription_status(sub.id, "paused", now)
+        for n in range(100):  # 3,000 held sends, due long before the active subscriber's one
+            await submitted(store, n, now - 100)
+            await store.record_delivery(delivery(n, f"msg:{n}", "completed", now - 100))
+        active = await store.create_subscription("https://active.example.com/hook", None, "whsec_x", now)
+        await submitted(store, 100, now)
+        await store.record_delivery(delivery(100, "msg:100", "completed", now))
+        assert await store.outbox_stats() == OutboxStats({"pending": 3_031})
+        assert await store.next_outbox_due() == pytest.approx(now)
+        jobs = await store.claim_outbox(now + 1, 10, {}, 10, 60)
+        assert [(j.subscription.id, j.event.video_id) for j in jobs] == [(active.id, "vid100")]
+        # Resumed, a backlog is due again; paused once more, it is held again.
+        await store.set_subscription_status(paused[0].id, "active", now)
+        assert await store.next_outbox_due() == pytest.approx(now - 100)
+        await store.set_subscription_status(paused[0].id, "paused", now)
+        assert await store.claim_outbox(now + 2, 100, {}, 100, 60) == []
+        assert await store.next_outbox_due() == pytest.approx(now + 61)  # the active one's lease
+        await store.set_subscription_status(paused[1].id, "active", now)
+        resumed = await store.claim_outbox(now + 2, 200, {}, 200, 60)
+        assert {j.subscription.id for j in resumed} == {paused[1].id} and len(resumed) == 101
+
+
+async def test_the_claims_scan_reads_no_held_send(database_url: str) -> None:
+    """The claim's scan goes through an index that holds no paused subscriber's send: with 3,000
+    of them due first, it reads the one due send of the active subscriber and nothing else."""
+    now = time.time()
+    async with opened(database_url) as (store,):
+        held = await store.create_subscription("https://held.example.com/hook", None, "whsec_x", now)
+        await store.set_subscription_status(held.id, "paused", now)
+        for n in range(30):
+            await submitted(store, n, now - 100)
+            await store.record_delivery(delivery(n, f"msg:{n}", "completed", now - 100))
+        for n in range(99):
+            await store.queue_replay(ReplayFilter(subscription_id=held.id), now - 100, f"rpl_{n}")
+        await store.create_subscription("https://active.example.com/hook", None, "whsec_x", now)
+        await submitted(store, 30, now)
+        await store.record_delivery(delivery(30, "msg:30", "completed", now))
+        assert await store.outbox_stats() == OutboxStats({"pending": 3_002})
+    if database_url.startswith("sqlite"):
+        from store.sqlite.fanout import DUE_SENDS as SQLITE_DUE
+
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+        try:
+            query, args = SQLITE_DUE.format(full=""), (now + 1, 40)
+            plan = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {query}", args))
+            assert "USING INDEX outbox_ready" in plan, plan
+            steps = 0
+
+            def step() -> int:
+                nonlocal steps
+                steps += 1
+                return 0
+
+            conn.set_progress_handler(step, 100)
+            assert len(conn.execute(query, args).fetchall()) == 1
+            # Each row visited costs some ten virtual-machine steps: 3,000 would be ~300 calls.
+            assert steps < 30, steps
+        finally:
+            conn.close()
+    else:
+        import asyncpg
+
+        from store.postgres.fanout import DUE_SENDS as POSTGRES_DUE
+
+        conn = await asyncpg.connect(database_url)
+        try:
+            plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {POSTGRES_DUE}", now + 1, [], 40)
+            # A fresh database, statistics not yet gathered: the plan must hold anyway.
+            nodes = [json.loads(plan)[0]["Plan"]]
+            indexes, read = set(), []
+            while nodes:
+                node = nodes.pop()
+                nodes += node.get("Plans", [])
+                if node.get("Index Name", "").startswith("outbox"):
+                    indexes.add(node["Index Name"])
+                if node.get("Relation Name") == "outbox":
+                    read.append(
+                        (node["Node Type"], node["Actual Rows"], node.get("Rows Removed by Filter", 0))
+                    )
+            assert indexes == {"outbox_ready"}, plan
+            assert len(read) == 1 and read[0][0] != "Seq Scan" and read[0][1:] == (1, 0), plan
+        finally:
+            await conn.close()
+
+
+async def test_subscriber_health_reads_are_bounded_per_subscriber(database_url: str) -> None:
+    now = time.time()
+    async with opened(database_url) as (store,):
+        busy = await store.create_subscription("https://busy.example.com/hook", None, "whsec_x", now)
+        quiet = await store.create_subscription(
+            "https://quiet.example.com/hook", ["video.failed"], "whsec_x", now
+        )
+        for n in range(6):
+            await submitted(store, n, now)
+            await store.record_delivery(delivery(n, f"msg:{n}", "completed", now))
+        for n in range(3):  # every event replayed to the busy one: 24 sends in all
+            await store.queue_replay(ReplayFilter(subscription_id=busy.id), now, f"rpl_{n}")
+        events = await store.list_events(None, None, 4, None)  # the newest four
+        first = min(e.pk for e in events.rows)
+        recent = await store.recent_sends([busy.pk, quiet.pk], first, 10)
+        assert recent[quiet.pk] == []
+        sends = recent[busy.pk]
+        assert len(sends) == 10  # of the 16 sends of those four events
+        assert {s.event_id for s in sends} <= {e.id for e in events.rows}
+        newest = events.rows[0].id
+        assert [s.event_id for s in sends[:4]] == [newest] * 4  # newest events first, replays too
+        jobs = await store.claim_outbox(now + 1, 100, {}, 100, 60)
+        for job in jobs:
+            await store.record_attempt(Attempt(job.pk, now + 2, 500, 1.0, "answered 500", "dead"))
+        again = await store.recent_sends([busy.pk], first, 10)
+        assert all(s.status == "dead" and len(s.log) == 1 for s in again[busy.pk])
+        assert await store.dead_letter_counts([busy.pk, quiet.pk], 5) == {busy.pk: 6, quiet.pk: 0}
+        assert await store.dead_letter_counts([busy.pk], 100) == {busy.pk: 24}

@@ -66,8 +66,8 @@ async def record_events(conn: asyncpg.Connection, events: list[tuple[int, NewEve
         [json.dumps(e.data) for _, e in events],
     )
     sends = await conn.fetch(
-        "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at)"
-        " SELECT e.pk, s.pk, 'pending', e.at, e.at"
+        "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at, held)"
+        " SELECT e.pk, s.pk, 'pending', e.at, e.at, s.status = 'paused'"
         " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[]) AS e(pk, task_pk, type, at)"
         f" JOIN subscriptions s ON {SUBSCRIBED} RETURNING event_pk",
         [r["pk"] for r in created],

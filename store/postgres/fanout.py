@@ -13,7 +13,7 @@ from typing import Any
 
 from receiver import core
 from store import rows
-from store.errors import UnknownCursor
+from store.errors import OverLimit, UnknownCursor
 from store.postgres.base import CHANNEL, VISIBLE, PostgresBase
 from store.postgres.changes import SUBSCRIBED
 from store.records import (
@@ -28,16 +28,47 @@ from store.records import (
     SubscriptionRow,
 )
 
-__all__ = ["FanoutStore"]
+__all__ = ["DUE_SENDS", "NEXT_DUE", "FanoutStore"]
 
 _CLAIM_LOCK = 0x6F7574626F78  # "outbox": claims take turns, so fleet-wide counts stay true
+_SUBSCRIBE_LOCK = 0x737562736372  # "subscr": creates take turns, so the cap holds for the fleet
+
+# The claims' scan, earliest due first, through outbox_ready: that index holds no paused
+# subscriber's send (held), so a paused backlog, however large, is never walked. The scan is a
+# subquery with its own LIMIT so that no plan can start from the subscriptions instead (one
+# that does walks every due send of every active subscriber: seconds, on a PostgreSQL whose
+# statistics lag behind a burst). The join still checks the subscriber, for a send queued while
+# its subscriber was being paused.
+DUE_SENDS = (
+    "SELECT o.pk AS opk, o.subscription_pk AS spk FROM (SELECT pk, subscription_pk, next_attempt_at"
+    " FROM outbox WHERE status = 'pending' AND NOT held AND next_attempt_at <= $1"
+    " AND subscription_pk <> ALL($2::bigint[]) ORDER BY next_attempt_at LIMIT $3) AS o"
+    " JOIN subscriptions s ON s.pk = o.subscription_pk WHERE s.status = 'active' ORDER BY o.next_attempt_at"
+)
+# The dispatcher's next wake-up: the earliest of the first sends in that index whose subscriber
+# is active. None when all of them are strays (see above): the dispatcher then looks again soon.
+NEXT_DUE = (
+    "SELECT min(o.next_attempt_at) AS due FROM (SELECT subscription_pk, next_attempt_at FROM outbox"
+    " WHERE status = 'pending' AND NOT held ORDER BY next_attempt_at LIMIT 100) AS o"
+    " JOIN subscriptions s ON s.pk = o.subscription_pk WHERE s.status = 'active'"
+)
 
 
 class FanoutStore(PostgresBase):
     async def create_subscription(
-        self, url: str, events: list[str] | None, secret: str, now: float
+        self, url: str, events: list[str] | None, secret: str, now: float, *, limit: int | None = None
     ) -> SubscriptionRow:
         async with self._tx() as conn:
+            if limit is not None:
+                # Two processes counting at once under READ COMMITTED would both see room.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _SUBSCRIBE_LOCK)
+                counted = await conn.fetchval(
+                    "SELECT count(*) FROM (SELECT 1 FROM subscriptions"
+                    " WHERE task_pk IS NULL AND status <> 'deleted' LIMIT $1) AS listed",
+                    limit + 1,
+                )
+                if counted >= limit:
+                    raise OverLimit(int(counted), limit)
             row = await conn.fetchrow(
                 "INSERT INTO subscriptions (id, url, events, secret, status, created_at, updated_at)"
                 " VALUES ($1, $2, $3::jsonb, $4, 'active', $5, $5) RETURNING *",
@@ -89,7 +120,16 @@ class FanoutStore(PostgresBase):
                     now,
                     row["pk"],
                 )
-            elif status == "active":
+            else:
+                # Held sends leave the claims' index (outbox_ready): claims never walk a paused
+                # subscriber's backlog, however large.
+                await conn.execute(
+                    "UPDATE outbox SET held = $2"
+                    " WHERE subscription_pk = $1 AND status = 'pending' AND held <> $2",
+                    row["pk"],
+                    status == "paused",
+                )
+            if status == "active":
                 await conn.execute("SELECT pg_notify($1, 'outbox')", CHANNEL)
         return rows.subscription(row)
 
@@ -109,15 +149,7 @@ class FanoutStore(PostgresBase):
                 )
             }
             full = [pk for pk, n in in_flight.items() if n >= caps.get(pk, default_cap)]
-            found = await conn.fetch(
-                "SELECT o.pk AS opk, o.subscription_pk AS spk FROM outbox o"
-                " JOIN subscriptions s ON s.pk = o.subscription_pk"
-                " WHERE o.status = 'pending' AND o.next_attempt_at <= $1 AND s.status = 'active'"
-                " AND o.subscription_pk <> ALL($2::bigint[]) ORDER BY o.next_attempt_at LIMIT $3",
-                now,
-                full,
-                limit * 4,
-            )
+            found = await conn.fetch(DUE_SENDS, now, full, limit * 4)
             due = [(r["opk"], r["spk"]) for r in found]
             taken = core.pick_sends(due, in_flight, caps, default_cap, limit)
             if not taken:
@@ -173,47 +205,64 @@ class FanoutStore(PostgresBase):
                 )
 
     async def next_outbox_due(self) -> float | None:
-        found = await self._fetch(
-            "SELECT min(o.next_attempt_at) AS due FROM outbox o JOIN subscriptions s"
-            " ON s.pk = o.subscription_pk WHERE o.status = 'pending' AND s.status = 'active'"
-        )
+        found = await self._fetch(NEXT_DUE)
         due = found[0]["due"] if found else None
         return float(due) if due is not None else None
 
-    async def queue_replay(self, selection: ReplayFilter, now: float, replay_id: str) -> tuple[int, int]:
+    async def queue_replay(
+        self, selection: ReplayFilter, now: float, replay_id: str, *, max_sends: int | None = None
+    ) -> tuple[int, int]:
         """Queue the selected events again, under their own ids, to one subscriber or to every
         subscriber they match now. Returns (events selected, sends queued)."""
         sel = selection
-        where: list[str] = []
-        args: list[Any] = [replay_id, now]
-        for condition, value in (
-            ("e.video_id = ${}", sel.video_id),
-            ("e.created_at >= ${}", sel.since),
-            ("e.created_at < ${}", sel.until),
-            ("e.id = ANY(${}::text[])", sel.event_ids),
-        ):
-            if value is not None:
-                args.append(value)
-                where.append(condition.format(len(args)))
+        chosen = [
+            (condition, value)
+            for condition, value in (
+                ("e.video_id = ${}", sel.video_id),
+                ("e.created_at >= ${}", sel.since),
+                ("e.created_at < ${}", sel.until),
+                ("e.id = ANY(${}::text[])", sel.event_ids),
+            )
+            if value is not None
+        ]
+        filters = [value for _, value in chosen]
+
+        def selecting(first: int) -> str:
+            """The events' conditions, their arguments numbered from `first`."""
+            return " AND ".join(c.format(n) for n, (c, _) in enumerate(chosen, start=first)) or "true"
+
+        args: list[Any] = [replay_id, now, *filters]
+        clause = selecting(3)
         if sel.subscription_id is not None:
             args.append(sel.subscription_id)
             match = f"s.id = ${len(args)} AND (s.task_pk IS NULL OR s.task_pk = e.task_pk)"
         else:
             match = SUBSCRIBED  # every subscription the event matches now
-        clause = " AND ".join(where) or "true"
+        # One statement, one snapshot: the pairs counted are the pairs written, so a subscription
+        # made meanwhile cannot slip past the cap. They are read only as far as the cap (a replay
+        # of everything costs max_sends + 1 rows, never the whole history), and written only when
+        # they fit.
+        args.append(max_sends + 1 if max_sends is not None else None)
+        cap = len(args)
         async with self._tx() as conn:
             counted = await conn.fetchrow(
-                "WITH chosen AS (SELECT e.pk, e.task_pk, e.type FROM events e"
-                f" WHERE {clause}), queued AS (INSERT INTO outbox (event_pk, subscription_pk, replay_id,"
-                " status, next_attempt_at, created_at) SELECT e.pk, s.pk, $1, 'pending', $2, $2"
-                f" FROM chosen e JOIN subscriptions s ON {match} WHERE s.status IN ('active', 'paused')"
-                " ORDER BY e.pk RETURNING 1)"
-                " SELECT (SELECT count(*) FROM chosen) AS selected, (SELECT count(*) FROM queued) AS queued",
+                "WITH pairs AS (SELECT e.pk AS epk, s.pk AS spk, s.status = 'paused' AS held"
+                f" FROM events e JOIN subscriptions s ON {match} WHERE s.status IN ('active', 'paused')"
+                f" AND {clause} LIMIT ${cap}), queued AS (INSERT INTO outbox (event_pk, subscription_pk,"
+                " replay_id, status, next_attempt_at, created_at, held)"
+                " SELECT epk, spk, $1, 'pending', $2, $2, held FROM pairs"
+                f" WHERE ${cap}::bigint IS NULL OR (SELECT count(*) FROM pairs) < ${cap}"
+                " ORDER BY epk RETURNING 1)"
+                " SELECT (SELECT count(*) FROM pairs) AS pairs, (SELECT count(*) FROM queued) AS queued",
                 *args,
             )
+            if max_sends is not None and counted["pairs"] > max_sends:
+                raise OverLimit(int(counted["pairs"]), max_sends)
+            # Only for the answer, and only once the replay fits.
+            selected = await conn.fetchval(f"SELECT count(*) FROM events e WHERE {selecting(1)}", *filters)
             if counted["queued"]:
                 await conn.execute("SELECT pg_notify($1, 'outbox')", CHANNEL)
-        return int(counted["selected"]), int(counted["queued"])
+        return int(selected), int(counted["queued"])
 
     async def replay_progress(self, replay_id: str) -> dict[str, int]:
         found = await self._fetch(
@@ -281,6 +330,40 @@ class FanoutStore(PostgresBase):
             limit,
         )
         return [rows.event(r) for r in found]
+
+    async def recent_sends(
+        self, subscription_pks: list[int], first_event_pk: int, limit: int
+    ) -> dict[int, list[OutboxRow]]:
+        found = await self._fetch(
+            "SELECT x.* FROM unnest($1::bigint[]) AS sub(pk) CROSS JOIN LATERAL ("
+            + rows.OUTBOX_SELECT
+            + " WHERE o.subscription_pk = sub.pk AND o.event_pk >= $2"
+            " ORDER BY o.event_pk DESC, o.pk DESC LIMIT $3) AS x",
+            subscription_pks,
+            first_event_pk,
+            limit,
+        )
+        attempts = await self._fetch(
+            "SELECT * FROM attempts WHERE outbox_pk = ANY($1::bigint[]) ORDER BY pk", [r["pk"] for r in found]
+        )
+        log: dict[int, list[AttemptRow]] = {}
+        for a in attempts:
+            log.setdefault(a["outbox_pk"], []).append(
+                AttemptRow(a["at"], a["status"], a["latency_ms"], a["error"])
+            )
+        sends: dict[int, list[OutboxRow]] = {pk: [] for pk in subscription_pks}
+        for r in found:
+            sends[r["subscription_pk"]].append(rows.outbox(r, log.get(r["pk"], [])))
+        return sends
+
+    async def dead_letter_counts(self, subscription_pks: list[int], limit: int) -> dict[int, int]:
+        found = await self._fetch(
+            "SELECT sub.pk, (SELECT count(*) FROM (SELECT 1 FROM outbox o WHERE o.subscription_pk = sub.pk"
+            " AND o.status = 'dead' LIMIT $2) AS d) AS n FROM unnest($1::bigint[]) AS sub(pk)",
+            subscription_pks,
+            limit + 1,
+        )
+        return {int(r["pk"]): int(r["n"]) for r in found}
 
     async def outbox_stats(self) -> OutboxStats:
         found = await self._fetch("SELECT status, count(*) AS n FROM outbox GROUP BY status")

@@ -509,8 +509,8 @@ def _events(st: _Statement, events: list[tuple[int, NewEvent]]) -> None:
         + " RETURNING pk, task_pk, type, created_at)"
     )
     st.ctes.append(
-        "ob AS (INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at)"
-        " SELECT e.pk, s.pk, 'pending', e.created_at, e.created_at FROM ev e"
+        "ob AS (INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at,"
+        " held) SELECT e.pk, s.pk, 'pending', e.created_at, e.created_at, s.status = 'paused' FROM ev e"
         f" JOIN subscriptions s ON {SUBSCRIBED} RETURNING event_pk)"
     )
     files = [(pk, e.video_id, v, url, e.created_at) for pk, e in events for v, url in e.files]

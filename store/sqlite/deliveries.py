@@ -82,8 +82,9 @@ def _record_events(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> 
     )
     ids = orjson.dumps([e.id for _, e in events]).decode()
     conn.execute(
-        "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at)"
-        " SELECT e.pk, s.pk, 'pending', e.created_at, e.created_at FROM events e JOIN subscriptions s"
+        "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at, held)"
+        " SELECT e.pk, s.pk, 'pending', e.created_at, e.created_at, s.status = 'paused'"
+        " FROM events e JOIN subscriptions s"
         " ON s.status IN ('active', 'paused') AND (s.task_pk = e.task_pk OR (s.task_pk IS NULL AND"
         " (s.events IS NULL OR EXISTS (SELECT 1 FROM json_each(s.events) WHERE value = e.type))))"
         " WHERE e.id IN (SELECT value FROM json_each(?))",

@@ -10,7 +10,7 @@ from typing import Any
 
 from receiver import core
 from store import rows
-from store.errors import UnknownCursor
+from store.errors import OverLimit, UnknownCursor
 from store.records import (
     Attempt,
     AttemptRow,
@@ -24,14 +24,43 @@ from store.records import (
 )
 from store.sqlite.base import SQLiteBase
 
-__all__ = ["FanoutStore"]
+__all__ = ["DUE_SENDS", "NEXT_DUE", "FanoutStore"]
+
+# The claims' scan, earliest due first, through outbox_ready: that index holds no paused
+# subscriber's send (held), so a paused backlog, however large, is never walked. The scan is a
+# subquery with its own LIMIT so that no plan can start from the subscriptions instead (one
+# that does walks every due send of every active subscriber: seconds, on a PostgreSQL whose
+# statistics lag behind a burst). The join still checks the subscriber, for a send queued while
+# its subscriber was being paused.
+DUE_SENDS = (
+    "SELECT o.pk AS opk, o.subscription_pk AS spk FROM (SELECT pk, subscription_pk, next_attempt_at"
+    " FROM outbox WHERE status = 'pending' AND held = 0 AND next_attempt_at <= ?"
+    " AND subscription_pk NOT IN ({full}) ORDER BY next_attempt_at LIMIT ?) AS o"
+    " JOIN subscriptions s ON s.pk = o.subscription_pk WHERE s.status = 'active' ORDER BY o.next_attempt_at"
+)
+# The dispatcher's next wake-up: the earliest of the first sends in that index whose subscriber
+# is active. None when all of them are strays (see above): the dispatcher then looks again soon.
+NEXT_DUE = (
+    "SELECT min(o.next_attempt_at) AS due FROM (SELECT subscription_pk, next_attempt_at FROM outbox"
+    " WHERE status = 'pending' AND held = 0 ORDER BY next_attempt_at LIMIT 100) AS o"
+    " JOIN subscriptions s ON s.pk = o.subscription_pk WHERE s.status = 'active'"
+)
 
 
 class FanoutStore(SQLiteBase):
     async def create_subscription(
-        self, url: str, events: list[str] | None, secret: str, now: float
+        self, url: str, events: list[str] | None, secret: str, now: float, *, limit: int | None = None
     ) -> SubscriptionRow:
         def unit(conn: sqlite3.Connection) -> SubscriptionRow:
+            if limit is not None:
+                # The writer's transaction holds the write lock: no other create can slip past.
+                counted = conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM subscriptions"
+                    " WHERE task_pk IS NULL AND status != 'deleted' LIMIT ?)",
+                    (limit + 1,),
+                ).fetchone()[0]
+                if counted >= limit:
+                    raise OverLimit(counted, limit)
             cursor = conn.execute(
                 "INSERT INTO subscriptions (id, url, events, secret, status, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, 'active', ?, ?)",
@@ -84,6 +113,14 @@ class FanoutStore(SQLiteBase):
                     " WHERE subscription_pk = ? AND status = 'pending'",
                     (now, row["pk"]),
                 )
+            elif status in ("paused", "active"):
+                # Held sends leave the claims' index (outbox_ready): claims never walk a paused
+                # subscriber's backlog, however large.
+                conn.execute(
+                    "UPDATE outbox SET held = ?"
+                    " WHERE subscription_pk = ? AND status = 'pending' AND held != ?",
+                    (status == "paused", row["pk"], status == "paused"),
+                )
             return rows.subscription(
                 conn.execute("SELECT * FROM subscriptions WHERE pk = ?", (row["pk"],)).fetchone()
             )
@@ -110,12 +147,7 @@ class FanoutStore(SQLiteBase):
             # The earliest due sends, skipping subscribers already at their cap; a window a few
             # times the room, so one subscriber's backlog costs the others one round at most.
             found = conn.execute(
-                "SELECT o.pk AS opk, o.subscription_pk AS spk FROM outbox o"
-                " JOIN subscriptions s ON s.pk = o.subscription_pk"
-                " WHERE o.status = 'pending' AND o.next_attempt_at <= ? AND s.status = 'active'"
-                f" AND o.subscription_pk NOT IN ({','.join('?' * len(full))})"
-                " ORDER BY o.next_attempt_at LIMIT ?",
-                (now, *full, limit * 4),
+                DUE_SENDS.format(full=",".join("?" * len(full))), (now, *full, limit * 4)
             ).fetchall()
             due = [(row["opk"], row["spk"]) for row in found]
             taken = core.pick_sends(due, in_flight, caps, default_cap, limit)
@@ -179,14 +211,13 @@ class FanoutStore(SQLiteBase):
         await self._write(unit)
 
     async def next_outbox_due(self) -> float | None:
-        found = await self._fetchall(
-            "SELECT min(o.next_attempt_at) AS due FROM outbox o JOIN subscriptions s"
-            " ON s.pk = o.subscription_pk WHERE o.status = 'pending' AND s.status = 'active'"
-        )
+        found = await self._fetchall(NEXT_DUE)
         due = found[0]["due"] if found else None
         return float(due) if due is not None else None
 
-    async def queue_replay(self, selection: ReplayFilter, now: float, replay_id: str) -> tuple[int, int]:
+    async def queue_replay(
+        self, selection: ReplayFilter, now: float, replay_id: str, *, max_sends: int | None = None
+    ) -> tuple[int, int]:
         """Queue the selected events again, under their own ids, to one subscriber or to every
         subscriber they match now. Returns (events selected, sends queued)."""
         sel = selection
@@ -207,7 +238,6 @@ class FanoutStore(SQLiteBase):
                 where.append(f"e.id IN ({','.join('?' * len(sel.event_ids))})")
                 params.extend(sel.event_ids)
             clause = " AND ".join(where) or "1"
-            selected = conn.execute(f"SELECT count(*) FROM events e WHERE {clause}", params).fetchone()[0]
             if sel.subscription_id is not None:
                 match = "s.id = ? AND (s.task_pk IS NULL OR s.task_pk = e.task_pk)"
                 match_params: list[Any] = [sel.subscription_id]
@@ -217,10 +247,25 @@ class FanoutStore(SQLiteBase):
                     " (SELECT 1 FROM json_each(s.events) WHERE value = e.type))))"
                 )
                 match_params = []
+            pairs = (
+                f"FROM events e JOIN subscriptions s ON {match}"
+                f" WHERE s.status IN ('active', 'paused') AND {clause}"
+            )
+            if max_sends is not None:
+                # Counted only as far as the cap: a replay of everything costs max_sends + 1 rows
+                # here, never the whole history. The writer's lock keeps it true until the insert.
+                counted = conn.execute(
+                    f"SELECT count(*) FROM (SELECT 1 {pairs} LIMIT ?)",
+                    (*match_params, *params, max_sends + 1),
+                ).fetchone()[0]
+                if counted > max_sends:
+                    raise OverLimit(counted, max_sends)
+            selected = conn.execute(f"SELECT count(*) FROM events e WHERE {clause}", params).fetchone()[0]
+            # A paused subscriber's sends are held: out of the claims' index until it resumes.
             cursor = conn.execute(
                 "INSERT INTO outbox (event_pk, subscription_pk, replay_id, status, next_attempt_at,"
-                " created_at) SELECT e.pk, s.pk, ?, 'pending', ?, ? FROM events e JOIN subscriptions s"
-                f" ON {match} WHERE s.status IN ('active', 'paused') AND {clause} ORDER BY e.pk",
+                f" created_at, held) SELECT e.pk, s.pk, ?, 'pending', ?, ?, s.status = 'paused' {pairs}"
+                " ORDER BY e.pk",
                 (replay_id, now, now, *match_params, *params),
             )
             return selected, cursor.rowcount
@@ -289,6 +334,46 @@ class FanoutStore(SQLiteBase):
             after = found[0]["pk"]
         found = await self._fetchall("SELECT * FROM events WHERE pk > ? ORDER BY pk LIMIT ?", (after, limit))
         return [rows.event(r) for r in found]
+
+    async def recent_sends(
+        self, subscription_pks: list[int], first_event_pk: int, limit: int
+    ) -> dict[int, list[OutboxRow]]:
+        found: list[Any] = []
+        for pk in subscription_pks:
+            found += await self._fetchall(
+                rows.OUTBOX_SELECT + " WHERE o.subscription_pk = ? AND o.event_pk >= ?"
+                " ORDER BY o.event_pk DESC, o.pk DESC LIMIT ?",
+                (pk, first_event_pk, limit),
+            )
+        log = await self._attempts([r["pk"] for r in found])
+        sends: dict[int, list[OutboxRow]] = {pk: [] for pk in subscription_pks}
+        for r in found:
+            sends[r["subscription_pk"]].append(rows.outbox(r, log.get(r["pk"], [])))
+        return sends
+
+    async def _attempts(self, outbox_pks: list[int]) -> dict[int, list[AttemptRow]]:
+        log: dict[int, list[AttemptRow]] = {}
+        for start in range(0, len(outbox_pks), 500):  # under SQLite's limit of bound values
+            chunk = outbox_pks[start : start + 500]
+            for a in await self._fetchall(
+                f"SELECT * FROM attempts WHERE outbox_pk IN ({','.join('?' * len(chunk))}) ORDER BY pk",
+                tuple(chunk),
+            ):
+                log.setdefault(a["outbox_pk"], []).append(
+                    AttemptRow(a["at"], a["status"], a["latency_ms"], a["error"])
+                )
+        return log
+
+    async def dead_letter_counts(self, subscription_pks: list[int], limit: int) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for pk in subscription_pks:
+            found = await self._fetchall(
+                "SELECT count(*) AS n FROM (SELECT 1 FROM outbox WHERE subscription_pk = ?"
+                " AND status = 'dead' LIMIT ?)",
+                (pk, limit + 1),
+            )
+            counts[pk] = int(found[0]["n"])
+        return counts
 
     async def outbox_stats(self) -> OutboxStats:
         found = await self._fetchall("SELECT status, count(*) AS n FROM outbox GROUP BY status")

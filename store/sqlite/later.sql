@@ -45,3 +45,15 @@ WHERE route = 'task' AND task_pk IS NOT NULL;
 UPDATE deliveries
 SET dedupe_key = 'w:' || length(coalesce(video_id, '')) || ':' || coalesce(video_id, '') || ' ' || dedupe_key
 WHERE route = 'workspace';
+
+-- migration 9: a paused subscriber's pending sends are held out of the claims' index, so claims
+-- and the dispatcher's wake-ups never walk them (a paused subscriber may keep a large backlog);
+-- a subscriber's own sends (health, pause, resume, delete) and the subscriptions a client made
+-- (their cap, their list) are read through indexes of their own.
+ALTER TABLE outbox ADD COLUMN held INTEGER NOT NULL DEFAULT 0;  -- 1: its subscriber is paused
+UPDATE outbox SET held = 1 WHERE status = 'pending'
+    AND subscription_pk IN (SELECT pk FROM subscriptions WHERE status = 'paused');
+DROP INDEX outbox_due;
+CREATE INDEX outbox_ready ON outbox (next_attempt_at) WHERE status = 'pending' AND held = 0;
+CREATE INDEX outbox_subscriber ON outbox (subscription_pk, event_pk);
+CREATE INDEX subscriptions_listed ON subscriptions (pk) WHERE task_pk IS NULL AND status != 'deleted';

@@ -65,8 +65,8 @@ def _record_event(conn: sqlite3.Connection, task_pk: int, event: NewEvent) -> in
         (event.id, task_pk, event.video_id, event.type, event.created_at, json.dumps(event.data)),
     )
     sends = conn.execute(
-        "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at)"
-        " SELECT ?, pk, 'pending', ?, ? FROM subscriptions"
+        "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at, held)"
+        " SELECT ?, pk, 'pending', ?, ?, status = 'paused' FROM subscriptions"
         " WHERE status IN ('active', 'paused') AND (task_pk = ? OR (task_pk IS NULL AND"
         " (events IS NULL OR EXISTS (SELECT 1 FROM json_each(subscriptions.events)"
         " WHERE value = ?))))",
