@@ -22,7 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 from receiver import jsonpolicy
 from receiver.context import Context
 from receiver.core import ORPHAN_GRACE
-from receiver.errors import Conflict, InvalidRequest, NotFound, Unavailable, UpstreamError
+from receiver.errors import Conflict, InvalidRequest, NotFound, Unavailable, UpstreamError, to_api_error
 from receiver.forms import is_multipart, read_form
 from receiver.http import authorize, json_response, read_json_object
 from receiver.ids import parse_id
@@ -62,7 +62,6 @@ from store import (
     StoreUnavailable,
     SubscriptionRow,
     TaskRow,
-    UnknownCursor,
     WrongVideo,
 )
 
@@ -215,26 +214,6 @@ def _ctx(request: Request) -> Context:
     return ctx
 
 
-def _provider_failure(exc: ProviderError) -> UpstreamError | InvalidRequest:
-    if exc.timeout:
-        return UpstreamError("the provider did not answer in time", status=504, code="provider_timeout")
-    if exc.status in (400, 404, 409, 422):
-        return InvalidRequest(f"the provider rejected the request: {exc.message}", code="provider_rejected")
-    if exc.status == 429:
-        headers = {"retry-after": str(int(exc.retry_after))} if exc.retry_after is not None else None
-        return UpstreamError(
-            "the provider is rate limiting us; retry later",
-            status=429,
-            code="provider_rate_limited",
-            headers=headers,
-        )
-    if exc.status in (401, 403):
-        return UpstreamError(
-            "the provider refused our credentials (RECEIVER_PROVIDER_API_KEY)", code="provider_auth"
-        )
-    return UpstreamError(f"the provider failed: {exc.message}")
-
-
 async def read_submit(request: Request, settings: Settings) -> VideoCreate:
     """The submit body, as JSON or as multipart/form-data (the OpenAI SDK's videos.create):
     the same fields, checked by the same shape."""
@@ -322,7 +301,7 @@ async def submit(request: Request) -> Response:
         # A refusal, or a request that never left: the provider has no such task. The row goes
         # unless a delivery came meanwhile (then the provider has it after all).
         if not exc.ambiguous and await store_call(ctx, ctx.store.abandon_submit(created.pk)):
-            raise _provider_failure(exc) from None
+            raise to_api_error(exc) from None
         return await _unconfirmed(ctx, created.pk, body, exc)
     # We have its id, so the task exists: a status we cannot read counts as just queued.
     raw_status = answer.get("status")
@@ -500,10 +479,7 @@ async def list_videos(request: Request) -> Response:
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
     query = convert_query(request.query_params, VideoListQuery)
-    try:
-        page = await ctx.store.list_tasks(given(query.status), query.limit, given(query.after))
-    except UnknownCursor:
-        raise InvalidRequest("after names no video", param="after") from None
+    page = await ctx.store.list_tasks(given(query.status), query.limit, given(query.after))
     # One read for the whole page's files, as a single read shows them.
     files = await ctx.store.captures_of([t.pk for t in page.rows]) if page.rows else {}
     data = [task_view(t, files=files.get(t.pk, [])) for t in page.rows]
@@ -524,10 +500,7 @@ async def list_deliveries(request: Request) -> Response:
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
     query = convert_query(request.query_params, DeliveryListQuery)
-    try:
-        page = await ctx.store.list_deliveries(given(query.video_id) or None, query.limit, given(query.after))
-    except UnknownCursor:
-        raise InvalidRequest("after names no delivery", param="after") from None
+    page = await ctx.store.list_deliveries(given(query.video_id) or None, query.limit, given(query.after))
     return json_response(list_body([delivery_view(d) for d in page.rows], page.has_more))
 
 
@@ -661,8 +634,17 @@ async def _recent_sends(
 
 
 def subscriber_health(
-    subscription: SubscriptionRow, sends: list[OutboxRow], dead_letters: tuple[int, bool], window: int
+    subscription: SubscriptionRow,
+    sends: list[OutboxRow],
+    dead_letters: tuple[int, bool],
+    window: int,
+    now: float,
 ) -> dict[str, Any]:
+    """One subscriber's figures (pure). In flight: an attempt is being made now (a sender holds
+    the send's lease); retrying: it failed before and waits for its next attempt."""
+    pending = [r for r in sends if r.status == "pending"]
+    in_flight = sum(1 for r in pending if r.leased_until is not None and r.leased_until > now)
+    waiting = [r for r in pending if r.leased_until is None or r.leased_until <= now]
     counts = {s: sum(1 for r in sends if r.status == s) for s in ("delivered", "failed", "dead", "pending")}
     settled = counts["delivered"] + counts["failed"] + counts["dead"]
     attempts = sorted(((a, r) for r in sends for a in r.log), key=lambda ar: ar[0].at)
@@ -692,8 +674,8 @@ def subscriber_health(
         "sends": len(sends),
         **counts,
         "success_rate": round(counts["delivered"] / settled, 4) if settled else None,
-        "in_flight": counts["pending"],
-        "retrying": sum(1 for r in sends if r.status == "pending" and r.attempts > 0),
+        "in_flight": in_flight,
+        "retrying": sum(1 for r in waiting if r.attempts > 0),
         "dead_letters": dead_letters[0],
         "dead_letters_more": dead_letters[1],
         "last_success_at": last_success,
@@ -718,17 +700,14 @@ async def list_subscriber_health(request: Request) -> Response:
     ctx = _ctx(request)
     authorize(request, ctx.settings.api_keys)
     query = convert_query(request.query_params, SubscriptionListQuery)
-    try:
-        page = await ctx.store.list_subscriptions(query.limit, given(query.after))
-    except UnknownCursor:
-        raise InvalidRequest("after names no subscription", param="after") from None
+    page = await ctx.store.list_subscriptions(query.limit, given(query.after))
     window, recent = await _recent_sends(ctx, page.rows) if page.rows else (0, {})
     dead = await ctx.store.dead_letter_counts([s.pk for s in page.rows], _DEAD_CAP) if page.rows else {}
     data = []
     for s in page.rows:
         dead_letters = dead.get(s.pk, 0)
         capped = (min(dead_letters, _DEAD_CAP), dead_letters > _DEAD_CAP)
-        data.append(subscriber_health(s, recent.get(s.pk, []), capped, window))
+        data.append(subscriber_health(s, recent.get(s.pk, []), capped, window, ctx.clock()))
     return json_response(list_body(data, page.has_more, key="subscription_id"))
 
 

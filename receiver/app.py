@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 from receiver import api, dashboard, events, ingest
 from receiver.capture import Capturer, capture_session
 from receiver.context import Context
-from receiver.errors import ApiError, Unavailable
+from receiver.errors import ApiError, ReceiverError, to_api_error
 from receiver.fanout import Dispatcher, outbound_session
 from receiver.guard import CrossSiteGuard
 from receiver.http import json_response
@@ -39,7 +39,7 @@ from receiver.settings import Settings
 from receiver.signatures import parse_key
 from receiver.simulator import SimConfig, Simulator, dev_secret
 from receiver.sweeper import Sweeper
-from store import Store, StoreUnavailable, open_store
+from store import Store, open_store
 
 __all__ = ["Receiver", "create_app"]
 
@@ -50,9 +50,15 @@ SIMULATOR_MAX_TASKS = 10_000  # the built-in demo provider's memory stays bounde
 _STOP_GRACE = 10.0
 
 
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return json_response(exc.body(), exc.status, exc.headers)
+async def _receiver_error(request: Request, exc: Exception) -> Response:
+    """Every error raised on purpose, by class, through the one mapping (receiver.errors)."""
+    assert isinstance(exc, ReceiverError)
+    error = to_api_error(exc)
+    if error.status == 503:
+        request.app.state.ctx.unavailable.note(error.code)
+    elif error.status >= 500 and not isinstance(exc, ApiError):
+        log.error("%s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return json_response(error.body(), error.status, error.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -62,17 +68,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         "error": {"type": "invalid_request_error", "code": code, "message": str(exc.detail), "param": None}
     }
     return json_response(body, exc.status_code, dict(exc.headers or {}))
-
-
-async def _store_unavailable(request: Request, exc: Exception) -> Response:
-    """Any route's read or write the store could not serve: 503, never a 500."""
-    request.app.state.ctx.unavailable.note("store_unavailable")
-    error = Unavailable(
-        "the store cannot serve this request right now; retry",
-        code="store_unavailable",
-        headers={"retry-after": "1"},
-    )
-    return json_response(error.body(), error.status, error.headers)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -279,8 +274,7 @@ def create_app(
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
-            ApiError: _api_error,
-            StoreUnavailable: _store_unavailable,
+            ReceiverError: _receiver_error,
             HTTPException: _http_error,
             Exception: _server_error,
         },

@@ -1,12 +1,7 @@
 """The one discipline for calls we make (provider, subscribers, result files): a total deadline,
-stall detection, and an answer read as a stream that stops at its cap.
-
-CallError
- ├── CallTimeout (also a TimeoutError)
- │    ├── DeadlineExceeded  the whole call outlived its deadline
- │    └── Stalled           no byte arrived for `stall` seconds
- ├── TooLarge               the answer (decoded) is larger than its cap
- └── BadEncoding            a Content-Encoding we cannot decode, or a corrupt encoded body
+stall detection, and an answer read as a stream that stops at its cap. Its errors are the
+CallError branch of receiver.errors (CallTimeout: DeadlineExceeded or Stalled; TooLarge;
+BadEncoding), re-exported here.
 
 Any HTTP client fits: the caller wraps its whole call in `Budget.bound()`, awaits the answer's
 head through `Budget.head()`, and reads the body's raw chunks through `Budget.body()`.
@@ -20,6 +15,8 @@ import zlib
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
+
+from receiver.errors import BadEncoding, CallError, CallTimeout, DeadlineExceeded, Stalled, TooLarge
 
 __all__ = [
     "ACCEPT_ENCODING",
@@ -37,30 +34,6 @@ T = TypeVar("T")
 
 CHUNK = 64 * 1024  # bytes of decoded output produced per step, whatever one encoded chunk expands to
 ACCEPT_ENCODING = "gzip, deflate"  # the encodings Body can decode; offer no others
-
-
-class CallError(Exception):
-    """An outbound call broke its budget or sent an answer we cannot read."""
-
-
-class CallTimeout(CallError, TimeoutError):
-    """The call took too long (see the two subclasses)."""
-
-
-class DeadlineExceeded(CallTimeout):
-    pass
-
-
-class Stalled(CallTimeout):
-    pass
-
-
-class TooLarge(CallError):
-    pass
-
-
-class BadEncoding(CallError):
-    pass
 
 
 class _Decoder:

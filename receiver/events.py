@@ -160,10 +160,7 @@ async def create_subscription(request: Request) -> Response:
 async def list_subscriptions(request: Request) -> Response:
     ctx = _ctx(request)
     query = convert_query(request.query_params, SubscriptionListQuery)
-    try:
-        page = await ctx.store.list_subscriptions(query.limit, given(query.after))
-    except UnknownCursor:
-        raise InvalidRequest("after names no subscription", param="after") from None
+    page = await ctx.store.list_subscriptions(query.limit, given(query.after))
     return json_response(list_body([subscription_view(s) for s in page.rows], page.has_more))
 
 
@@ -251,12 +248,9 @@ async def resume_subscription(request: Request) -> Response:
 async def list_events(request: Request) -> Response:
     ctx = _ctx(request)
     query = convert_query(request.query_params, EventListQuery)
-    try:
-        page = await ctx.store.list_events(
-            given(query.video_id), given(query.type), query.limit, given(query.after)
-        )
-    except UnknownCursor:
-        raise InvalidRequest("after names no event", param="after") from None
+    page = await ctx.store.list_events(
+        given(query.video_id), given(query.type), query.limit, given(query.after)
+    )
     return json_response(list_body([event_view(e) for e in page.rows], page.has_more))
 
 
@@ -351,6 +345,7 @@ async def replay_status(request: Request) -> Response:
     if not counts:
         raise NotFound("no such replay", param="id")
     total = sum(counts.values())
+    retrying, last_error = await ctx.store.replay_failures(request.path_params["replay_id"])
     return json_response(
         {
             "id": request.path_params["replay_id"],
@@ -358,6 +353,8 @@ async def replay_status(request: Request) -> Response:
             "sends": total,
             "by_status": counts,
             "done": counts.get("pending", 0) == 0,
+            "retrying": retrying,
+            "last_error": last_error,
         }
     )
 

@@ -20,6 +20,7 @@ from aiohttp.resolver import ThreadedResolver
 from receiver.call import Budget
 from receiver.congestion import Congestion, Signal
 from receiver.context import Context
+from receiver.errors import BlockedAddress
 from receiver.http import parse_retry_after
 from receiver.outbound import Network, OutboundURLError, address_allowed, host_address, in_allow
 from receiver.redact import strip_callbacks
@@ -39,10 +40,6 @@ log = logging.getLogger("receiver.fanout")
 
 LEASE_MARGIN = 10.0  # a claimed send is due again this long after its timeout if it never lands
 ANSWER_CAP = 64 * 1024  # bytes of a subscriber's answer we read at most
-
-
-class BlockedAddress(OSError):
-    """The subscriber's host resolves to an address we may not send to."""
 
 
 class GuardedResolver(AbstractResolver):

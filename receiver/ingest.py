@@ -12,18 +12,22 @@ from starlette.types import Receive, Scope, Send
 
 from receiver import jsonpolicy
 from receiver.context import Context
-from receiver.errors import ApiError, InvalidRequest, NotFound, Unauthorized, Unavailable
-from receiver.http import read_asgi_body
-from receiver.payloads import PayloadError, VideoUpdate, normalise
-from receiver.redact import REDACTED, redact_headers, strip_callbacks
-from receiver.signatures import (
-    STANDARD_HEADER_FAMILIES,
+from receiver.errors import (
+    ApiError,
+    InvalidRequest,
+    JSONPolicyError,
     NoSignature,
-    SignatureError,
-    Verification,
-    verify,
+    NotFound,
+    PayloadError,
+    ReceiverError,
+    StoreUnavailable,
+    to_api_error,
 )
-from store import DeliveryRow, NewDelivery, StoreUnavailable, UnknownToken, WrongVideo
+from receiver.http import read_asgi_body
+from receiver.payloads import VideoUpdate, normalise
+from receiver.redact import REDACTED, redact_headers, strip_callbacks
+from receiver.signatures import STANDARD_HEADER_FAMILIES, Verification, verify
+from store import DeliveryRow, NewDelivery
 
 __all__ = ["IngestApp", "dedupe_key", "ingest", "reprocess"]
 
@@ -47,22 +51,17 @@ def dedupe_key(headers: dict[str, str], verification: Verification, update: Vide
 
 
 def _parse(body: bytes, token: str | None) -> VideoUpdate:
-    """The JSON policy, then the payload shapes; the video to store never holds our callback URL."""
-    try:
-        parsed = jsonpolicy.loads(body)
-    except jsonpolicy.JSONPolicyError as exc:
-        raise InvalidRequest(f"body is not acceptable JSON: {exc}", code="invalid_json") from None
-    try:
-        update = normalise(parsed)
-    except PayloadError as exc:
-        raise InvalidRequest(str(exc), code="invalid_payload") from None
+    """The JSON policy, then the payload shapes; the video to store never holds our callback URL.
+    JSONPolicyError or PayloadError (400s, receiver.errors) when the body is neither."""
+    update = normalise(jsonpolicy.loads(body))
     if update.video is not None:
         update.video = strip_callbacks(update.video, (token,) if token else ())
     return update
 
 
 async def ingest(ctx: Context, scope: Scope, receive: Receive, token: str | None) -> tuple[bytes, str]:
-    """Take one delivery: the answer's body and the outcome to count (ApiError for a 4xx/5xx)."""
+    """Take one delivery: the answer's body and the outcome to count (a ReceiverError, which
+    receiver.errors.to_api_error turns into the 4xx/5xx, when it is refused)."""
     settings = ctx.settings
     if token is not None and not _TOKEN.match(token):
         raise NotFound("unknown callback URL", code="unknown_token")
@@ -75,10 +74,8 @@ async def ingest(ctx: Context, scope: Scope, receive: Receive, token: str | None
         )
     except NoSignature:
         if token is None or not settings.allow_unsigned:
-            raise Unauthorized("missing webhook signature", code="missing_signature") from None
+            raise
         verification = Verification("unsigned", None, None)
-    except SignatureError as exc:
-        raise Unauthorized(f"invalid webhook signature: {exc}", code="invalid_signature") from None
     update = _parse(body, token)
     if token is None and update.actionable and update.video_id is None:
         raise InvalidRequest("body names no video", code="invalid_payload")
@@ -106,13 +103,9 @@ async def ingest(ctx: Context, scope: Scope, receive: Receive, token: str | None
     )
     try:
         result = await ctx.store.record_delivery(delivery)
-    except UnknownToken:
-        raise NotFound("unknown callback URL", code="unknown_token") from None
-    except WrongVideo:
-        raise InvalidRequest("this callback URL belongs to another video", code="wrong_video") from None
     except StoreUnavailable:
         ctx.writes.failed()
-        raise Unavailable("cannot store the delivery right now; retry", code="store_unavailable") from None
+        raise
     ctx.writes.ok()
     if result.outcome == "pending_confirm":
         ctx.wake_poller()
@@ -145,11 +138,12 @@ class IngestApp:
                 raise ApiError("method not allowed", status=405, code="method_not_allowed")
             body, outcome = await ingest(ctx, scope, receive, token)
             status = 200
-        except ApiError as exc:
-            status, outcome = exc.status, f"rejected_{exc.code}"
-            ctx.refused.note(exc.code)
-            body = json.dumps(exc.body()).encode()
-            extra += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+        except ReceiverError as exc:
+            error = to_api_error(exc)
+            status, outcome = error.status, f"rejected_{error.code}"
+            ctx.refused.note(error.code)
+            body = json.dumps(error.body()).encode()
+            extra += [(k.encode(), v.encode()) for k, v in error.headers.items()]
         except Exception:
             log.exception("unhandled error taking a delivery")
             status, outcome = 500, "error"
@@ -168,7 +162,7 @@ async def reprocess(ctx: Context, delivery: DeliveryRow) -> str:
     """Run a stored delivery through the transition function again (replay, late match)."""
     try:
         update = _parse(delivery.body, None)
-    except InvalidRequest:
+    except (JSONPolicyError, PayloadError):
         return delivery.outcome
     if not update.actionable:
         return "ignored"

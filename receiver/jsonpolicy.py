@@ -18,15 +18,13 @@ from typing import Any
 
 import orjson
 
+from receiver.errors import JSONPolicyError
+
 __all__ = ["MAX_DEPTH", "JSONPolicyError", "check", "loads", "text"]
 
 MAX_DEPTH = 32
 _INT_LOW = -(2**63)
 _INT_HIGH = 2**64 - 1
-
-
-class JSONPolicyError(ValueError):
-    """Not JSON, or JSON outside the policy; the message says which rule."""
 
 
 def loads(data: bytes | str) -> Any:

@@ -13,6 +13,8 @@ import socket
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from receiver.errors import OutboundURLError
+
 __all__ = [
     "Address",
     "Network",
@@ -31,14 +33,6 @@ MAX_URL = 2048
 _NUMERIC = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}", re.ASCII)
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?", re.ASCII)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-class OutboundURLError(ValueError):
-    """The URL may not be sent to; `code` says which rule refused it."""
-
-    def __init__(self, message: str, code: str = "url_not_allowed") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def host_address(host: str) -> Address | None:

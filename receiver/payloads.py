@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from receiver.errors import PayloadError
 from receiver.ids import valid_video_id
 
 __all__ = ["PayloadError", "VideoUpdate", "normalise", "normalise_status"]
@@ -47,10 +48,6 @@ _EVENT_STATUS = {
 }
 _FAILURE_CODES = {"video.generation.cancelled": "cancelled", "video.generation.expired": "expired"}
 _MAX_ID = 200
-
-
-class PayloadError(ValueError):
-    """The body is JSON but not one of the accepted shapes; the message says why."""
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ import httpx
 
 from receiver import jsonpolicy
 from receiver.call import ACCEPT_ENCODING, BadEncoding, Budget, CallTimeout, TooLarge
+from receiver.errors import ProviderError
 from receiver.http import parse_retry_after
 from receiver.ids import valid_video_id
 from receiver.redact import strip_callbacks, strip_text
@@ -18,44 +19,6 @@ from receiver.redact import strip_callbacks, strip_text
 __all__ = ["Provider", "ProviderError"]
 
 _MAX_ANSWER = 4 * 1024 * 1024
-
-
-class ProviderError(Exception):
-    """The provider did not give us a usable video object.
-
-    `status` is the provider's HTTP status (None for timeouts and connection failures);
-    `retry_after` its Retry-After in seconds when it sent one; `sent` False when the request
-    never reached the provider (no connection), so it cannot have acted on it.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        retry_after: float | None = None,
-        timeout: bool = False,
-        sent: bool = True,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-        self.timeout = timeout
-        self.sent = sent
-
-    @property
-    def ambiguous(self) -> bool:
-        """The provider may have acted on the request although we have no usable answer: a
-        timeout or a broken connection after sending, a 5xx, or a 2xx we cannot read. A 4xx
-        is a refusal, and a request never sent was never seen."""
-        if not self.sent:
-            return False
-        return self.status is None or self.status >= 500 or 200 <= self.status < 300
-
-    @property
-    def retryable(self) -> bool:
-        return self.status is None or self.status in (408, 409, 425, 429) or self.status >= 500
 
 
 def _provider_message(status: int, content: bytes) -> str:

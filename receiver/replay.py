@@ -27,9 +27,10 @@ def _fail(response: httpx.Response) -> int:
     return 1
 
 
-def _bar(done: int, total: int, rate: float, width: int = 30) -> str:
+def _bar(done: int, total: int, rate: float, retrying: int, width: int = 30) -> str:
     filled = int(width * done / total) if total else width
-    return f"[{'#' * filled}{' ' * (width - filled)}] {done}/{total} sent  {rate:,.0f}/s"
+    trouble = f"  {retrying} failing, retrying" if retrying else ""
+    return f"[{'#' * filled}{' ' * (width - filled)}] {done}/{total} sent  {rate:,.0f}/s{trouble}"
 
 
 def _events(args: argparse.Namespace, out: TextIO = sys.stderr) -> int:
@@ -61,19 +62,38 @@ def _events(args: argparse.Namespace, out: TextIO = sys.stderr) -> int:
         started = time.monotonic()
         deadline = started + args.timeout
         interactive = out.isatty()
+        shown_error = None
         while True:
             status = client.get(f"/v1/replays/{replay['id']}")
             if status.status_code != 200:
                 return _fail(status)
-            counts = status.json()["by_status"]
+            progress = status.json()
+            counts = progress["by_status"]
             settled = total - counts.get("pending", 0)
             rate = settled / max(time.monotonic() - started, 1e-6)
-            line = _bar(settled, total, rate)
+            line = _bar(settled, total, rate, progress["retrying"])
             if interactive:
                 out.write("\r" + line)
                 out.flush()
-            if status.json()["done"]:
+            error = progress["last_error"]
+            if error is not None and error != shown_error:
+                # Failures as they happen, not only once everything has settled.
+                print(f"{chr(10) if interactive else ''}failing: {error}", file=sys.stderr, flush=True)
+                shown_error = error
+            if progress["done"]:
                 break
+            if counts.get("delivered", 0) == 0 and progress["retrying"] >= counts.get("pending", 0):
+                # Every send has failed at least once and none got through: say so now rather
+                # than wait out the retry schedule (the receiver keeps retrying them).
+                if interactive:
+                    out.write("\n")
+                print(
+                    f"receiver replay: nothing could be sent ({progress['retrying']} sends failing; "
+                    f"last error: {error}); the receiver keeps retrying them "
+                    f"(GET /v1/replays/{replay['id']})",
+                    file=sys.stderr,
+                )
+                return 2
             if time.monotonic() > deadline:
                 print(f"\nreceiver replay: still running after {args.timeout:.0f} s", file=sys.stderr)
                 return 1

@@ -383,6 +383,8 @@ class ReplayStatus(Answer):
     sends: int
     by_status: dict[str, int]
     done: bool
+    retrying: Annotated[int, Meta(description="sends that failed and wait to be tried again")]
+    last_error: Annotated[str | None, Meta(description="the latest failed attempt's error")]
 
 
 class Health(Answer):

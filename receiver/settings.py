@@ -9,15 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from receiver.errors import SettingsError
 from receiver.guard import origin_of
 from receiver.outbound import Network
 from receiver.signatures import Key, SecretFormatError, parse_key
 
 __all__ = ["Network", "Settings", "SettingsError"]
-
-
-class SettingsError(ValueError):
-    """A setting has a value we cannot use; the message names the variable."""
 
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from receiver.errors import NoSignature, SecretFormatError, SignatureError
+
 __all__ = [
     "STANDARD_HEADER_FAMILIES",
     "Key",
@@ -36,18 +38,6 @@ _TIMESTAMP = re.compile(r"^\s*\+?\d{1,15}\s*$")
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 _MAX_ID = 256
 _MAX_SIGNATURE_HEADER = 8192
-
-
-class SecretFormatError(ValueError):
-    """A configured secret is not whsec_, whpk_ or raw: (the message never quotes it)."""
-
-
-class SignatureError(Exception):
-    """The delivery is not authentic: bad, stale, missing or malformed signature."""
-
-
-class NoSignature(SignatureError):
-    """The delivery carries no signature headers of any scheme we know."""
 
 
 @dataclass(frozen=True)

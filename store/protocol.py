@@ -123,6 +123,10 @@ class Store(Protocol):
         would queue more, counted (up to max_sends + 1) in the transaction that writes."""
 
     async def replay_progress(self, replay_id: str) -> dict[str, int]: ...
+    async def replay_failures(self, replay_id: str) -> tuple[int, str | None]:
+        """The replay's sends that failed and wait to be tried again, and its latest failed
+        attempt's error ("answered 500" when the subscriber answered), if any."""
+
     async def list_events(
         self, video_id: str | None, event_type: str | None, limit: int, after: str | None
     ) -> Page: ...

@@ -126,6 +126,7 @@ class OutboxRow:
     last_status: int | None
     last_error: str | None
     log: list[AttemptRow] = field(default_factory=list)
+    leased_until: float | None = None  # a sender holds it (an attempt is being made) until then
 
 
 @dataclass(frozen=True)

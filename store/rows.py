@@ -137,6 +137,7 @@ def outbox(row: Row, log: list[AttemptRow]) -> OutboxRow:
         last_status=row["last_status"],
         last_error=row["last_error"],
         log=log,
+        leased_until=row["leased_until"],
     )
 
 

@@ -99,7 +99,11 @@ async def test_a_new_event_reaches_its_subscriber_past_a_paused_backlog(
             assert ready == 0
         health = (await stack.client.get(f"{stack.url}/v1/health/subscribers")).json()["data"]
         by_id = {h["subscription_id"]: h for h in health}
-        assert by_id[paused["id"]]["in_flight"] >= 1 and by_id[paused["id"]]["status"] == "paused"
+        assert (
+            by_id[paused["id"]]["pending"] >= 1
+            and by_id[paused["id"]]["in_flight"] == 0
+            and by_id[paused["id"]]["status"] == "paused"
+        )
         assert video["id"]
         # Resumed, the backlog goes.
         await stack.client.post(f"{stack.url}/v1/subscriptions/{paused['id']}/resume")
@@ -119,5 +123,10 @@ async def test_subscriber_health_reads_a_bounded_window(make_stack: StackFactory
         answer = await stack.client.get(f"{stack.url}/v1/health/subscribers")
         assert answer.status_code == 200, answer.text
         (health,) = answer.json()["data"]
-        assert (health["window_events"], health["sends"], health["in_flight"]) == (100, 100, 100)
+        assert (health["window_events"], health["sends"], health["pending"], health["in_flight"]) == (
+            100,
+            100,
+            100,
+            0,
+        )
         assert (health["status"], health["dead_letters"], health["dead_letters_more"]) == ("paused", 0, False)

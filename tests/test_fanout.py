@@ -422,3 +422,35 @@ async def test_replay_command(make_stack: StackFactory, tmp_path: Path) -> None:
         out, err = await asyncio.wait_for(process.communicate(), timeout=60)
         assert process.returncode == 0 and b"duplicate" in out, err
         assert len(ids) == 3
+
+
+async def test_replay_cli_shows_failures_and_stops_when_nothing_could_be_sent(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    async with make_stack(FAST, fanout_retry_schedule=(0.2, 60, 60)) as stack:
+        seed_events(tmp_path / "receiver.db", 4)
+        sub = await subscribe(stack, "http://127.0.0.1:9/hook")  # nothing listens there
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "receiver",
+            "replay",
+            "--url",
+            stack.url,
+            "events",
+            "--subscription",
+            sub["id"],
+            "--timeout",
+            "120",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(child.communicate(), timeout=60)
+        assert child.returncode == 2, (out, err)
+        assert b"4 sends queued" in out
+        assert b"failing: " in err  # shown as it happened
+        assert b"nothing could be sent (4 sends failing" in err
+        replay_id = out.split(b":", 1)[0].decode()
+        progress = (await stack.client.get(f"{stack.url}/v1/replays/{replay_id}")).json()
+        assert (progress["retrying"], progress["done"]) == (4, False)
+        assert progress["last_error"] and progress["last_error"].encode() in err

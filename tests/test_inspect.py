@@ -162,3 +162,37 @@ def test_the_page_learns_which_optional_routes_exist() -> None:
     assert features("/v1/videos/{video_id:str}") == []
     both = features("/v1/health/deliveries", "/v1/videos/{id}/content")
     assert both == ["health-deliveries", "video-content"]
+
+
+async def test_in_flight_counts_only_attempts_being_made_and_retrying_the_rest(
+    make_stack: StackFactory,
+) -> None:
+    """A subscriber that cannot be reached has nothing in flight, only sends retrying; one that
+    holds its answer has its attempt in flight while it holds it."""
+    hanging = Subscriber(hang=30)
+    fanout = {"fanout_retry_schedule": (60, 60, 60), "fanout_timeout": 30}
+    async with serve(hanging.app) as hanging_url, make_stack(FAST, **fanout) as stack:
+        subs = {}
+        for name, url in (("dead", "http://127.0.0.1:9/hook"), ("hanging", f"{hanging_url}/hook")):
+            answer = await stack.client.post(f"{stack.url}/v1/subscriptions", json={"url": url})
+            subs[name] = answer.json()["id"]
+        for _ in range(2):
+            video = (await stack.submit()).json()
+            await stack.wait_status(video["id"], "completed")
+
+        async def health() -> dict[str, dict[str, Any]]:
+            page = (await stack.client.get(f"{stack.url}/v1/health/subscribers")).json()
+            return {h["subscription_id"]: h for h in page["data"]}
+
+        async def both_seen() -> bool:
+            now = await health()
+            dead, held = now[subs["dead"]], now[subs["hanging"]]
+            return dead["retrying"] == 2 and held["in_flight"] == 2
+
+        await wait_until(both_seen, timeout=20, what="two retrying and two in flight")
+        now = await health()
+        dead, held = now[subs["dead"]], now[subs["hanging"]]
+        assert (dead["pending"], dead["in_flight"], dead["retrying"]) == (2, 0, 2)
+        assert dead["last_error"] is not None
+        assert (held["pending"], held["in_flight"], held["retrying"]) == (2, 2, 0)
+        hanging.release.set()

@@ -278,6 +278,22 @@ class FanoutStore(SQLiteBase):
         )
         return {r["status"]: r["n"] for r in found}
 
+    async def replay_failures(self, replay_id: str) -> tuple[int, str | None]:
+        retrying = await self._fetchall(
+            "SELECT count(*) AS n FROM outbox WHERE replay_id = ? AND status = 'pending' AND attempts > 0",
+            (replay_id,),
+        )
+        latest = await self._fetchall(
+            "SELECT a.status, a.error FROM attempts a JOIN outbox o ON o.pk = a.outbox_pk"
+            " WHERE o.replay_id = ? AND (a.status IS NULL OR a.status < 200 OR a.status > 299)"
+            " ORDER BY a.at DESC LIMIT 1",
+            (replay_id,),
+        )
+        error = None
+        if latest:
+            error = latest[0]["error"] or f"answered {latest[0]['status']}"
+        return retrying[0]["n"], error
+
     async def list_events(
         self, video_id: str | None, event_type: str | None, limit: int, after: str | None
     ) -> Page:
