@@ -19,9 +19,8 @@ FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 CODE_SPAN = re.compile(r"`[^`\n]*`")
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
-# Directories of the workspace the project was written in, which a reader of the repository does
-# not have: a page citing them sends the reader nowhere.
-OUTSIDE = re.compile(r"\.\./shared\b|\b(?:research|shared)/[\w.-]+\.md\b|/work/")
+# Notes kept beside the repository, not in it: a page citing one sends its reader nowhere.
+OUTSIDE = re.compile(r"\.\./shared\b|\b(?:research|shared)/[\w.-]+\.md\b")
 
 
 def prose(path: Path) -> str:
