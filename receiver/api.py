@@ -8,18 +8,17 @@ import contextlib
 import hashlib
 import json
 import logging
-import mimetypes
 import secrets
 import socket
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
 
 from receiver import jsonpolicy
+from receiver.content import get_video_content
 from receiver.context import Context
 from receiver.core import ORPHAN_GRACE
 from receiver.errors import Conflict, InvalidRequest, NotFound, Unavailable, UpstreamError, to_api_error
@@ -27,7 +26,6 @@ from receiver.forms import is_multipart, read_form
 from receiver.http import authorize, json_response, read_json_object
 from receiver.ids import parse_id
 from receiver.ingest import reprocess
-from receiver.media import MediaStore
 from receiver.openapi import Header, Operation, operation
 from receiver.outbound import OutboundURLError, address_allowed, check_url, host_address
 from receiver.payloads import normalise_status
@@ -43,7 +41,6 @@ from receiver.schemas import (
     SubscriberHealthList,
     SubscriptionListQuery,
     Video,
-    VideoContentQuery,
     VideoCreate,
     VideoList,
     VideoListQuery,
@@ -69,7 +66,6 @@ __all__ = ["check_outbound_name", "check_outbound_url", "list_body", "routes", "
 
 log = logging.getLogger("receiver.api")
 
-_RASTER_IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "image/avif"})
 RESOLVE_TIMEOUT = 2.0  # seconds a subscribe-time lookup of a URL's host name may take
 OPEN_STATUSES = ("submitting", "queued", "in_progress")  # not "unconfirmed": it may never have begun
 # Subscriber health reads each subscriber's newest sends of the newest events, at most
@@ -378,91 +374,6 @@ async def get_video(request: Request) -> Response:
         raise NotFound("no such video", param="id")
     files = await ctx.store.captures_of([task.pk])
     return json_response(task_view(task, files=files[task.pk]))
-
-
-@operation(
-    Operation(
-        "getVideoContent",
-        "A kept result file (Range requests honoured), as OpenAI's download_content",
-        tag="videos",
-        media="*/*",  # the file's own type, as the provider served it (video/mp4, image/png, ...)
-        query=VideoContentQuery,
-        errors=(400, 404, 416),
-        ranges=True,
-    )
-)
-async def get_video_content(request: Request) -> Response:
-    ctx = _ctx(request)
-    authorize(request, ctx.settings.api_keys)
-    query = convert_query(request.query_params, VideoContentQuery)
-    task = await ctx.store.task_by_video(request.path_params["video_id"])
-    if task is None:
-        raise NotFound("no such video", param="id")
-    files = {f.variant: f for f in (await ctx.store.captures_of([task.pk]))[task.pk]}
-    kept = files.get(query.variant)
-    if kept is None or kept.status != "kept" or kept.key is None:
-        state = "not named by the result" if kept is None else kept.status
-        if kept is not None and kept.error:
-            state += f": {kept.error}"
-        raise NotFound(
-            f"the {query.variant} file is not kept ({state})", param="variant", code="content_not_kept"
-        )
-    stored_type = kept.content_type or "application/octet-stream"
-    essence = stored_type.split(";", 1)[0].strip().lower()
-    # The provider chose the type. Only a video or a raster image may show in the browser and
-    # keep its type; anything else (HTML, SVG, a script) is a download under a type no browser
-    # runs, so no page on our origin can execute it, even as a <script src>.
-    inline = essence.startswith("video/") or essence in _RASTER_IMAGES
-    extension = mimetypes.guess_extension(essence) or ""
-    filename = f"{task.video_id}{extension}"
-    media: MediaStore = request.app.state.media
-    answer = media.response(kept.key, stored_type if inline else "application/octet-stream", filename)
-    if answer is None:
-        raise NotFound(
-            "the kept file is missing from the media store", param="variant", code="content_missing"
-        )
-    quoted = quote(filename)
-    named = f'filename="{filename}"' if quoted == filename else f"filename*=utf-8''{quoted}"
-    answer.headers["content-disposition"] = f"{'inline' if inline else 'attachment'}; {named}"
-    answer.headers["x-content-type-options"] = "nosniff"
-    answer.headers["content-security-policy"] = "sandbox; default-src 'none'"
-    return RangeErrorsAsJson(answer)
-
-
-class RangeErrorsAsJson(Response):
-    """A file answer whose own Range refusals (400 malformed, 416 not satisfiable, both plain
-    text) take the error shape every other answer has."""
-
-    def __init__(self, inner: Response) -> None:
-        super().__init__()
-        self._inner = inner
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        replaced = False
-
-        async def shaped(message: Message) -> None:
-            nonlocal replaced
-            if message["type"] == "http.response.start" and message["status"] in (400, 416):
-                replaced = True
-                status = message["status"]
-                error = InvalidRequest(
-                    "the Range header is malformed" if status == 400 else "the Range cannot be satisfied",
-                    param="Range",
-                    code="invalid_range" if status == 400 else "range_not_satisfiable",
-                    status=status,
-                )
-                body = json.dumps(error.body()).encode()
-                headers = [(k, v) for k, v in message["headers"] if k.lower() == b"content-range"]
-                headers += [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ]
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-            elif not replaced:
-                await send(message)
-
-        await self._inner(scope, receive, shaped)
 
 
 @operation(

@@ -227,6 +227,7 @@ def create_app(
             stack.push_async_callback(downloads.close)
             capturer = Capturer(ctx, downloads, media, trusted_origin=base if simulator is not None else None)
             ctx.workers.append(asyncio.create_task(capturer.run(stop), name="capturer"))
+            app.state.capturer = capturer
 
             async def stop_workers() -> None:
                 stop.set()

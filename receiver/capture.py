@@ -10,17 +10,18 @@ import hashlib
 import logging
 import random
 import ssl
+from collections.abc import AsyncIterator
 
 import aiohttp
 
-from receiver.call import BadEncoding, Budget, TooLarge
+from receiver.call import BadEncoding, Body, Budget, TooLarge
 from receiver.context import Context
 from receiver.fanout import BlockedAddress, GuardedResolver, vet_destination
 from receiver.media import MediaStore
 from receiver.settings import Network
 from store import CaptureOutcome, CaptureRow, StoreError
 
-__all__ = ["Capturer", "capture_session"]
+__all__ = ["Capturer", "Refused", "capture_session"]
 
 log = logging.getLogger("receiver.capture")
 
@@ -74,11 +75,13 @@ class Capturer:
         self._finished = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Claim due captures whenever a download slot is free, looking at most every IDLE
-        seconds: keeping files is not urgent (links last hours), and a look per completed result
-        would cost the acknowledgement path a store round trip each."""
+        """Claim due captures whenever a download slot is free: at once when a result is
+        recorded (a client may download the moment its task completes), else looking every IDLE
+        seconds, and never more than one claim per CLAIM_SPACING."""
+        wakeup = self._ctx.capture_wakeup
         while not stop.is_set():
             self._finished.clear()
+            wakeup.clear()
             room = self._limit - len(self._running)
             delay = IDLE
             if room > 0:
@@ -95,7 +98,7 @@ class Capturer:
                         delay = min(IDLE, due - now)
                 except StoreError as exc:
                     log.warning("capture: store unavailable (%s)", type(exc).__name__)
-            waiters = [asyncio.ensure_future(e.wait()) for e in (stop, self._finished)]
+            waiters = [asyncio.ensure_future(e.wait()) for e in (stop, self._finished, wakeup)]
             if delay == CLAIM_SPACING:
                 await asyncio.wait(waiters[:1], timeout=delay)  # only a stop cuts the spacing short
             else:
@@ -104,6 +107,11 @@ class Capturer:
                 )
             for waiter in waiters:
                 waiter.cancel()
+            if wakeup.is_set() and not stop.is_set():
+                # Results come in bursts: one look per CLAIM_SPACING serves them all, and keeps
+                # these reads off the acknowledgement path's back.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=CLAIM_SPACING)
         for task in self._running:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
@@ -143,51 +151,65 @@ class Capturer:
             with contextlib.suppress(StoreError):
                 await self._ctx.store.renew_capture(pk, self._ctx.clock() + LEASE)
 
+    def budget(self) -> Budget:
+        """What one download may take: RECEIVER_MEDIA_TIMEOUT in all, the stall interval, the cap."""
+        settings = self._ctx.settings
+        return Budget(
+            deadline=settings.media_timeout, cap=settings.media_max_bytes, stall=settings.media_stall
+        )
+
+    @contextlib.asynccontextmanager
+    async def fetch(
+        self, row: CaptureRow, budget: Budget
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, Body]]:
+        """The file at the result's URL, through the address guard, asked for as it is (a file
+        kept compressed would be served corrupt): its answer and its decoded body. Run inside
+        `budget.bound()`. Refused when it will never come; an aiohttp error when a retry may."""
+        cap = budget.cap
+        if self._trusted is None or not row.url.startswith(self._trusted + "/"):
+            await vet_destination(row.url, self._ctx.settings.outbound_allow)
+        request = self._http.get(row.url, allow_redirects=False, headers={"accept-encoding": "identity"})
+        async with await budget.head(request) as response:
+            if response.status in (408, 425, 429) or response.status >= 500:
+                raise aiohttp.ClientResponseError(
+                    response.request_info, (), status=response.status, message="retryable"
+                )
+            if response.status != 200:
+                raise Refused(f"the file's URL answered {response.status}")
+            try:
+                body = budget.body(
+                    response.content.iter_chunked(CHUNK), response.headers.get("content-encoding")
+                )
+            except BadEncoding as exc:
+                raise Refused(str(exc)) from None
+            length = response.content_length
+            # An encoded length says little of the decoded size, which is what the cap is for.
+            if length is not None and length > cap and not body.encoded:
+                raise Refused(f"{length} bytes is over RECEIVER_MEDIA_MAX_BYTES ({cap})")
+            yield response, body
+
     async def _download(self, row: CaptureRow) -> CaptureOutcome:
         ctx = self._ctx
-        settings = ctx.settings
-        cap = settings.media_max_bytes
-        budget = Budget(deadline=settings.media_timeout, cap=cap, stall=settings.media_stall)
+        budget = self.budget()
+        cap = budget.cap
         key = f"{row.task_pk}/{row.variant}"
         try:
-            async with budget.bound():
-                if self._trusted is None or not row.url.startswith(self._trusted + "/"):
-                    await vet_destination(row.url, settings.outbound_allow)
-                # We ask for the bytes as they are: a file kept compressed would be served corrupt.
-                request = self._http.get(
-                    row.url, allow_redirects=False, headers={"accept-encoding": "identity"}
-                )
-                async with await budget.head(request) as response:
-                    if response.status in (408, 425, 429) or response.status >= 500:
-                        raise aiohttp.ClientResponseError(
-                            response.request_info, (), status=response.status, message="retryable"
-                        )
-                    if response.status != 200:
-                        raise Refused(f"the file's URL answered {response.status}")
-                    try:
-                        body = budget.body(
-                            response.content.iter_chunked(CHUNK), response.headers.get("content-encoding")
-                        )
-                    except BadEncoding as exc:
-                        raise Refused(str(exc)) from None
-                    length = response.content_length
-                    # An encoded length says little of the decoded size, which is what the cap is for.
-                    if length is not None and length > cap and not body.encoded:
-                        raise Refused(f"{length} bytes is over RECEIVER_MEDIA_MAX_BYTES ({cap})")
-                    content_type = (response.headers.get("content-type") or "application/octet-stream")[:255]
-                    writer = self._media.writer(key)
-                    digest = hashlib.sha256()
-                    try:
-                        async for chunk in body:
-                            digest.update(chunk)
-                            await writer.write(chunk)
-                        if length is not None and body.received != length:
-                            raise aiohttp.ClientPayloadError(f"got {body.received} of {length} bytes")
-                        await writer.commit()
-                    except BaseException:
-                        await writer.abort()
-                        raise
-                    size = body.size
+            async with budget.bound(), self.fetch(row, budget) as (response, body):
+                length = response.content_length
+                content_type = (response.headers.get("content-type") or "application/octet-stream")[:255]
+                writer = self._media.writer(key)
+                digest = hashlib.sha256()
+                try:
+                    async for chunk in body:
+                        digest.update(chunk)
+                        await writer.write(chunk)
+                    if length is not None and body.received != length:
+                        raise aiohttp.ClientPayloadError(f"got {body.received} of {length} bytes")
+                    await writer.commit()
+                except BaseException:
+                    await writer.abort()
+                    raise
+                size = body.size
         except TooLarge:
             return CaptureOutcome(
                 row.pk, "failed", ctx.clock(), error=f"more than RECEIVER_MEDIA_MAX_BYTES ({cap}) bytes"

@@ -66,6 +66,8 @@ class Context:
     )
     poll_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     fanout_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # A result was recorded: its files may be due for keeping now (receiver.capture).
+    capture_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # Replaced on every new event: stream readers wait on the one they saw (a broadcast).
     new_events: asyncio.Event = field(default_factory=asyncio.Event)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -82,6 +84,7 @@ class Context:
         elif topic == "outbox":
             self.fanout_wakeup.set()
         elif topic == "events":
+            self.capture_wakeup.set()
             self.new_events.set()
             self.new_events = asyncio.Event()
 
@@ -89,5 +92,6 @@ class Context:
         """A terminal result (so an event, and `sends` sends; None: unknown) was just committed."""
         if sends is None or sends > 0:
             self.fanout_wakeup.set()
+        self.capture_wakeup.set()
         self.new_events.set()
         self.new_events = asyncio.Event()

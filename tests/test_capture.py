@@ -39,6 +39,7 @@ async def test_result_files_are_kept_and_served(make_stack: StackFactory) -> Non
         url = f"{stack.url}/v1/videos/{video['id']}/content"
         early = await stack.client.get(url)
         assert early.status_code == 404 and early.json()["error"]["code"] == "content_not_kept"
+        assert "not completed yet" in early.json()["error"]["message"]
         files = await files_settled(stack, video["id"])
         assert set(files) == {"video", "last_frame"}
         # Lists carry the files exactly as single reads do.
@@ -57,6 +58,7 @@ async def test_result_files_are_kept_and_served(make_stack: StackFactory) -> Non
         assert frame.status_code == 200 and frame.content.startswith(b"\x89PNG")
         missing = await stack.client.get(url, params={"variant": "thumbnail"})
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "content_not_kept"
+        assert "names no thumbnail file (it names: last_frame, video)" in missing.json()["error"]["message"]
         metrics = (await stack.client.get(f"{stack.url}/metrics")).text
         assert 'receiver_captures{status="kept"} 2.0' in metrics
 
@@ -69,6 +71,7 @@ async def test_a_file_over_the_cap_is_refused_with_its_reason(make_stack: StackF
         assert files["last_frame"]["status"] == "kept"  # the small one is still kept
         answer = await stack.client.get(f"{stack.url}/v1/videos/{video['id']}/content")
         assert answer.status_code == 404 and "RECEIVER_MEDIA_MAX_BYTES" in answer.json()["error"]["message"]
+        assert answer.json()["error"]["message"].startswith("keeping the video file failed: ")
         metrics = (await stack.client.get(f"{stack.url}/metrics")).text
         assert 'receiver_captures{status="failed"} 1.0' in metrics
 

@@ -106,3 +106,24 @@ async def test_the_sdk_verifies_our_fanout_signature(
         assert received.headers["webhook-id"] == event["id"]
         with pytest.raises(openai.InvalidWebhookSignatureError):
             client.webhooks.verify_signature(received.body + b" ", received.headers, secret=secret)
+
+
+async def test_create_retrieve_download_with_no_wait_after_completion(
+    make_stack: StackFactory, database_url: str
+) -> None:
+    """What the README's SDK example does: the file is there the moment the task completes,
+    although keeping it is still under way (the provider serves it slowly here)."""
+    slow_file = SimConfig(
+        secret=SECRET, duration_median=0.3, duration_sigma=0.0, content_bytes=120_000, content_rate=40_000
+    )
+    async with (
+        make_stack(slow_file, api_keys=(KEY,), database_url=database_url) as stack,
+        sdk(stack) as client,
+    ):
+        video = await client.videos.create(model="seedance-2.0", prompt="a red fox")
+        done = await retrieve_until(client, video.id, "completed")
+        files = {f["variant"]: f for f in done.model_dump()["receiver"]["files"]}
+        assert files["video"]["status"] == "pending"  # still being kept: the download relays it
+        content = await client.videos.download_content(video.id, variant="video")
+        assert content.content == stack.simulator.file_bytes(f"{video.id}.mp4")
+        assert content.response.headers["x-content-type-options"] == "nosniff"
