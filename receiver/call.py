@@ -108,19 +108,27 @@ class Body:
         return not self._decoder.identity
 
     async def _raw(self) -> AsyncGenerator[bytes, None]:
-        stall = self._budget.stall
+        """The raw chunks, Stalled when fewer than `stall_bytes` arrive in a `stall` window: a
+        sender dripping a byte now and then holds a download slot as surely as a silent one."""
+        stall, least = self._budget.stall, self._budget.stall_bytes
+        loop = asyncio.get_running_loop()
+        window_ends = loop.time() + stall if stall is not None else None
+        got = 0  # bytes in the current window
         iterator = aiter(self._chunks)
         while True:
             try:
-                async with asyncio.timeout(stall) as scope:
+                async with asyncio.timeout_at(window_ends) as scope:
                     chunk = await anext(iterator)
             except StopAsyncIteration:
                 return
             except TimeoutError:
                 if scope.expired():
-                    raise Stalled(f"no byte for {stall:g} s") from None
+                    raise Stalled(f"fewer than {least} bytes in {stall:g} s") from None
                 raise
             self.received += len(chunk)
+            got += len(chunk)
+            if stall is not None and got >= least:
+                window_ends, got = loop.time() + stall, 0
             yield chunk
 
     async def _decoded(self, *, stop_at_cap: bool) -> AsyncIterator[bytes]:
@@ -155,11 +163,13 @@ class Body:
 @dataclass(frozen=True)
 class Budget:
     """What one call may take: `deadline` seconds for all of it (connect, send, head, body),
-    `cap` bytes of answer, and, when `stall` is set, at most that many seconds without a byte."""
+    `cap` bytes of answer, and, when `stall` is set, at least `stall_bytes` in every `stall`
+    seconds (the default, one byte: never that long without a byte)."""
 
     deadline: float
     cap: int
     stall: float | None = None
+    stall_bytes: int = 1  # what must arrive in each `stall` window (1: any byte at all)
 
     @contextlib.asynccontextmanager
     async def bound(self) -> AsyncIterator[None]:

@@ -31,6 +31,9 @@ RETRY_BASE, RETRY_CAP, MAX_ATTEMPTS = 10.0, 3600.0, 8
 IDLE = 1.0  # seconds between looks for due captures while download slots are free
 CLAIM_SPACING = 0.25  # seconds at least between two claims
 CHUNK = 64 * 1024
+# A download must bring at least this much in every stall interval (30 s): about 2 KiB/s. Less
+# (a byte now and then) holds one of the few download slots for nothing; it is retried later.
+STALL_BYTES = 64 * 1024
 
 
 class Refused(Exception):
@@ -155,7 +158,10 @@ class Capturer:
         """What one download may take: RECEIVER_MEDIA_TIMEOUT in all, the stall interval, the cap."""
         settings = self._ctx.settings
         return Budget(
-            deadline=settings.media_timeout, cap=settings.media_max_bytes, stall=settings.media_stall
+            deadline=settings.media_timeout,
+            cap=settings.media_max_bytes,
+            stall=settings.media_stall,
+            stall_bytes=STALL_BYTES,
         )
 
     @contextlib.asynccontextmanager

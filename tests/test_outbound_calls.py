@@ -345,6 +345,26 @@ async def test_a_file_server_that_never_answers_is_a_stall_too(make_stack: Stack
         assert (await files_of(stack, video_id))["video"]["status"] == "pending"  # to be retried
 
 
+async def test_a_download_dripping_faster_than_the_stall_interval_is_still_a_stall(
+    make_stack: StackFactory,
+) -> None:
+    # The attack as seen: a byte every 5 s against a 30 s stall rule, scaled down: a byte every
+    # 0.2 s against a 1 s one. Bytes keep coming, but far fewer than a download must bring.
+    normal = secrets.token_bytes(50_000)
+    files = file_server({"/normal.mp4": (normal, {"content_type": "video/mp4"})}, drip_every=0.2)
+    async with files.running() as url, make_stack(SLOW, media_stall=1.0) as stack:
+        dripping = await completed_with(stack, {f"d{i}_url": f"{url}/drip/{i}" for i in range(4)})
+        await wait_until(lambda: len(files.exchanges) >= 4, timeout=10, what="four dripping downloads")
+        kept = await completed_with(stack, {"video_url": f"{url}/normal.mp4"})
+
+        async def normal_kept() -> bool:
+            return (await files_of(stack, kept)).get("video", {}).get("status") == "kept"
+
+        await wait_until(normal_kept, timeout=15, what="the normal file to be kept")
+        stalled = await files_of(stack, dripping)
+        assert all("Stalled" in (f["error"] or "") for f in stalled.values()), stalled
+
+
 async def test_a_download_that_trickles_past_its_total_deadline_is_retried(make_stack: StackFactory) -> None:
     # A byte every 0.1 s is never a stall, but 1000 of them take 100 s: more than the 1 s allowed.
     files = file_server({}, drip_every=0.1)
