@@ -428,7 +428,7 @@ async def get_video_content(request: Request) -> Response:
         )
     extension = mimetypes.guess_extension(kept.content_type or "") or ""
     media: MediaStore = request.app.state.media
-    answer = media.response(
+    answer = await media.response(
         kept.key, kept.content_type or "application/octet-stream", f"{task.video_id}{extension}"
     )
     if answer is None:
