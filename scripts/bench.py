@@ -1600,9 +1600,13 @@ def s3_settings(endpoint: str) -> dict[str, str]:
     }
 
 
+CAPTURE_CONCURRENCY = 4  # receiver.capture.Capturer's downloads at once
+
+
 async def direct_upload(endpoint: str, bucket: str, sizes: list[int], block: bytes) -> float:
-    """The chosen client on its own: the same files put from memory, concurrently, the large ones
-    as multipart uploads of the receiver's part size with as many parts in flight. Seconds."""
+    """The chosen client on its own: the same files put from memory, as many at once as the
+    receiver keeps, the large ones as multipart uploads of the receiver's part size with as many
+    parts in flight. Seconds."""
     from aiobotocore.session import get_session
 
     from receiver.media_s3 import PART_SIZE, PARTS_IN_FLIGHT
@@ -1643,9 +1647,52 @@ async def direct_upload(endpoint: str, bucket: str, sizes: list[int], block: byt
                 MultipartUpload={"Parts": [{"ETag": etags[n], "PartNumber": n} for n in numbers]},
             )
 
+        files = asyncio.Semaphore(CAPTURE_CONCURRENCY)
+
+        async def limited(n: int, size: int) -> None:
+            async with files:
+                await one(n, size)
+
+        started = time.monotonic()
+        await asyncio.gather(*(limited(n, size) for n, size in enumerate(sizes)))
+        return time.monotonic() - started
+
+
+async def through_writer(endpoint: str, bucket: str, sizes: list[int], block: bytes) -> float:
+    """The receiver's media writer alone (receiver.media_s3), fed 1 MiB at a time as a download
+    feeds it, as many files at once as the receiver keeps. Seconds."""
+    from receiver.media import S3Location
+    from receiver.media_s3 import S3Media
+
+    keys = s3_settings(endpoint)
+    media = S3Media(
+        S3Location(
+            bucket=bucket,
+            prefix="writer",
+            endpoint_url=endpoint,
+            access_key_id=keys["AWS_ACCESS_KEY_ID"],
+            secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+        )
+    )
+    await media.open()
+    files = asyncio.Semaphore(CAPTURE_CONCURRENCY)
+
+    async def one(n: int, size: int) -> None:
+        async with files:
+            writer = media.writer(f"{n}/video")
+            left = size
+            while left:
+                piece = block[: min(left, MIB)]
+                left -= len(piece)
+                await writer.write(piece)
+            await writer.commit()
+
+    try:
         started = time.monotonic()
         await asyncio.gather(*(one(n, size) for n, size in enumerate(sizes)))
         return time.monotonic() - started
+    finally:
+        await media.close()
 
 
 async def keep_through_receiver(
@@ -1663,12 +1710,14 @@ async def keep_through_receiver(
     while waiting:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{len(waiting)} files not kept within {timeout:.0f} s")
-        for video in list(waiting):
-            files = (await client.get(f"{url}/v1/videos/{video}")).json()["receiver"]["files"]
-            if files and files[0]["status"] == "kept":
-                waiting.discard(video)
-            elif files and files[0]["status"] == "failed":
-                raise RuntimeError(f"keeping {video} failed: {files[0]['error']}")
+        # One list read a tick (the newest 100 carry their files), not one read per video.
+        page = (await client.get(f"{url}/v1/videos", params={"limit": 100})).json()["data"]
+        for video in page:
+            files = video["receiver"]["files"]
+            if video["id"] in waiting and files and files[0]["status"] == "kept":
+                waiting.discard(video["id"])
+            elif video["id"] in waiting and files and files[0]["status"] == "failed":
+                raise RuntimeError(f"keeping {video['id']} failed: {files[0]['error']}")
         await asyncio.sleep(0.02)
     return time.monotonic() - min(provider.started[v] for v in videos)
 
@@ -1688,18 +1737,28 @@ async def bench_media(args: argparse.Namespace) -> int:
     print(machine())
     provider = FileProvider()
     rows: list[tuple[str, int, int, float, float]] = []
+    alone: list[tuple[str, int, int, float, float]] = []
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         async with s3_server(args.s3_url) as endpoint, serve(provider.app()) as (provider_url, _):
             provider.base = provider_url
             keys = s3_settings(endpoint)
-            botocore.session.get_session().create_client(
+            bucket = botocore.session.get_session().create_client(
                 "s3",
                 endpoint_url=endpoint,
                 region_name="us-east-1",
                 aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
                 aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
-            ).create_bucket(Bucket="bench")
+            )
+            bucket.create_bucket(Bucket="bench")
+
+            def empty() -> None:
+                """Between timings: the S3 server holds its objects in memory, so it would slow
+                down round after round; every round starts from an empty bucket."""
+                listed = bucket.list_objects_v2(Bucket="bench").get("Contents", [])
+                for item in listed:
+                    bucket.delete_object(Bucket="bench", Key=item["Key"])
+
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             env = {k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "AWS_"))}
@@ -1720,10 +1779,21 @@ async def bench_media(args: argparse.Namespace) -> int:
                     await keep_through_receiver(client, url, provider, [MIB], 60)  # warm up
                     for label, count, size in (("1 MB", args.small_files, MIB), ("100 MB", 1, 100 * MIB)):
                         sizes = [size] * count
-                        for _ in range(args.rounds):
+                        for round_ in range(args.rounds):
+                            # Alternate which goes first, so a drift of the machine favours neither.
+                            if round_ % 2:
+                                direct = await direct_upload(endpoint, "bench", sizes, provider.block)
+                                await asyncio.to_thread(empty)
                             through = await keep_through_receiver(client, url, provider, sizes, 300)
-                            direct = await direct_upload(endpoint, "bench", sizes, provider.block)
+                            await asyncio.to_thread(empty)
+                            if not round_ % 2:
+                                direct = await direct_upload(endpoint, "bench", sizes, provider.block)
+                                await asyncio.to_thread(empty)
+                            writer = await through_writer(endpoint, "bench", sizes, provider.block)
+                            await asyncio.to_thread(empty)
                             rows.append((label, count, size, through, direct))
+                            alone.append((label, count, size, writer, direct))
+                    await asyncio.to_thread(empty)
                     # Peak RSS growth while keeping a 1 GB file: the peak is reset just before.
                     Path(f"/proc/{receiver.pid}/clear_refs").write_text("5")
                     before = rss_kib(receiver.pid)
@@ -1740,6 +1810,13 @@ async def bench_media(args: argparse.Namespace) -> int:
         ratios.append((label, ratio))
         rates = f"{total / through:>16.1f} MB/s {total / direct:>16.1f} MB/s"
         print(f"{count:>4} x {label:>6} {rates} {ratio:>6.0%}")
+    # The receiver's end-to-end figure for many small files includes the capturer's pacing (so
+    # many downloads at once, one claim per spacing); this row is the media writer on its own.
+    print(f"{'files':>12} {'media writer alone':>22} {'direct (aiobotocore)':>22} {'ratio':>7}")
+    for label, count, size, writer, direct in alone:
+        total = count * size / 1e6
+        rates = f"{total / writer:>16.1f} MB/s {total / direct:>16.1f} MB/s"
+        print(f"{count:>4} x {label:>6} {rates} {direct / writer:>6.0%}")
     growth = (peak - before) / 1024
     print(
         f"keeping a {args.big_mib} MiB file: {args.big_mib * MIB / 1e6 / big:.1f} MB/s; receiver RSS"
