@@ -155,14 +155,19 @@ async def test_nginx_in_front_of_two_processes_one_killed(
             await wait_until(lambda: ended(TASKS // 4), timeout=60, what="the first results")
             a.kill()  # mid-run: deliveries routed to it, its polls and its downloads move to B
 
-            # nginx notices on its own: connections to A are refused, the requests go to B, and
-            # after max_fails A is taken out of the ring.
+            # nginx notices on its own: connections to A are refused, those requests go to B, and
+            # after max_fails A is taken out of the ring. Requests on many paths (the ring hashes
+            # the path) all answer meanwhile.
+            probes = iter(range(10_000))
+
+            async def taken_out() -> bool:
+                for _ in range(8):
+                    answer = await client.get(f"{public}/healthz", params={"probe": next(probes)})
+                    assert answer.status_code == 200, answer.text
+                return "temporarily disabled" in log.read_text(errors="replace")
+
+            await wait_until(taken_out, timeout=60, what="nginx to take the dead process out")
             await wait_until(lambda: ended(TASKS), timeout=180, what="every task to end through nginx")
-            await wait_until(
-                lambda: "temporarily disabled" in log.read_text(errors="replace"),
-                timeout=30,
-                what="nginx to take the dead process out",
-            )
 
             final = {v["id"]: v for v in await all_videos(client, public)}
             wrong = {
