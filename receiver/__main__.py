@@ -8,6 +8,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from receiver.settings import Settings
 
 __all__ = ["main"]
 
@@ -59,6 +63,33 @@ def _check_postgres(url: str) -> None:
         raise SettingsError(f"RECEIVER_DATABASE_URL: cannot open PostgreSQL at {where} ({exc})") from None
 
 
+def _check_media(settings: Settings) -> None:
+    """Stop with one line naming RECEIVER_MEDIA_URL when its bucket does not answer to the
+    AWS_* credentials (before anything starts, instead of a capture failing on every file)."""
+    import asyncio
+
+    from receiver.media import MediaUnavailable
+    from receiver.settings import SettingsError
+
+    location = settings.media_s3
+    if location is None:
+        return
+    from receiver.media_s3 import S3Media
+
+    async def probe() -> None:
+        media = S3Media(location)
+        await media.open()
+        try:
+            await media.check()
+        finally:
+            await media.close()
+
+    try:
+        asyncio.run(probe())
+    except (MediaUnavailable, ValueError) as exc:
+        raise SettingsError(f"RECEIVER_MEDIA_URL: {location.url()}: {exc}") from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     from receiver.app import create_app
     from receiver.server import make_server, raise_fd_limit
@@ -72,6 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env(env)
         _check_database(settings.database_url)
+        _check_media(settings)
         raise_fd_limit(settings)
     except SettingsError as exc:
         print(f"receiver: {exc}", file=sys.stderr)

@@ -9,7 +9,6 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import httpx
 from starlette.applications import Starlette
@@ -29,7 +28,7 @@ from receiver.errors import ApiError, ReceiverError, to_api_error
 from receiver.fanout import Dispatcher, outbound_session
 from receiver.guard import CrossSiteGuard
 from receiver.http import json_response
-from receiver.media import LocalMedia
+from receiver.media import media_store
 from receiver.openapi import Operation, openapi_json, operation
 from receiver.poller import Poller
 from receiver.provider import Provider
@@ -161,7 +160,7 @@ def create_app(
         )
     if not settings.api_keys:
         log.warning("RECEIVER_API_KEYS is unset: /v1 is open to anyone who can reach it")
-    media = LocalMedia(Path(settings.media_path()))
+    media = media_store(settings.media_path(), settings.media_s3)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -203,6 +202,8 @@ def create_app(
             stack.callback(ctx.refused.close)
             stack.callback(ctx.unavailable.close)
             the_store.on_change(ctx.heard)
+            await media.open()
+            stack.push_async_callback(media.close)
             app.state.media = media
             stop = asyncio.Event()
             poller = Poller(ctx, concurrency=settings.poll_concurrency, rate=settings.poll_rate)

@@ -93,7 +93,7 @@ async def get_video_content(request: Request) -> Response:
         )
     media_type, filename, headers = file_headers(row.content_type, task.video_id)
     media: MediaStore = request.app.state.media
-    answer = media.response(row.key, media_type, filename)
+    answer = await media.response(row.key, media_type, filename)
     if answer is None:
         raise NotFound(
             "the kept file is missing from the media store", param="variant", code="content_missing"

@@ -4,13 +4,49 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from starlette.responses import FileResponse, Response
 
-__all__ = ["LocalMedia", "MediaStore", "MediaWriter"]
+__all__ = [
+    "KEY_SEGMENT",
+    "LocalMedia",
+    "MediaStore",
+    "MediaUnavailable",
+    "MediaWriter",
+    "S3Location",
+    "media_store",
+]
+
+# One segment of a media key or of an S3 prefix: plain names only, so a key means the same
+# path in a directory and in a bucket.
+KEY_SEGMENT = re.compile(r"[A-Za-z0-9._=-]+", re.ASCII)
+
+
+class MediaUnavailable(OSError):
+    """The media store could not be reached or refused a call; the caller retries later.
+
+    An OSError, so a capture treats it as it treats a broken download: retried with backoff."""
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Where files go (RECEIVER_MEDIA_URL=s3://bucket/prefix) and how to reach the store (AWS_*)."""
+
+    bucket: str
+    prefix: str  # no leading or trailing slash; may be empty
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: str | None = None  # None: botocore's own chain (instance role, profile, ...)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
 
 class MediaWriter(Protocol):
@@ -20,10 +56,15 @@ class MediaWriter(Protocol):
 
 
 class MediaStore(Protocol):
-    """A local directory today; an S3-compatible bucket can implement the same three calls."""
+    """Where kept files live: a local directory (LocalMedia) or an S3-compatible bucket
+    (receiver.media_s3.S3Media). Keys are relative paths such as `17/video`."""
 
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
     def writer(self, key: str) -> MediaWriter: ...
-    def response(self, key: str, media_type: str, filename: str) -> Response | None: ...  # Range honoured
+    # None when no file is kept under the key; the answer honours Range.
+    async def response(self, key: str, media_type: str, filename: str) -> Response | None: ...
+    async def delete(self, key: str) -> None: ...  # deleting a missing key is not an error
 
 
 class _LocalWriter:
@@ -67,11 +108,29 @@ class LocalMedia:
             raise ValueError("media key outside the media directory")
         return path
 
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
     def writer(self, key: str) -> MediaWriter:
         return _LocalWriter(self._path(key))
 
-    def response(self, key: str, media_type: str, filename: str) -> Response | None:
+    async def response(self, key: str, media_type: str, filename: str) -> Response | None:
         path = self._path(key)
         if not path.is_file():
             return None
         return FileResponse(path, media_type=media_type, filename=filename)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
+
+
+def media_store(directory: str, s3: S3Location | None) -> MediaStore:
+    """The configured store: the bucket when RECEIVER_MEDIA_URL names one, else the directory."""
+    if s3 is None:
+        return LocalMedia(Path(directory))
+    from receiver.media_s3 import S3Media  # the S3 client loads only when a bucket is configured
+
+    return S3Media(s3)

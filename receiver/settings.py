@@ -7,10 +7,11 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from receiver.errors import SettingsError
 from receiver.guard import origin_of
+from receiver.media import KEY_SEGMENT, S3Location
 from receiver.outbound import Network
 from receiver.signatures import Key, SecretFormatError, parse_key
 
@@ -34,6 +35,71 @@ def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int
     if not low <= value <= high:
         raise SettingsError(f"{name}: must be between {low} and {high}, got {value}")
     return value
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", re.ASCII)
+_REGION = re.compile(r"[a-z0-9-]{1,40}", re.ASCII)
+
+
+def _media(env: Mapping[str, str]) -> tuple[str | None, S3Location | None]:
+    """RECEIVER_MEDIA_URL (or its alias RECEIVER_MEDIA_DIR): a directory, or a bucket reached
+    with the standard AWS_* variables."""
+    url = env.get("RECEIVER_MEDIA_URL", "").strip()
+    alias = env.get("RECEIVER_MEDIA_DIR", "").strip()
+    if url and alias and url != alias:
+        raise SettingsError("RECEIVER_MEDIA_URL: set it or its alias RECEIVER_MEDIA_DIR, not both")
+    if not url:
+        return alias or None, None
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/") or parts.query:
+            raise SettingsError(f"RECEIVER_MEDIA_URL: expected file:///absolute/path, got {url!r}")
+        return unquote(parts.path), None
+    if scheme != "s3":
+        if "://" in url:
+            raise SettingsError(
+                f"RECEIVER_MEDIA_URL: expected a directory, file:///path or s3://bucket/prefix, got {url!r}"
+            )
+        return url, None
+    bucket = parts.netloc
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise SettingsError(f"RECEIVER_MEDIA_URL: {bucket!r} is not an S3 bucket name (s3://bucket/prefix)")
+    if parts.query or parts.fragment:
+        raise SettingsError("RECEIVER_MEDIA_URL: must not carry a query or fragment")
+    prefix = parts.path.strip("/")
+    if prefix and not all(KEY_SEGMENT.fullmatch(p) and p not in (".", "..") for p in prefix.split("/")):
+        raise SettingsError(
+            f"RECEIVER_MEDIA_URL: the prefix {prefix!r} must be plain names (letters, digits, . _ = -) "
+            "separated by /"
+        )
+    endpoint = None
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        raw = env.get(name, "").strip()
+        if raw:
+            endpoint = _url(name, raw)
+            break
+    region = ""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        region = env.get(name, "").strip()
+        if region:
+            if not _REGION.fullmatch(region):
+                raise SettingsError(f"{name}: {region!r} is not a region name")
+            break
+    key_id = env.get("AWS_ACCESS_KEY_ID", "").strip() or None
+    secret = env.get("AWS_SECRET_ACCESS_KEY", "").strip() or None
+    if (key_id is None) != (secret is None):
+        missing = "AWS_SECRET_ACCESS_KEY" if secret is None else "AWS_ACCESS_KEY_ID"
+        raise SettingsError(f"{missing}: set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither")
+    return None, S3Location(
+        bucket=bucket,
+        prefix=prefix,
+        endpoint_url=endpoint,
+        region=region or "us-east-1",
+        access_key_id=key_id,
+        secret_access_key=secret,
+        session_token=env.get("AWS_SESSION_TOKEN", "").strip() or None,
+    )
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -134,6 +200,7 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
 
     media_dir: str | None = None  # None: `media` beside a SQLite store (see media_path)
+    media_s3: S3Location | None = None  # set: files live in this bucket, not in a directory
     media_max_bytes: int = 2_147_483_648
     media_timeout: int = 900  # seconds one download may take in all
     # Library-only (no variable): seconds without a byte before a download is abandoned and retried.
@@ -239,6 +306,8 @@ class Settings:
         if poll_max < 1:
             raise SettingsError("RECEIVER_POLL_MAX_INTERVAL: must be at least 1")
 
+        media_dir, media_s3 = _media(env)
+
         return cls(
             host=host,
             port=port,
@@ -274,13 +343,15 @@ class Settings:
             max_streams=_int(env, "RECEIVER_MAX_STREAMS", 100, low=1, high=1_000_000),
             cors_origins=tuple(cors_origins),
             allowed_hosts=tuple(allowed_hosts),
-            media_dir=env.get("RECEIVER_MEDIA_DIR", "").strip() or None,
+            media_dir=media_dir,
+            media_s3=media_s3,
             media_max_bytes=_int(env, "RECEIVER_MEDIA_MAX_BYTES", 2_147_483_648, low=1, high=1 << 50),
             media_timeout=_int(env, "RECEIVER_MEDIA_TIMEOUT", 900, low=1, high=86_400),
         )
 
     def media_path(self) -> str:
-        """RECEIVER_MEDIA_DIR, else `media` beside a SQLite store (the working directory otherwise)."""
+        """The media directory (RECEIVER_MEDIA_URL or RECEIVER_MEDIA_DIR), else `media` beside a
+        SQLite store (the working directory otherwise)."""
         if self.media_dir is not None:
             return self.media_dir
         if self.database_url.startswith("sqlite:///"):

@@ -329,3 +329,48 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/receiver.db"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+# -- S3 ----------------------------------------------------------------------------------------
+# The S3 cases run against RECEIVER_TEST_S3_URL (an S3-compatible endpoint; scripts/test starts
+# moto's server on loopback and sets it). Each test gets a bucket of its own.
+
+
+def s3_client(endpoint: str) -> Any:
+    """A plain (blocking) botocore client, for setting up and looking into buckets from tests."""
+    import botocore.session
+
+    return botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=os.environ.get("AWS_REGION", "us-east-1"),
+        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+    )
+
+
+@pytest.fixture
+def s3_endpoint() -> str:
+    endpoint = os.environ.get("RECEIVER_TEST_S3_URL")
+    if not endpoint:
+        pytest.skip("no S3-compatible server (set RECEIVER_TEST_S3_URL; scripts/test starts moto)")
+    return endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh, empty bucket on the test S3 server."""
+    name = "receiver-test-" + secrets.token_hex(6)
+    s3_client(s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def s3_env(endpoint: str, bucket: str, prefix: str = "media") -> dict[str, str]:
+    """The settings a receiver process needs to keep its files in `bucket`."""
+    return {
+        "RECEIVER_MEDIA_URL": f"s3://{bucket}/{prefix}",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+        "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
+    }
