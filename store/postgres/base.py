@@ -26,7 +26,15 @@ POOL_SIZE = 8
 ACQUIRE_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
 _MIGRATION_LOCK = 0x7265636569766572  # "receiver": one key for every process's migrations
-_UNAVAILABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# InternalClientError: asyncpg's word for a connection that broke mid-protocol (the server
+# terminated it), which is an outage like the others, not a bug of ours.
+_UNAVAILABLE = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 @contextlib.asynccontextmanager
