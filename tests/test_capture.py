@@ -12,8 +12,7 @@ import pytest
 
 from receiver.capture import LEASE
 from receiver.simulator import SimConfig, Simulator
-from tests.conftest import SECRET, Stack, StackFactory, free_socket, serve, wait_until
-from tests.test_faults import ReceiverProcess
+from tests.conftest import SECRET, ReceiverProcess, Stack, StackFactory, free_socket, serve, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 

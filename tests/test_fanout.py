@@ -17,7 +17,7 @@ from standardwebhooks.webhooks import Webhook
 
 from receiver.simulator import SimConfig, Simulator
 from tests.conftest import SECRET, StackFactory, Subscriber, serve, wait_until
-from tests.test_faults import child_receiver
+from tests.helpers import child_receiver
 
 pytestmark = pytest.mark.anyio
 
