@@ -85,6 +85,7 @@ async def test_the_sdk_downloads_the_kept_file(make_stack: StackFactory) -> None
         await client.close()
 
 
+@pytest.mark.slow
 async def test_a_capture_killed_mid_download_starts_over_and_matches(tmp_path: Path) -> None:
     # 3 MB at 600 kB/s: the download is certainly under way when the receiver is killed.
     simulator = Simulator(

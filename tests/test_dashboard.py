@@ -91,6 +91,7 @@ def _screenshot_path(tmp_path: Path) -> Path:
     return Path(wanted) if wanted else tmp_path / "dashboard.png"
 
 
+@pytest.mark.slow
 async def test_task_goes_live_to_completed_and_its_delivery_replays(tmp_path: Path) -> None:
     _chromium()
     from playwright.async_api import expect
@@ -204,6 +205,7 @@ async def test_task_goes_live_to_completed_and_its_delivery_replays(tmp_path: Pa
     assert errors == []
 
 
+@pytest.mark.slow
 async def test_api_key_is_asked_once_and_sent_on_every_call(tmp_path: Path) -> None:
     _chromium()
     from playwright.async_api import expect
@@ -305,6 +307,7 @@ class Outage:
         self.down = False
 
 
+@pytest.mark.slow
 async def test_the_stream_resumes_with_last_event_id_after_a_drop(tmp_path: Path) -> None:
     _chromium()
     from playwright.async_api import expect

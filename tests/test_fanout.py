@@ -51,6 +51,7 @@ async def events_of(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]
         after = page["data"][-1]["id"]
 
 
+@pytest.mark.slow
 async def test_three_subscribers_healthy_flaky_and_dead(make_stack: StackFactory) -> None:
     healthy, flaky = Subscriber(), Subscriber(answer=lambda n: 500 if n < 3 else 200)
     dead = Subscriber(hang=30)
@@ -347,6 +348,7 @@ def seed_events(db: Path, count: int) -> None:
         )
 
 
+@pytest.mark.slow
 async def test_replaying_ten_thousand_events(make_stack: StackFactory, tmp_path: Path) -> None:
     subscriber = Subscriber()
     async with serve(subscriber.app) as url, make_stack(FAST, fanout_per_subscriber=32) as stack:
@@ -368,6 +370,7 @@ async def test_replaying_ten_thousand_events(make_stack: StackFactory, tmp_path:
         print(f"\nreplayed 10,000 events in {elapsed:.1f} s: {10_000 / elapsed:.0f} events/s")
 
 
+@pytest.mark.slow
 async def test_sigkill_during_dispatch_loses_nothing(tmp_path: Path) -> None:
     subscriber = Subscriber()
     simulator = Simulator(SimConfig(secret=SECRET, duration_median=0.3, duration_sigma=0.2))

@@ -113,6 +113,7 @@ async def all_terminal(client: httpx.AsyncClient, url: str) -> bool:
     return True
 
 
+@pytest.mark.slow
 async def test_two_hundred_tasks_against_a_faulty_provider(make_stack: StackFactory, tmp_path: Path) -> None:
     async with make_stack(FAULTS, **POLLING) as stack:
         watcher = Watcher(stack.client)
@@ -127,6 +128,7 @@ async def test_two_hundred_tasks_against_a_faulty_provider(make_stack: StackFact
         check_outcome(stack.simulator, str(tmp_path / "receiver.db"), watcher)
 
 
+@pytest.mark.slow
 async def test_sigkill_mid_run_loses_nothing(tmp_path: Path) -> None:
     simulator = Simulator(FAULTS)
     async with (
