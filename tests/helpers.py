@@ -79,6 +79,8 @@ def delivery(n: int, key: str, status: str | None, now: float, **kwargs: Any) ->
 
 @contextlib.asynccontextmanager
 async def child_receiver(tmp_path: Path, provider_url: str) -> AsyncIterator[ReceiverProcess]:
+    """`receiver serve` as a child process (killable) on a SQLite store in `tmp_path`, polling
+    fast, submitting to `provider_url`; stopped on the way out. The caller starts it."""
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
