@@ -1,4 +1,4 @@
-"""Command line: `receiver serve`, `receiver simulate`."""
+"""Command line: the receiver's subcommands (`receiver --help` lists them)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import argparse
 import gc
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from receiver.settings import Settings
+from typing import Any
+
+import uvicorn
 
 __all__ = ["main"]
 
@@ -125,9 +129,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    import uvicorn
+class _SimulatorServer(uvicorn.Server):
+    """uvicorn's server that says where the simulator listens once its sockets accept
+    connections (with --port 0, the port the system chose)."""
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.should_exit:
+            return
+        for server in self.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                logging.getLogger("receiver.simulator").info(
+                    "simulated provider listening on http://%s:%d", shown, port
+                )
+
+
+def _simulate(args: argparse.Namespace) -> int:
     from receiver.simulator import SimConfig, Simulator
 
     config = SimConfig(
@@ -158,8 +177,12 @@ def _simulate(args: argparse.Namespace) -> int:
             print(f"receiver simulate: --secret: {exc}", file=sys.stderr)
             return 2
     simulator = Simulator(config)
-    uvicorn.run(simulator.app, host=args.host, port=args.port, access_log=False, log_level="warning")
-    return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = _SimulatorServer(
+        uvicorn.Config(simulator.app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    )
+    server.run()
+    return 0 if server.started else 1
 
 
 def _rate(text: str) -> float:
@@ -176,38 +199,86 @@ def _positive(text: str) -> float:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, so `--help` alone tells what a bare command
+    does; help text that already names its default is left as it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or not action.option_strings or "default" in text:
+            return text
+        if action.default is None or action.default is False:
+            shown = "off" if action.nargs == 0 else "unset"
+            return f"{text} (default: {shown})".lstrip()
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser (and so every subcommand's, nested ones too) with the defaults in its help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("receiver")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        from receiver import __version__
+
+        return __version__
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="receiver", description=__doc__)
-    commands = root.add_subparsers(dest="command", required=True)
+    root = _Parser(
+        prog="receiver",
+        description="Webhook receiver for asynchronous video-generation APIs: submit, verify, "
+        "dedupe, poll, fan out. Settings come from RECEIVER_* environment variables.",
+        epilog="`receiver COMMAND --help` tells what a command does and its options.",
+    )
+    root.add_argument("--version", action="version", version=f"receiver {_version()}")
+    commands = root.add_subparsers(
+        dest="command", required=True, title="commands", metavar="COMMAND", parser_class=_Parser
+    )
 
     serve = commands.add_parser(
         "serve",
-        help="run the whole service: API, webhooks, poller",
-        description="Run the API, the webhook endpoints and the poller in one process. With no "
-        "RECEIVER_PROVIDER_URL it also runs the simulated provider and submits to it.",
+        help="run the whole service: API, webhooks, poller, fan-out",
+        description="Run the API, the webhook endpoints, the poller and the fan-out in one process. "
+        "With no RECEIVER_PROVIDER_URL it also runs the simulated provider and submits to it.",
     )
-    serve.add_argument("--host", help="listen address (default RECEIVER_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="listen port (default RECEIVER_PORT or 8000)")
+    serve.add_argument("--host", help="listen address (default: RECEIVER_HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default: RECEIVER_PORT, else 8000)")
     serve.set_defaults(run=_serve)
 
     sim = commands.add_parser(
         "simulate",
         help="run the simulated provider on its own, with faults",
         description="Serve POST/GET /v1/videos like a provider and deliver signed webhooks to "
-        "each task's callback_url, with the faults asked for.",
+        "each task's callback_url, with the faults asked for. Durations and delays are in "
+        "provider seconds (see --time-scale).",
     )
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=9000)
+    sim.add_argument("--host", default="127.0.0.1", help="listen address")
+    sim.add_argument("--port", type=int, default=9000, help="listen port (0: any free one)")
     sim.add_argument(
         "--secret",
-        help="whsec_ secret that signs deliveries (default "
-        "RECEIVER_SIMULATOR_SECRET; none: deliveries are unsigned)",
+        help="whsec_ secret that signs deliveries (default: "
+        "RECEIVER_SIMULATOR_SECRET; unset: deliveries are unsigned)",
     )
-    sim.add_argument("--api-key", help="bearer key the simulator requires")
+    sim.add_argument("--api-key", help="bearer key the simulator requires (default: none, any caller)")
     sim.add_argument("--duration", type=_positive, default=3.0, help="median task duration, provider seconds")
     sim.add_argument("--duration-sigma", type=float, default=0.3, help="log-normal sigma of durations")
     sim.add_argument("--time-scale", type=_positive, default=1.0, help="provider seconds per real second")
-    sim.add_argument("--payload", choices=["full", "thin", "bare"], default="full")
+    sim.add_argument(
+        "--payload",
+        choices=["full", "thin", "bare"],
+        default="full",
+        help="delivery shape: an event with the whole video, an event naming only its id, or "
+        "the bare video object",
+    )
     sim.add_argument("--fail-rate", type=_rate, default=0.0, help="share of tasks that fail")
     sim.add_argument("--drop-rate", type=_rate, default=0.0, help="share of deliveries never sent")
     sim.add_argument("--duplicate-rate", type=_rate, default=0.0, help="share of deliveries sent twice")
@@ -218,12 +289,16 @@ def parser() -> argparse.ArgumentParser:
         help="share of tasks that also send a stale in_progress after the terminal one",
     )
     sim.add_argument("--delay", type=float, default=0.0, help="provider seconds before delivering")
-    sim.add_argument("--bad-signature-rate", type=_rate, default=0.0)
+    sim.add_argument(
+        "--bad-signature-rate", type=_rate, default=0.0, help="share of deliveries signed wrongly"
+    )
     sim.add_argument("--get-error-rate", type=_rate, default=0.0, help="share of GETs answering 500")
     sim.add_argument("--get-throttle-rate", type=_rate, default=0.0, help="share of GETs answering 429")
     sim.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds on 429")
     sim.add_argument("--answer-delay", type=float, default=0.0, help="seconds before POST answers")
-    sim.add_argument("--seed", type=int)
+    sim.add_argument(
+        "--seed", type=int, help="seed of the random faults, for a run that repeats (default: none, random)"
+    )
     sim.set_defaults(run=_simulate)
 
     from receiver.replay import add_parser

@@ -1,4 +1,4 @@
-"""One parser for every id a client sends us (path, query, header) and for page parameters (pure).
+"""One parser for every id a client sends us (path, query, header), and the page-size bounds (pure).
 
 Ids are judged by shape before any lookup, so whatever the encoding (non-ASCII digits such as
 `²`, lone surrogates, control characters) the answer is a 400 naming the parameter, never a
@@ -9,8 +9,6 @@ Ids are judged by shape before any lookup, so whatever the encoding (non-ASCII d
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import NamedTuple
 
 from receiver.errors import InvalidRequest
 
@@ -18,9 +16,7 @@ __all__ = [
     "DEFAULT_LIMIT",
     "KINDS",
     "MAX_LIMIT",
-    "PageParams",
     "parse_id",
-    "parse_page",
     "valid_video_id",
 ]
 
@@ -39,7 +35,6 @@ KINDS: dict[str, re.Pattern[str]] = {
     "subscription": re.compile(r"sub_[0-9a-zA-Z]{1,64}", re.ASCII),
     "replay": re.compile(r"rpl_[0-9a-zA-Z]{1,64}", re.ASCII),
 }
-_LIMIT = re.compile(r"[0-9]{1,3}", re.ASCII)
 
 
 def valid_video_id(value: object) -> bool:
@@ -52,22 +47,3 @@ def parse_id(kind: str, value: object, param: str = "id") -> str:
     if not isinstance(value, str) or pattern.fullmatch(value) is None:
         raise InvalidRequest(f"{param} is not a valid {kind} id", param=param, code="invalid_id")
     return value
-
-
-class PageParams(NamedTuple):
-    limit: int
-    after: str | None
-
-
-def parse_page(query: Mapping[str, str], kind: str) -> PageParams:
-    """`limit` (ASCII digits, 1 to 100, default 20) and `after` (an id of `kind`)."""
-    raw = query.get("limit")
-    limit = DEFAULT_LIMIT
-    if raw is not None:
-        if _LIMIT.fullmatch(raw) is None or not 1 <= int(raw) <= MAX_LIMIT:
-            raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}", param="limit")
-        limit = int(raw)
-    after = query.get("after")
-    if after is not None:
-        parse_id(kind, after, "after")
-    return PageParams(limit, after)

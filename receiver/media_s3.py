@@ -327,9 +327,9 @@ class _ObjectResponse(Response):
             wanted = self._range(scope)
         except InvalidRequest as exc:
             extra = {"content-range": f"bytes */{self._size}"} if exc.status == 416 else {}
-            await Response(
-                status_code=exc.status, headers=extra, media_type="text/plain"
-            )(scope, receive, send)
+            await Response(status_code=exc.status, headers=extra, media_type="text/plain")(
+                scope, receive, send
+            )
             return
         start, end = wanted if wanted is not None else (0, self._size)
         headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]

@@ -12,8 +12,7 @@ import pytest
 
 from receiver.capture import LEASE
 from receiver.simulator import SimConfig, Simulator
-from tests.conftest import SECRET, Stack, StackFactory, free_socket, serve, wait_until
-from tests.test_faults import ReceiverProcess
+from tests.conftest import SECRET, ReceiverProcess, Stack, StackFactory, free_socket, serve, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -89,6 +88,7 @@ async def test_the_sdk_downloads_the_kept_file(make_stack: StackFactory) -> None
         await client.close()
 
 
+@pytest.mark.slow
 async def test_a_capture_killed_mid_download_starts_over_and_matches(tmp_path: Path) -> None:
     # 3 MB at 600 kB/s: the download is certainly under way when the receiver is killed.
     simulator = Simulator(

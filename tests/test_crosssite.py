@@ -247,7 +247,7 @@ async def test_a_page_on_another_origin_cannot_subscribe_replay_or_submit(make_s
     from starlette.responses import HTMLResponse
     from starlette.routing import Route
 
-    from tests.test_dashboard import browser_page
+    from tests.helpers import browser_page
 
     spy = Subscriber()
     async with make_stack() as stack, serve(spy.app) as spy_url:

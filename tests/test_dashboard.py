@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -25,31 +24,14 @@ from receiver.settings import Settings
 from receiver.simulator import SimConfig, Simulator
 from tests.conftest import SECRET, Subscriber, free_socket, serve, wait_until
 
+# browser_page stays importable from here too: tests written against this module keep working.
+from tests.helpers import browser_page
+from tests.helpers import chromium as _chromium
+
 pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-WAIT_MS = 15_000  # the longest any one wait on the page may take
 TEST_BUDGET = 120.0  # seconds for a whole browser test
 TASK_SECONDS = 100.0  # simulated task duration: the test decides when it ends (see Clock)
-
-
-def _chromium() -> str:
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        pytest.skip("BROWSER TESTS SKIPPED: the playwright package is missing (pip install -e '.[dev]')")
-    path = os.environ.get("RECEIVER_TEST_CHROMIUM") or shutil.which("chromium")
-    if not path:
-        pytest.skip("BROWSER TESTS SKIPPED: no Chromium (apt-get install chromium; RECEIVER_TEST_CHROMIUM)")
-    return path
 
 
 class Clock:
@@ -103,41 +85,13 @@ async def service(tmp_path: Path, **overrides: Any) -> AsyncIterator[Service]:
             yield Service(url, client, clock, subscriber, f"{subscriber_url}/hook")
 
 
-@contextlib.asynccontextmanager
-async def browser_page(
-    errors: list[str], allow: Callable[[str], bool] = lambda text: False
-) -> AsyncIterator[Any]:
-    """A fresh Chromium page that records every console error and uncaught page error."""
-    from playwright.async_api import async_playwright, expect
-
-    executable = _chromium()
-    expect.set_options(timeout=WAIT_MS)
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, timeout=WAIT_MS)
-        try:
-            context = await browser.new_context(viewport={"width": 1440, "height": 1100})
-            context.set_default_timeout(WAIT_MS)
-            context.set_default_navigation_timeout(WAIT_MS)
-            page = await context.new_page()
-
-            def console(message: Any) -> None:
-                if message.type == "error" and not allow(message.text):
-                    errors.append(f"console: {message.text}")
-
-            page.on("console", console)
-            page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-            yield page
-            await context.close()
-        finally:
-            await browser.close()
-
-
 def _screenshot_path(tmp_path: Path) -> Path:
     """Where the screenshot goes: RECEIVER_DASHBOARD_SCREENSHOT if set (README's), else tmp."""
     wanted = os.environ.get("RECEIVER_DASHBOARD_SCREENSHOT")
     return Path(wanted) if wanted else tmp_path / "dashboard.png"
 
 
+@pytest.mark.slow
 async def test_task_goes_live_to_completed_and_its_delivery_replays(tmp_path: Path) -> None:
     _chromium()
     from playwright.async_api import expect
@@ -251,6 +205,7 @@ async def test_task_goes_live_to_completed_and_its_delivery_replays(tmp_path: Pa
     assert errors == []
 
 
+@pytest.mark.slow
 async def test_api_key_is_asked_once_and_sent_on_every_call(tmp_path: Path) -> None:
     _chromium()
     from playwright.async_api import expect
@@ -352,6 +307,7 @@ class Outage:
         self.down = False
 
 
+@pytest.mark.slow
 async def test_the_stream_resumes_with_last_event_id_after_a_drop(tmp_path: Path) -> None:
     _chromium()
     from playwright.async_api import expect

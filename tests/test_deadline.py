@@ -28,21 +28,42 @@ async def test_a_future_still_waiting_at_its_deadline_fails_and_a_settled_one_ke
     assert answered.result() == "kept"
 
 
-async def test_each_future_gets_its_own_deadline_not_the_first_ones() -> None:
-    loop = asyncio.get_running_loop()
-    deadline = _deadline(0.3)
-    early = loop.create_future()
-    deadline.watch(early)
-    await asyncio.sleep(0.2)  # wait-ok: `late` must be watched later than `early`, not a condition
-    late = loop.create_future()
-    deadline.watch(late)
-    with pytest.raises(StoreUnavailable):
-        await asyncio.wait_for(early, 5)
-    # The timer that failed `early` fired about 0.1 s after `late` was watched: well before its
-    # own deadline, so it must still be waiting, and fail only later.
-    assert not late.done()
-    with pytest.raises(StoreUnavailable):
-        await asyncio.wait_for(late, 5)
+class ManualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock moves only when the test moves it: timers fire in order of
+    their deadlines however busy the machine is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def advance_to(self, now: float) -> None:
+        """Move the clock and run every timer now due (and what they wake)."""
+        self.now = now
+        self.run_until_complete(asyncio.sleep(0))  # wait-ok: one turn of the loop; no time passes
+
+
+def test_each_future_gets_its_own_deadline_not_the_first_ones() -> None:
+    loop = ManualClockLoop()
+    try:
+        deadline = _deadline(0.3)
+        early = loop.create_future()
+        deadline.watch(early)  # due at 1000.3
+        loop.advance_to(1000.2)
+        late = loop.create_future()
+        deadline.watch(late)  # due at 1000.5, not at the first one's deadline
+        assert not early.done() and not late.done()
+        loop.advance_to(1000.3)
+        assert isinstance(early.exception(), StoreUnavailable)
+        assert not late.done()
+        loop.advance_to(1000.499)
+        assert not late.done()
+        loop.advance_to(1000.5)
+        assert isinstance(late.exception(), StoreUnavailable)
+    finally:
+        loop.close()
 
 
 async def test_a_cancelled_caller_does_not_stop_the_others_or_the_timer() -> None:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +13,8 @@ import pytest
 from receiver.simulator import SimConfig, Simulator
 from receiver.tasks import RANK
 from store.records import dedupe_base
-from tests.conftest import SECRET, ReceiverProcess, StackFactory, free_socket, serve, wait_until
+from tests.conftest import SECRET, StackFactory, serve, wait_until
+from tests.helpers import child_receiver
 
 pytestmark = pytest.mark.anyio
 
@@ -116,6 +114,7 @@ async def all_terminal(client: httpx.AsyncClient, url: str) -> bool:
     return True
 
 
+@pytest.mark.slow
 async def test_two_hundred_tasks_against_a_faulty_provider(make_stack: StackFactory, tmp_path: Path) -> None:
     async with make_stack(FAULTS, **POLLING) as stack:
         watcher = Watcher(stack.client)
@@ -130,29 +129,7 @@ async def test_two_hundred_tasks_against_a_faulty_provider(make_stack: StackFact
         check_outcome(stack.simulator, str(tmp_path / "receiver.db"), watcher)
 
 
-@contextlib.asynccontextmanager
-async def child_receiver(tmp_path: Path, provider_url: str) -> AsyncIterator[ReceiverProcess]:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-    env.update(
-        RECEIVER_PORT=str(port),
-        RECEIVER_DATABASE_URL=f"sqlite:///{tmp_path}/receiver.db",
-        RECEIVER_PROVIDER_URL=provider_url,
-        RECEIVER_WEBHOOK_SECRETS=SECRET,
-        RECEIVER_POLL_AFTER="1",
-        RECEIVER_POLL_MAX_INTERVAL="2",
-        RECEIVER_POLL_RATE="1000",
-        RECEIVER_POLL_CONCURRENCY="32",
-    )
-    receiver = ReceiverProcess(env, port, tmp_path)
-    try:
-        yield receiver
-    finally:
-        receiver.stop()
-
-
+@pytest.mark.slow
 async def test_sigkill_mid_run_loses_nothing(tmp_path: Path) -> None:
     simulator = Simulator(FAULTS)
     async with (

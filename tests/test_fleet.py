@@ -145,6 +145,7 @@ async def fleet(
             process.stop()
 
 
+@pytest.mark.slow
 async def test_two_processes_one_database_one_public_url(tmp_path: Path, postgres_url: str) -> None:
     simulator = Simulator(FAULTS)
     watch = GetWatch(simulator.app)

@@ -33,6 +33,7 @@ async def settle_all(stack: Any, ids: list[str]) -> list[dict[str, Any]]:
     return [await stack.wait_status(video_id, "completed", timeout=30) for video_id in ids]
 
 
+@pytest.mark.slow
 async def test_outage_noticed_polled_through_and_recovery_noticed(
     make_stack: StackFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

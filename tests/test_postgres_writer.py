@@ -16,7 +16,7 @@ from store import UnknownToken
 from store.errors import StoreUnavailable
 from store.postgres import PostgresStore
 from store.postgres import writer as writer_module
-from tests.test_store_contract import delivery, new_task, opened, submitted
+from tests.helpers import delivery, new_task, opened, submitted
 
 pytestmark = pytest.mark.anyio
 

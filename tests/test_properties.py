@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from receiver import jsonpolicy
 from receiver.errors import InvalidRequest
-from receiver.ids import KINDS, parse_id, parse_page
+from receiver.ids import KINDS, parse_id
 from receiver.outbound import OutboundURLError, address_allowed, check_url, host_address
 from receiver.payloads import PayloadError, normalise, normalise_status
 from receiver.redact import find_token, is_secret_header, redact_headers, strip_callbacks
@@ -227,28 +227,7 @@ def test_settings_raise_only_settings_error_naming_a_variable(env: dict[str, str
         assert "\n" not in str(exc)
 
 
-# -- ids and page parameters ----------------------------------------------------------------
-
-
-@FAST
-@given(
-    st.dictionaries(st.sampled_from(["limit", "after", "other"]), hostile_text, max_size=3),
-    st.sampled_from(list(KINDS)),
-)
-def test_page_params_raise_only_invalid_request(query: dict[str, str], kind: str) -> None:
-    try:
-        page = parse_page(query, kind)
-    except InvalidRequest as exc:
-        assert exc.status == 400 and exc.param in ("limit", "after")
-        return
-    assert 1 <= page.limit <= 100
-    assert page.after is None or page.after.isascii()
-
-
-@pytest.mark.parametrize("limit", ["²", "٣", "\uff11", "0", "101", "-1", "1.5", " 5", "5 ", "", "0x10"])
-def test_limit_is_ascii_digits_1_to_100(limit: str) -> None:
-    with pytest.raises(InvalidRequest):
-        parse_page({"limit": limit}, "video")
+# -- ids -----------------------------------------------------------------------------------
 
 
 @FAST

@@ -30,6 +30,7 @@ EXAMPLES = 12  # per operation and phase: about 1,000 requests, under a minute h
 TIME_BOX = 240  # seconds for the whole run, start-up included
 
 
+@pytest.mark.slow
 async def test_the_api_conforms_to_its_document(make_stack: StackFactory, tmp_path: Path) -> None:
     sim = SimConfig(secret=SECRET, duration_median=0.2, duration_sigma=0.1)
     async with make_stack(sim, callback_secret=SECRET, api_keys=("st-key",)) as stack:

@@ -6,11 +6,9 @@ its own connections and its own writer."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,75 +17,17 @@ from store import (
     Attempt,
     CaptureOutcome,
     NewDelivery,
-    NewTask,
     OutboxStats,
     OverLimit,
     ReplayFilter,
-    Store,
     UnknownCursor,
     UnknownToken,
     WrongVideo,
-    open_store,
 )
 from store.records import dedupe_base
+from tests.helpers import delivery, new_task, opened, submitted
 
 pytestmark = pytest.mark.anyio
-
-
-@contextlib.asynccontextmanager
-async def opened(url: str, count: int = 1) -> AsyncIterator[list[Store]]:
-    stores = [open_store(url) for _ in range(count)]
-    for store in stores:
-        await store.open()
-    try:
-        yield stores
-    finally:
-        for store in stores:
-            await store.close()
-
-
-def new_task(n: int, now: float, **kwargs: Any) -> NewTask:
-    fields: dict[str, Any] = {
-        "token_hash": f"tok{n}",
-        "model": "m",
-        "request": {"model": "m", "prompt": f"p{n}"},
-        "callback_url": None,
-        "idem_scope": None,
-        "idem_key": None,
-        "request_hash": None,
-        "created_at": now,
-        "expires_at": None,
-    }
-    fields.update(kwargs)
-    return NewTask(**fields)
-
-
-async def submitted(store: Store, n: int, now: float, status: str = "queued") -> int:
-    created = await store.create_task(new_task(n, now))
-    assert created.state == "created" and created.pk is not None
-    await store.finish_submit(created.pk, f"vid{n}", status, {"id": f"vid{n}", "model": "m"}, now, now + 60)
-    return created.pk
-
-
-def delivery(n: int, key: str, status: str | None, now: float, **kwargs: Any) -> NewDelivery:
-    fields: dict[str, Any] = {
-        "dedupe_key": key,
-        "route": "task",
-        "token_hash": f"tok{n}",
-        "video_id": f"vid{n}",
-        "verified_by": "standard-v1",
-        "headers": {"webhook-id": key},
-        "body": b"{}",
-        "event_type": None,
-        "status": status,
-        "video": {"id": f"vid{n}", "status": status} if status else None,
-        "actionable": True,
-        "needs_confirm": False,
-        "received_at": now,
-        "next_poll_at": now + 60,
-    }
-    fields.update(kwargs)
-    return NewDelivery(**fields)
 
 
 async def test_a_delivery_records_the_result_once(database_url: str) -> None:

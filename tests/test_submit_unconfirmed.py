@@ -265,6 +265,7 @@ async def test_the_sweep_makes_orphans_unconfirmed_then_ends_them(
         assert late.status_code == 404 and late.json()["error"]["code"] == "unknown_token"
 
 
+@pytest.mark.slow
 async def test_a_create_in_flight_when_the_receiver_is_killed_is_adopted_after_restart(
     tmp_path: Path, database_url: str
 ) -> None:
