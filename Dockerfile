@@ -5,11 +5,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+# The locked dependencies (exact versions, checked hashes) in a layer of their own.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
-# Stub every package directory pyproject.toml lists, so this layer needs only pyproject.toml.
-RUN mkdir -p receiver/static store/sqlite store/postgres \
-    && touch receiver/__init__.py store/__init__.py store/sqlite/__init__.py store/postgres/__init__.py \
-    && pip install . && pip uninstall -y receiver
 COPY receiver ./receiver
 COPY store ./store
 RUN pip install --no-deps .
