@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver.api import RangeErrorsAsJson
+from receiver.content import RangeErrorsAsJson
 from receiver.media import LocalMedia, MediaStore, S3Location
 from receiver.media_s3 import S3Media
 from tests.conftest import s3_client, s3_env, serve
