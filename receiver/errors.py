@@ -21,7 +21,7 @@ ReceiverError
  │    └── OverLimit             -> 400: a write would pass its cap (the route names the code)
  ├── ProviderError          the provider gave no usable video object (the submit route maps its
  │                          status: 4xx refusals, 429, 502, 504, or submit_unconfirmed)
- ├── CallError              an outbound call broke its budget (receiver.call)
+ ├── CallError              an outbound call broke its budget (receiver.call) -> 502 (504: too long)
  │    ├── CallTimeout           too long (also a TimeoutError)
  │    │    ├── DeadlineExceeded     its total deadline passed
  │    │    └── Stalled              no byte for the stall interval
@@ -335,6 +335,8 @@ def to_api_error(exc: ReceiverError) -> ApiError:
         return InvalidRequest("this callback URL belongs to another video", code="wrong_video")
     if isinstance(exc, UnknownCursor):
         return InvalidRequest("after names nothing in this list", param="after", code="unknown_cursor")
+    if isinstance(exc, OverLimit):
+        return InvalidRequest(f"this would pass a limit: {exc}", code="over_limit")
     if isinstance(exc, NoSignature):
         return Unauthorized("missing webhook signature", code="missing_signature")
     if isinstance(exc, SignatureError):
@@ -347,6 +349,10 @@ def to_api_error(exc: ReceiverError) -> ApiError:
         return InvalidRequest(str(exc), code=exc.code)
     if isinstance(exc, ProviderError):
         return _provider_failure(exc)
+    if isinstance(exc, CallTimeout):
+        return UpstreamError(f"an outside call took too long: {exc}", status=504, code="upstream_timeout")
+    if isinstance(exc, CallError):
+        return UpstreamError(f"an outside call failed: {exc}", code="upstream_error")
     return ApiError("internal error")
 
 
