@@ -5,7 +5,8 @@ ApiError
  ├── Unauthorized     401  missing or wrong API key, bad webhook signature
  ├── Forbidden        403  a write from another origin (cross_origin)
  ├── NotFound         404
- ├── Conflict         409  e.g. an idempotent submit still running
+ ├── Conflict         409  e.g. an idempotent submit still running, a pruned delivery replayed
+ ├── Gone             410  a kept file whose retention ended (content_expired)
  ├── PayloadTooLarge  413
  ├── UnsupportedMediaType 415  a write whose Content-Type the route does not take
  ├── Misdirected      421  a Host this receiver does not answer for (DNS rebinding)
@@ -21,6 +22,7 @@ __all__ = [
     "ApiError",
     "Conflict",
     "Forbidden",
+    "Gone",
     "InvalidRequest",
     "Misdirected",
     "NotFound",
@@ -87,6 +89,12 @@ class Conflict(ApiError):
     status = 409
     type = "invalid_request_error"
     code = "conflict"
+
+
+class Gone(ApiError):
+    status = 410
+    type = "invalid_request_error"
+    code = "gone"
 
 
 class PayloadTooLarge(ApiError):

@@ -24,6 +24,7 @@ class MediaStore(Protocol):
 
     def writer(self, key: str) -> MediaWriter: ...
     def response(self, key: str, media_type: str, filename: str) -> Response | None: ...  # Range honoured
+    async def delete(self, key: str) -> None: ...  # a key already gone is not an error
 
 
 class _LocalWriter:
@@ -69,6 +70,9 @@ class LocalMedia:
 
     def writer(self, key: str) -> MediaWriter:
         return _LocalWriter(self._path(key))
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
 
     def response(self, key: str, media_type: str, filename: str) -> Response | None:
         path = self._path(key)
