@@ -3,22 +3,27 @@ batches, by the one process that holds the "prune" lease."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 from receiver import core
-from receiver.media import MediaStore
+from receiver.media import LocalMedia, MediaStore
 from receiver.metrics import Metrics
 from receiver.settings import Settings
 from store import PruneRun, Store, StoreError
 
-__all__ = ["Pruner"]
+__all__ = ["Pruner", "add_parser"]
 
 log = logging.getLogger("receiver.pruner")
 
@@ -156,3 +161,46 @@ class Pruner:
         expired = await self._store.expire_files(gone)
         # A file that could not be deleted is met again next pass, not in a loop now.
         return {"files": expired}, len(due) == self._batch and expired > 0
+
+
+async def _prune_once(settings: Settings, dry_run: bool) -> dict[str, int] | None:
+    from store import open_store
+
+    store = open_store(settings.database_url)
+    await store.open()
+    try:
+        pruner = Pruner(store, settings, LocalMedia(Path(settings.media_path())), clock=time.time)
+        return await (pruner.preview() if dry_run else pruner.prune())
+    finally:
+        await store.close()
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env(dict(os.environ))
+    except ValueError as exc:
+        print(f"receiver prune: {exc}", file=sys.stderr)
+        return 2
+    try:
+        counts = asyncio.run(_prune_once(settings, args.dry_run))
+    except StoreError as exc:
+        print(f"receiver prune: {exc}", file=sys.stderr)
+        return 1
+    if counts is None:
+        print("receiver prune: another process is pruning now (it holds the prune lease)", file=sys.stderr)
+        return 1
+    print(json.dumps({"dry_run": args.dry_run, "pruned": dict(sorted(counts.items()))}))
+    return 0
+
+
+def add_parser(commands: Any) -> None:
+    command = commands.add_parser(
+        "prune",
+        help="run one pruning pass now, or show what it would delete (--dry-run)",
+        description="Delete what is past RECEIVER_RETENTION, RECEIVER_TASK_RETENTION and "
+        "RECEIVER_MEDIA_RETENTION, as serve does every RECEIVER_PRUNE_INTERVAL; prints rows by table.",
+    )
+    command.add_argument(
+        "--dry-run", action="store_true", help="count what a pass would delete, by table; delete nothing"
+    )
+    command.set_defaults(run=_run)
