@@ -193,7 +193,10 @@ CREATE INDEX subscriptions_listed ON subscriptions (pk) WHERE task_pk IS NULL AN
 -- ago, so the tables it touches get the small scale factor tasks and outbox have (2% dead rows,
 -- not the default 20%, which on ten million deliveries lets two million dead tuples pile up
 -- before a vacuum makes their space reusable), and no cost delay on the tables written on the ack
--- path, so a vacuum finishes between passes rather than trailing them.
+-- path, so a vacuum finishes between passes rather than trailing them. Measured (300 tasks a day,
+-- 5 days' bodies, 8 days' tasks, a pass a day): with a plain VACUUM after each pass, which is what
+-- these thresholds make autovacuum do, the four tables stay at 7.2 MB from day 12 on; with none
+-- they grow by 0.9 MB a day (21.5 MB and 45,000 dead rows at day 24).
 ALTER TABLE tasks ADD COLUMN pruned_at double precision;
 ALTER TABLE deliveries ADD COLUMN pruned_at double precision;
 CREATE INDEX tasks_prunable ON tasks (terminal_at) WHERE terminal_at IS NOT NULL AND pruned_at IS NULL;
