@@ -167,6 +167,7 @@ async def test_kept_files_expire_and_their_rows_stay(database_url: str, tmp_path
                 )
             )
 
+        assert (await pruner(store, media).preview())["files"] == 1
         counts = await pruner(store, media).prune()
 
         assert counts is not None and counts["files"] == 1

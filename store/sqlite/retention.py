@@ -221,6 +221,13 @@ class RetentionStore(SQLiteBase):
                 "SELECT count(*) FROM deliveries WHERE task_pk IS NULL AND received_at < ?",
                 tasks_before,
             )
-        kept = await self.expiring_files(files_before, tasks_before, 1_000_000)
-        counts["files"] = len(kept)
+        # A file kept past its retention, or one of a task whose rows go: counted once.
+        never = -1.0  # a cut-off no row is before: that kind is kept
+        await count(
+            "files",
+            "SELECT count(*) FROM captures c JOIN tasks t ON t.pk = c.task_pk"
+            " WHERE c.status = 'kept' AND (c.settled_at < ? OR t.terminal_at < ?)",
+            never if files_before is None else files_before,
+            never if tasks_before is None else tasks_before,
+        )
         return counts
