@@ -304,7 +304,15 @@ def parser() -> argparse.ArgumentParser:
     from receiver.replay import add_parser
 
     add_parser(commands)
+    _retention_commands(commands)
     return root
+
+
+def _retention_commands(commands: Any) -> None:
+    from receiver import backup, pruner
+
+    backup.add_parser(commands)
+    pruner.add_parser(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -164,16 +164,12 @@ def task_view(
 def delivery_view(row: DeliveryRow) -> dict[str, Any]:
     """A stored delivery as received, minus our callback URL and any credential header. A body
     outside the JSON policy (kept as received) is shown as text (base64 when not UTF-8), never
-    a failed read."""
-    try:
-        body: Any = strip_callbacks(jsonpolicy.loads(row.body))
-        encoding = "json"
-    except jsonpolicy.JSONPolicyError:
-        try:
-            body, encoding = strip_text(row.body.decode("utf-8")), "text"
-        except UnicodeDecodeError:
-            body = base64.b64encode(strip_text(row.body.decode("latin-1")).encode("latin-1")).decode()
-            encoding = "base64"
+    a failed read. A pruned one keeps its row and key but no body or headers."""
+    body: Any
+    if row.pruned:
+        body, encoding = None, "pruned"
+    else:
+        body, encoding = _shown_body(row.body)
     return {
         "id": row.id,
         "object": "delivery",
@@ -191,6 +187,16 @@ def delivery_view(row: DeliveryRow) -> dict[str, Any]:
         "body": body,
         "body_encoding": encoding,
     }
+
+
+def _shown_body(raw: bytes) -> tuple[Any, str]:
+    try:
+        return strip_callbacks(jsonpolicy.loads(raw)), "json"
+    except jsonpolicy.JSONPolicyError:
+        try:
+            return strip_text(raw.decode("utf-8")), "text"
+        except UnicodeDecodeError:
+            return base64.b64encode(strip_text(raw.decode("latin-1")).encode("latin-1")).decode(), "base64"
 
 
 def list_body(data: list[dict[str, Any]], has_more: bool, key: str = "id") -> dict[str, Any]:
@@ -421,7 +427,7 @@ async def list_deliveries(request: Request) -> Response:
         "Run a stored delivery through processing again",
         tag="deliveries",
         answer=DeliveryReplay,
-        errors=(404, 503),
+        errors=(404, 409, 503),
     )
 )
 async def replay_delivery(request: Request) -> Response:
@@ -430,6 +436,12 @@ async def replay_delivery(request: Request) -> Response:
     delivery = await ctx.store.get_delivery(parse_id("delivery", request.path_params["delivery_id"]))
     if delivery is None:
         raise NotFound("no such delivery", param="id")
+    if delivery.pruned:
+        raise Conflict(
+            "the delivery's body was pruned (RECEIVER_RETENTION): there is nothing to replay",
+            param="id",
+            code="delivery_pruned",
+        )
     result = await store_call(ctx, reprocess(ctx, delivery))
     fresh = await ctx.store.get_delivery(delivery.id)
     view = delivery_view(fresh or delivery)
@@ -501,6 +513,8 @@ async def stats(request: Request) -> Response:
     authorize(request, ctx.settings.api_keys)
     tasks = await ctx.store.task_stats()
     sends = await ctx.store.outbox_stats()
+    last = await ctx.store.last_prune()
+    settings = ctx.settings
     now = ctx.clock()
     by_status: dict[str, int] = {}
     by_resolved_by: dict[str, int] = {}
@@ -527,6 +541,17 @@ async def stats(request: Request) -> Response:
                 "oldest_open_age_seconds": round(max(0.0, now - oldest), 1) if oldest is not None else None,
             },
             "sends": {"by_status": dict(sorted(sends.by_status.items()))},
+            "retention": {
+                "retention_seconds": settings.retention,
+                "task_retention_seconds": settings.task_retention,
+                "media_retention_seconds": settings.media_retention,
+                "prune_interval_seconds": settings.prune_interval,
+                "last_prune": {
+                    "last_run_at": int(last.at) if last.at is not None else None,
+                    "last_duration_seconds": round(last.took, 3) if last.took is not None else None,
+                    "pruned": last.counts,
+                },
+            },
         }
     )
 

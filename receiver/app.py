@@ -32,6 +32,7 @@ from receiver.media import media_store
 from receiver.openapi import Operation, openapi_json, operation
 from receiver.poller import Poller
 from receiver.provider import Provider
+from receiver.pruner import Pruner
 from receiver.schedule import Scheduler
 from receiver.schemas import Health
 from receiver.settings import Settings
@@ -224,6 +225,9 @@ def create_app(
             sweeper = Sweeper(ctx)
             ctx.workers.append(asyncio.create_task(sweeper.run(stop), name="sweeper"))
             app.state.sweeper = sweeper
+            pruner = Pruner(the_store, settings, media, clock=clock, metrics=ctx.metrics)
+            ctx.workers.append(asyncio.create_task(pruner.run(stop), name="pruner"))
+            app.state.pruner = pruner
             downloads = capture_session(settings.outbound_allow)
             stack.push_async_callback(downloads.close)
             capturer = Capturer(ctx, downloads, media, trusted_origin=base if simulator is not None else None)

@@ -20,7 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from receiver.capture import Capturer, Refused
 from receiver.context import Context
-from receiver.errors import CallError, InvalidRequest, NotFound, UpstreamError
+from receiver.errors import CallError, Gone, InvalidRequest, NotFound, UpstreamError
 from receiver.http import authorize
 from receiver.media import MediaStore
 from receiver.openapi import Operation, operation
@@ -64,7 +64,7 @@ def file_headers(content_type: str | None, video_id: str) -> tuple[str, str, dic
         tag="videos",
         media="*/*",  # the file's own type, as the provider served it (video/mp4, image/png, ...)
         query=VideoContentQuery,
-        errors=(400, 404, 416, 502),
+        errors=(400, 404, 410, 416, 502),
         ranges=True,
     )
 )
@@ -84,6 +84,12 @@ async def get_video_content(request: Request) -> Response:
             named = ", ".join(sorted(files)) or "none"
             message = f"the result names no {query.variant} file (it names: {named})"
         raise NotFound(message, param="variant", code="content_not_kept")
+    if row.status == "expired":
+        raise Gone(
+            f"the {query.variant} file was deleted when its retention (RECEIVER_MEDIA_RETENTION) ended",
+            param="variant",
+            code="content_expired",
+        )
     if row.status == "pending":
         return _Relay(request.app.state.capturer, row, task.video_id)
     if row.status != "kept" or row.key is None:

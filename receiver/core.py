@@ -31,6 +31,7 @@ from store.records import DeliveryResult, DeliveryRow, NewDelivery, NewEvent, Ta
 __all__ = [
     "ORPHAN_GRACE",
     "DeliveryPlan",
+    "PruneCutoffs",
     "apply_change",
     "claims_video",
     "lookup_keys",
@@ -44,6 +45,7 @@ __all__ = [
     "pick_sends",
     "plan_deliveries",
     "plan_results",
+    "prune_cutoffs",
     "submit_sweep",
 ]
 
@@ -95,6 +97,27 @@ def submit_sweep(now: float, orphan_after: float, confirm_window: float) -> tupl
     process and become "unconfirmed"; "unconfirmed" tasks created before the second, which no
     delivery has adopted, are deleted (their key and token are free again)."""
     return now - orphan_after, now - confirm_window
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneCutoffs:
+    """What a pruning pass deletes: bodies, events and sends of tasks that ended before
+    `bodies_before`; task rows and dedupe keys of tasks that ended before `tasks_before`; kept
+    files kept before `files_before`. None keeps that kind forever."""
+
+    bodies_before: float
+    tasks_before: float | None
+    files_before: float | None
+
+
+def prune_cutoffs(
+    now: float, retention: float, task_retention: float, media_retention: float
+) -> PruneCutoffs:
+    """Retention settings (seconds; 0 keeps task rows, keys and files) as cut-off times. Keys
+    never go before bodies: a copy of a pruned delivery must still be found a duplicate."""
+    tasks_before = None if task_retention <= 0 else now - max(task_retention, retention)
+    files_before = None if media_retention <= 0 else now - media_retention
+    return PruneCutoffs(now - retention, tasks_before, files_before)
 
 
 def claims_video(task: TaskRow, video_id: str | None) -> bool:

@@ -7,7 +7,8 @@ ReceiverError
  │    ├── Unauthorized          401  missing or wrong API key, bad webhook signature
  │    ├── Forbidden             403  a write from another origin (cross_origin)
  │    ├── NotFound              404
- │    ├── Conflict              409  e.g. an idempotent submit still running or unconfirmed
+ │    ├── Conflict              409  e.g. a submit still running or unconfirmed, a pruned delivery replayed
+ │    ├── Gone                  410  a kept file whose retention ended (content_expired)
  │    ├── PayloadTooLarge       413
  │    ├── UnsupportedMediaType  415  a write whose Content-Type the route does not take
  │    ├── Misdirected           421  a Host this receiver does not answer for (DNS rebinding)
@@ -53,6 +54,7 @@ __all__ = [
     "Conflict",
     "DeadlineExceeded",
     "Forbidden",
+    "Gone",
     "InvalidRequest",
     "JSONPolicyError",
     "Misdirected",
@@ -141,6 +143,12 @@ class Conflict(ApiError):
     status = 409
     type = "invalid_request_error"
     code = "conflict"
+
+
+class Gone(ApiError):
+    status = 410
+    type = "invalid_request_error"
+    code = "gone"
 
 
 class PayloadTooLarge(ApiError):

@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from receiver.health import ARRIVING, STOPPED, Health
-from store import OutboxStats, Store, TaskStats
+from store import OutboxStats, PruneRun, Store, TaskStats
 
 HEALTH_VALUES = {ARRIVING: 1.0, STOPPED: 0.0}  # anything else (unknown): -1
 
@@ -25,6 +25,7 @@ class _StoreGauges(Collector):
         self.outbox: OutboxStats | None = None
         self.health: Mapping[str, Health] = {}
         self.captures: dict[str, int] = {}
+        self.prune = PruneRun()
         self.now = 0.0
 
     def collect(self) -> list[GaugeMetricFamily]:
@@ -67,7 +68,17 @@ class _StoreGauges(Collector):
         )
         for model, judged in sorted(self.health.items()):
             health.add_metric([model], HEALTH_VALUES.get(judged.state, -1.0))
-        return [tasks, oldest, sends, dead, health, captures]
+        # The last whole pass in the fleet (whichever process held the lease), 0 before any.
+        last_run = GaugeMetricFamily(
+            "receiver_prune_last_run_timestamp_seconds",
+            "When the last whole pruning pass started (0: none yet)",
+        )
+        last_run.add_metric([], self.prune.at or 0.0)
+        last_took = GaugeMetricFamily(
+            "receiver_prune_last_duration_seconds", "How long the last whole pruning pass took"
+        )
+        last_took.add_metric([], self.prune.took or 0.0)
+        return [tasks, oldest, sends, dead, health, captures, last_run, last_took]
 
 
 class Metrics:
@@ -91,6 +102,12 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.pruned_rows = Counter(
+            "receiver_pruned_rows",
+            "Rows this process's pruning passes deleted (delivery_bodies: emptied; files: kept files)",
+            ["table"],
+            registry=self.registry,
+        )
         self._delivery_children: dict[str, Any] = {}
         self._gauges = _StoreGauges()
         self.registry.register(self._gauges)
@@ -102,10 +119,15 @@ class Metrics:
             child = self._delivery_children[outcome] = self.deliveries.labels(outcome=outcome)
         child.inc()
 
+    def pruned(self, counts: Mapping[str, int]) -> None:
+        for table, n in counts.items():
+            self.pruned_rows.labels(table=table).inc(n)
+
     async def render(self, store: Store, now: float, health: Mapping[str, Health] | None = None) -> bytes:
         self._gauges.snapshot = await store.task_stats()
         self._gauges.outbox = await store.outbox_stats()
         self._gauges.health = health or {}
         self._gauges.captures = await store.capture_stats()
+        self._gauges.prune = await store.last_prune()
         self._gauges.now = now
         return generate_latest(self.registry)

@@ -220,7 +220,7 @@ class ErrorBody(Answer):
 
 class KeptFile(Answer):
     variant: str
-    status: Literal["pending", "kept", "failed"]
+    status: Literal["pending", "kept", "failed", "expired"]  # expired: RECEIVER_MEDIA_RETENTION passed
     size: int | None
     sha256: str | None
     content_type: str | None
@@ -278,8 +278,8 @@ class Delivery(Answer):
     outcome: str
     repeats: int
     headers: dict[str, str]
-    body: Any
-    body_encoding: Literal["json", "text", "base64"]
+    body: Any  # null once pruned
+    body_encoding: Literal["json", "text", "base64", "pruned"]  # pruned: RECEIVER_RETENTION passed
 
 
 class DeliveryReplay(Delivery):
@@ -435,11 +435,29 @@ class SendStats(Answer):
     by_status: Annotated[dict[str, int], Meta(description="outbound sends: pending, delivered, failed, dead")]
 
 
+class PruneStats(Answer):
+    """The last whole pruning pass in the fleet: when it started, how long it took, and the rows
+    it deleted by table (delivery_bodies: emptied, their rows and keys kept; files: kept files)."""
+
+    last_run_at: UnixTime | None
+    last_duration_seconds: float | None
+    pruned: dict[str, int]
+
+
+class RetentionStats(Answer):
+    retention_seconds: int
+    task_retention_seconds: int  # 0: task rows and dedupe keys are kept
+    media_retention_seconds: int  # 0: kept files are kept
+    prune_interval_seconds: int
+    last_prune: PruneStats
+
+
 class Stats(Answer):
     object: Literal["stats"]
     at: UnixTime
     tasks: TaskStats
     sends: SendStats
+    retention: RetentionStats
 
 
 class SendFailure(Answer):

@@ -21,6 +21,8 @@ __all__ = ["Network", "Settings", "SettingsError"]
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
+_FOREVER = 100 * 365 * 86_400  # retention ceilings: a century, far past any need
+
 _WHOLE = re.compile(r"[+-]?[0-9]{1,18}", re.ASCII)
 _HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCII)
 
@@ -205,6 +207,12 @@ class Settings:
     media_timeout: int = 900  # seconds one download may take in all
     # Library-only (no variable): seconds without a byte before a download is abandoned and retried.
     media_stall: float = 30.0
+    # Retention (receiver.pruner): seconds after a task ends that its bodies, events and sends
+    # go, and its row and dedupe keys (0 keeps them); seconds a kept file is kept (0: forever).
+    retention: int = 2_592_000
+    task_retention: int = 31_536_000
+    media_retention: int = 2_592_000
+    prune_interval: int = 300
 
     @property
     def simulated(self) -> bool:
@@ -305,6 +313,14 @@ class Settings:
         poll_max = _int(env, "RECEIVER_POLL_MAX_INTERVAL", 600, low=1, high=86_400)
         if poll_max < 1:
             raise SettingsError("RECEIVER_POLL_MAX_INTERVAL: must be at least 1")
+        retention = _int(env, "RECEIVER_RETENTION", 2_592_000, low=60, high=_FOREVER)
+        task_retention = _int(env, "RECEIVER_TASK_RETENTION", 31_536_000, low=0, high=_FOREVER)
+        if 0 < task_retention < retention:
+            # Dedupe keys outlive bodies: a copy of a pruned delivery must still be a duplicate.
+            raise SettingsError(
+                f"RECEIVER_TASK_RETENTION: must be 0 or at least RECEIVER_RETENTION ({retention}), "
+                f"got {task_retention}"
+            )
 
         media_dir, media_s3 = _media(env)
 
@@ -347,6 +363,10 @@ class Settings:
             media_s3=media_s3,
             media_max_bytes=_int(env, "RECEIVER_MEDIA_MAX_BYTES", 2_147_483_648, low=1, high=1 << 50),
             media_timeout=_int(env, "RECEIVER_MEDIA_TIMEOUT", 900, low=1, high=86_400),
+            retention=retention,
+            task_retention=task_retention,
+            media_retention=_int(env, "RECEIVER_MEDIA_RETENTION", 2_592_000, low=0, high=_FOREVER),
+            prune_interval=_int(env, "RECEIVER_PRUNE_INTERVAL", 300, low=1, high=86_400),
         )
 
     def media_path(self) -> str:

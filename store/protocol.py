@@ -20,6 +20,7 @@ from store.records import (
     OutboxRow,
     OutboxStats,
     Page,
+    PruneRun,
     ReplayFilter,
     SubscriptionRow,
     TaskRow,
@@ -154,3 +155,35 @@ class Store(Protocol):
     async def next_capture_due(self) -> float | None: ...
     async def captures_of(self, task_pks: list[int]) -> dict[int, list[CaptureRow]]: ...
     async def capture_stats(self) -> dict[str, int]: ...
+
+    # -- retention (receiver.pruner decides the cut-offs; these run one short batch each) -------
+    async def take_lease(self, name: str, holder: str, now: float, until: float) -> bool:
+        """Hold the lease `name` until `until` if it is free, expired, or `holder`'s already."""
+
+    async def release_lease(self, name: str, holder: str, run: PruneRun | None = None) -> None:
+        """Let go of `holder`'s lease, recording `run` (a whole pass) when given."""
+
+    async def last_prune(self) -> PruneRun: ...
+    async def prune_bodies(self, ended_before: float, now: float, limit: int) -> tuple[dict[str, int], bool]:
+        """One batch: for up to `limit` tasks that ended before `ended_before`, delete their
+        events, sends and attempts and empty their deliveries' bodies and headers (the rows and
+        keys stay); the same for up to `limit` deliveries naming no task received before then.
+        (rows by table, whether more may be left)."""
+
+    async def prune_tasks(self, ended_before: float, limit: int) -> tuple[dict[str, int], bool]:
+        """One batch: up to `limit` tasks that ended before `ended_before` are deleted with all
+        their rows, dedupe keys included; so are up to `limit` deliveries naming no task received
+        before then. Their kept files must have been expired first (expiring_files)."""
+
+    async def expiring_files(
+        self, kept_before: float | None, ended_before: float | None, limit: int
+    ) -> list[CaptureRow]:
+        """Kept files kept before `kept_before`, or of tasks that ended before `ended_before`."""
+
+    async def expire_files(self, pks: list[int]) -> int:
+        """Their files are gone from the media store: the rows say "expired"."""
+
+    async def prune_preview(
+        self, bodies_before: float, tasks_before: float | None, files_before: float | None
+    ) -> dict[str, int]:
+        """What a pass would delete now, by table (rows counted, nothing written)."""

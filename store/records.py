@@ -26,6 +26,7 @@ __all__ = [
     "OutboxRow",
     "OutboxStats",
     "Page",
+    "PruneRun",
     "ReplayFilter",
     "SubscriptionRow",
     "TaskChange",
@@ -272,6 +273,7 @@ class DeliveryRow:
     repeats: int
     received_at: float
     last_seen_at: float
+    pruned: bool = False  # retention emptied its body and headers; the row and its key stay
 
 
 @dataclass(frozen=True)
@@ -412,3 +414,12 @@ class Deadline:
                 future.set_exception(self._error())
         if watched:
             self._timer = loop.call_at(watched[0][0], self._expire, loop)
+
+
+@dataclass(frozen=True)
+class PruneRun:
+    """The last whole pruning pass, as the process that ran it recorded it (None: none yet)."""
+
+    at: float | None = None
+    took: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)

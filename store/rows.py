@@ -112,6 +112,7 @@ def delivery(row: Row) -> DeliveryRow:
         repeats=row["repeats"],
         received_at=row["received_at"],
         last_seen_at=row["last_seen_at"],
+        pruned=row["pruned_at"] is not None,
     )
 
 

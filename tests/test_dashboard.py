@@ -451,3 +451,33 @@ async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await anyio.sleep(0.05)  # wait-ok: a polling interval inside a deadline, not a sync
+
+
+async def test_the_last_prune_and_a_pruned_delivery_show(tmp_path: Path) -> None:
+    _chromium()
+    from playwright.async_api import expect
+
+    from tests.test_retention import DAY, a_finished_task, opened
+
+    # A task that ended 40 days ago is in the store before serve starts: its first pass prunes it.
+    async with opened(f"sqlite:///{tmp_path}/receiver.db") as (store,):
+        await a_finished_task(store, 1, time.time() - 40 * DAY)
+        (stored,) = (await store.list_deliveries(None, 10, None)).rows
+    errors: list[str] = []
+    with anyio.fail_after(TEST_BUDGET):
+        async with service(tmp_path) as svc, browser_page(errors) as page:
+
+            async def pruned() -> bool:
+                stats = (await svc.client.get(f"{svc.url}/v1/stats")).json()
+                return bool(stats["retention"]["last_prune"]["pruned"])
+
+            await wait_until(pruned, timeout=15, what="the first pruning pass")
+            await page.goto(svc.url + "/")
+            panel = page.locator("#retention")
+            await expect(panel).to_contain_text("30 d 0 h after a task ends")
+            await expect(panel.locator('tr[data-key="delivery_bodies"]')).to_contain_text("1")
+            await expect(panel.locator('tr[data-key="events"]')).to_contain_text("1")
+            await page.goto(f"{svc.url}/#/deliveries/{stored.id}")
+            await expect(page.locator("#view")).to_contain_text("Pruned: its retention ended")
+            await expect(page.get_by_role("button", name="Replay delivery")).to_have_count(0)
+    assert errors == []

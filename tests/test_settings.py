@@ -29,6 +29,38 @@ def test_caps_on_the_work_of_one_request() -> None:
                 Settings.from_env({name: bad})
 
 
+def test_retention() -> None:
+    defaults = Settings.from_env({})
+    assert (
+        defaults.retention,
+        defaults.task_retention,
+        defaults.media_retention,
+        defaults.prune_interval,
+    ) == (
+        2_592_000,
+        31_536_000,
+        2_592_000,
+        300,
+    )
+    given = Settings.from_env(
+        {
+            "RECEIVER_RETENTION": "3600",
+            "RECEIVER_TASK_RETENTION": "0",
+            "RECEIVER_MEDIA_RETENTION": "0",
+            "RECEIVER_PRUNE_INTERVAL": "60",
+        }
+    )
+    assert (given.retention, given.task_retention, given.media_retention, given.prune_interval) == (
+        3600,
+        0,
+        0,
+        60,
+    )
+    # Dedupe keys outlive bodies: task rows and keys never go before the bodies they dedupe.
+    with pytest.raises(SettingsError, match="RECEIVER_TASK_RETENTION"):
+        Settings.from_env({"RECEIVER_RETENTION": "7200", "RECEIVER_TASK_RETENTION": "3600"})
+
+
 def test_secrets_never_show_in_repr() -> None:
     settings = Settings.from_env(
         {
@@ -61,6 +93,11 @@ def test_secrets_never_show_in_repr() -> None:
         ("RECEIVER_FANOUT_TIMEOUT", "0"),
         ("RECEIVER_CALLBACK_SECRET", "raw:abc"),
         ("RECEIVER_OUTBOUND_ALLOW", "10.0.0.0/33"),
+        ("RECEIVER_RETENTION", "0"),
+        ("RECEIVER_RETENTION", "30d"),
+        ("RECEIVER_TASK_RETENTION", "-1"),
+        ("RECEIVER_MEDIA_RETENTION", "x"),
+        ("RECEIVER_PRUNE_INTERVAL", "0"),
     ],
 )
 def test_bad_values_name_their_variable(name: str, value: str) -> None:

@@ -530,9 +530,36 @@ async function overview() {
       panel("Live events", liveFeed(), { hint: "from /v1/events/stream", id: "live-events" }),
     ),
     panel("Fan-out health", table(HEALTH_COLUMNS, health.data.map((s) => ({ ...s, id: s.subscription_id })), { empty: "No subscriptions. Add one under Subscriptions.", label: "Fan-out health per subscriber", caption: `Over the sends of the newest ${health.data[0]?.window_events ?? 0} events; dead letters: all.` }), { hint: link("#/subscriptions", "Manage →"), id: "fanout-health" }),
+    stats.retention ? panel("Retention", retentionView(stats.retention), { hint: "from /v1/stats", id: "retention" }) : null,
   );
   paintBars(root);
   return root;
+}
+
+// What is kept and for how long, and the last pruning pass in the fleet.
+function retentionView(r) {
+  const kept = (seconds) => (seconds ? span(seconds) : "forever");
+  const last = r.last_prune;
+  const pruned = Object.entries(last.pruned || {}).map(([table, rows]) => ({ id: table, table, rows }));
+  return h(
+    "div",
+    { class: "grid two" },
+    kv([
+      ["Bodies, events, sends", `${kept(r.retention_seconds)} after a task ends`],
+      ["Tasks and dedupe keys", `${kept(r.task_retention_seconds)} after a task ends`],
+      ["Kept files", `${kept(r.media_retention_seconds)} after they were kept`],
+      ["Last prune", last.last_run_at ? ago(last.last_run_at) : "not yet"],
+      ["Took", last.last_duration_seconds === null ? null : `${last.last_duration_seconds} s`],
+    ]),
+    table(
+      [
+        { title: "Table", cell: (x) => mono(x.table) },
+        { title: "Rows pruned", num: true, cell: (x) => x.rows },
+      ],
+      pruned,
+      { empty: last.last_run_at ? "The last pass found nothing to prune." : `A pass runs every ${span(r.prune_interval_seconds)}.`, label: "Rows pruned by the last pass" },
+    ),
+  );
 }
 
 function stateTable(rows) {
@@ -801,7 +828,7 @@ function deliveryDetails(d, { open = false } = {}) {
           ["Received", ago(d.received_at)],
           ["Last copy", ago(d.last_seen_at)],
         ]),
-        h("div", { class: "row", style: null }, replay),
+        h("div", { class: "row", style: null }, d.body_encoding === "pruned" ? null : replay),
         out,
       ),
       h(
@@ -810,7 +837,11 @@ function deliveryDetails(d, { open = false } = {}) {
         h("h3", {}, "Headers (credentials redacted)"),
         table([{ title: "Name", cell: (x) => mono(x[0]) }, { title: "Value", cls: "wrap", cell: (x) => mono(x[1]) }], headers.map((x) => Object.assign(x, { id: x[0] })), { empty: "No headers.", label: `Headers of ${d.id}` }),
         h("h3", {}, d.body_encoding === "base64" ? "Body (base64)" : "Body"),
-        d.body_encoding === "base64" ? h("pre", {}, d.body) : json(d.body),
+        d.body_encoding === "pruned"
+          ? h("p", { class: "dim" }, "Pruned: its retention ended. The delivery and its dedupe key are kept; a copy is still a duplicate.")
+          : d.body_encoding === "base64"
+            ? h("pre", {}, d.body)
+            : json(d.body),
       ),
     ),
   );

@@ -57,3 +57,29 @@ DROP INDEX outbox_due;
 CREATE INDEX outbox_ready ON outbox (next_attempt_at) WHERE status = 'pending' AND held = 0;
 CREATE INDEX outbox_subscriber ON outbox (subscription_pk, event_pk);
 CREATE INDEX subscriptions_listed ON subscriptions (pk) WHERE task_pk IS NULL AND status != 'deleted';
+
+-- migration 10: retention (receiver.pruner). A task's bodies, events and sends are pruned once
+-- it ended RECEIVER_RETENTION ago; its delivery rows stay with their dedupe key, outcome and
+-- repeats (the task's delivery counts are derived from them, and a copy of a pruned delivery
+-- must still be a duplicate), their body and headers emptied and pruned_at set. Task rows and
+-- keys go after RECEIVER_TASK_RETENTION. A kept file past RECEIVER_MEDIA_RETENTION is deleted
+-- and its capture row says "expired". One process prunes at a time: it holds the "prune" lease,
+-- which also records the last pass for every process to show.
+ALTER TABLE tasks ADD COLUMN pruned_at REAL;
+ALTER TABLE deliveries ADD COLUMN pruned_at REAL;
+CREATE INDEX tasks_prunable ON tasks (terminal_at) WHERE terminal_at IS NOT NULL AND pruned_at IS NULL;
+CREATE INDEX tasks_ended ON tasks (terminal_at) WHERE terminal_at IS NOT NULL;
+CREATE INDEX deliveries_task ON deliveries (task_pk) WHERE task_pk IS NOT NULL;
+-- Deliveries that name no task (unmatched, or their task deleted): pruned by when they came.
+CREATE INDEX deliveries_taskless ON deliveries (received_at) WHERE task_pk IS NULL;
+CREATE INDEX deliveries_taskless_kept ON deliveries (received_at) WHERE task_pk IS NULL AND pruned_at IS NULL;
+CREATE INDEX captures_kept ON captures (settled_at) WHERE status = 'kept';
+CREATE TABLE leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT,
+    until       REAL NOT NULL DEFAULT 0,
+    last_at     REAL,                          -- when the last whole pass started
+    last_took   REAL,                          -- its duration in seconds
+    last_counts TEXT                           -- JSON: rows (and files) it deleted, by table
+);
+INSERT INTO leases (name) VALUES ('prune');
