@@ -628,7 +628,7 @@ def by_token(status: str = "queued", **fields: Any) -> tuple[str, TaskRow]:
         ([update("completed", token_hash="tok9")], [by_token()], set(), ["error:UnknownToken"], [], {}),
         ([update("completed", video_id="vid2")], [by_token()], set(), ["error:WrongVideo"], [], {}),
         # A copy of a delivery kept earlier, and two copies in one batch: applied once.
-        ([update("completed")], [by_token()], {"msg:1"}, ["repeat"], [], {}),
+        ([update("completed")], [by_token()], {update("completed").key}, ["repeat"], [], {}),
         (
             [update("completed"), update("completed")],
             [by_token()],
@@ -728,7 +728,8 @@ def test_plan_results(
     answers: list[DeliveryResult | StoreError],
 ) -> None:
     plan = core.DeliveryPlan(steps=steps, new=new, recorded=recorded)
-    assert core.plan_results(plan, {"msg:1": 5}, {"msg:1": (3, "applied")}, sends) == answers
+    key = update(None).key  # msg:1 as the store keeps it: scoped to its task
+    assert core.plan_results(plan, {key: 5}, {"msg:1": (3, "applied")}, sends) == answers
 
 
 # -- the poll schedule's pure helpers --------------------------------------------------------------
