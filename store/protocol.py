@@ -102,7 +102,6 @@ class Store(Protocol):
         """Fold the count changes writers appended into the kept counts, so reads stay a fixed
         number of rows (PostgreSQL; SQLite keeps its counts in place). Any process may call it."""
 
-
     # -- fan-out ---------------------------------------------------------------------------------
     async def create_subscription(
         self, url: str, events: list[str] | None, secret: str, now: float, *, limit: int | None = None
