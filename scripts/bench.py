@@ -6,6 +6,8 @@
     scripts/bench fanout    signed events/s delivered to a subscriber vs a bare aiohttp session
     scripts/bench scale     read latency with 1,000,000 deliveries and 200,000 tasks in the store;
                             /metrics and /v1/stats at 10,000 and at 1,000,000 tasks
+    scripts/bench soak      10 minutes at half the ingest rate with a short retention, sampled
+                            every 10 s: p99 ack latency, RSS, open files, database and media size
     scripts/bench storepath the store's delivery path alone: group commit vs a transaction each
     scripts/bench driver    asyncpg vs psycopg 3 on the ack path's read and batch insert
 
@@ -480,7 +482,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def run_wrk(url: str, requests_file: Path, seconds: int, connections: int) -> dict[str, int]:
+async def run_wrk(
+    url: str, requests_file: Path, seconds: int, connections: int, pause_ms: float | None = None
+) -> dict[str, int]:
+    """wrk over the prepared requests; with `pause_ms`, each connection waits that long before each
+    request (paced.lua), holding a rate rather than the most the server takes."""
+    script = "requests.lua" if pause_ms is None else "paced.lua"
+    extra = [] if pause_ms is None else [str(max(0, round(pause_ms)))]
     process = await asyncio.create_subprocess_exec(
         "wrk",
         "-t1",
@@ -489,10 +497,11 @@ async def run_wrk(url: str, requests_file: Path, seconds: int, connections: int)
         "--timeout",
         "5s",
         "-s",
-        str(HERE / "bench_lua" / "requests.lua"),
+        str(HERE / "bench_lua" / script),
         url,
         "--",
         str(requests_file),
+        *extra,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -1343,6 +1352,259 @@ async def scale_counts(args: argparse.Namespace) -> bool:
     return ok
 
 
+# -- soak -------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SoakSample:
+    at: float  # seconds since the load began
+    acks: int
+    p99_ms: float
+    errors: int  # error answers and socket errors
+    missing: int  # acknowledged deliveries a copy of which was not answered as a duplicate
+    rss_mib: float
+    fds: int
+    db_mib: float
+    media_mib: float
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _tree_mib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20 if path.exists() else 0.0
+
+
+async def _db_mib(database_url: str) -> float:
+    if database_url.startswith("sqlite:///"):
+        db = Path(database_url.removeprefix("sqlite:///"))
+        return sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists()) / 2**20
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        return float(await conn.fetchval("SELECT pg_database_size(current_database())")) / 2**20
+    finally:
+        await conn.close()
+
+
+async def _copies_acknowledged(client: httpx.AsyncClient, url: str, lines: list[str]) -> int:
+    """Send again copies of deliveries that were acknowledged: each must be answered as a duplicate
+    (the contract holds that even after its body is pruned). Returns how many were not."""
+    missing = 0
+    for line in lines:
+        path, msg, timestamp, signature, body = line.split("\t", 4)
+        answer = await client.post(
+            url + path,
+            content=body.encode(),
+            headers={
+                "content-type": "application/json",
+                "webhook-id": msg,
+                "webhook-timestamp": timestamp,
+                "webhook-signature": signature,
+            },
+        )
+        if answer.status_code != 200 or answer.json().get("duplicate") is not True:
+            missing += 1
+    return missing
+
+
+def _window(samples: list[SoakSample], start: float, end: float) -> list[SoakSample]:
+    return [s for s in samples if start <= s.at < end]
+
+
+def soak_verdicts(samples: list[SoakSample], cycle_end: float) -> list[tuple[str, bool, str]]:
+    """Last minute against the first minute after the first retention cycle (medians of the
+    10-second samples: one noisy sample moves neither), and the whole run's errors and losses."""
+    first = _window(samples, cycle_end, cycle_end + 60)
+    last = _window(samples, samples[-1].at - 50, samples[-1].at + 1)
+    out: list[tuple[str, bool, str]] = []
+    if not first or not last:
+        return [("windows", False, "the run is too short for a minute after the first retention cycle")]
+    for name, limit, pick in (
+        ("RSS", 1.2, lambda s: s.rss_mib),
+        ("database size", 1.2, lambda s: s.db_mib),
+        ("p99 ack latency", 1.5, lambda s: s.p99_ms),
+    ):
+        a, b = statistics.median(pick(s) for s in first), statistics.median(pick(s) for s in last)
+        ratio = b / a if a else math.inf
+        out.append((name, ratio <= limit, f"{a:.1f} -> {b:.1f} ({ratio:.2f}x, at most {limit}x)"))
+    errors = sum(s.errors for s in samples)
+    missing = sum(s.missing for s in samples)
+    out.append(("error answers", errors == 0, str(errors)))
+    out.append(("acknowledged missing", missing == 0, str(missing)))
+    return out
+
+
+async def soak_run(
+    args: argparse.Namespace, label: str, database_url: str, rate: float, scratch: Path
+) -> bool:
+    """One receiver under `rate` signed deliveries/s for args.seconds, in 10-second wrk runs over
+    tasks submitted as it goes (the older ones end and age out of the retention), sampled after
+    each run."""
+    import os
+    import random as _random
+
+    secret = dev_secret()
+    simulator = Simulator(SimConfig(secret=secret, duration_median=36_000, duration_sigma=0.0))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    media = scratch / f"media-{label}"
+    retention = {
+        "RECEIVER_RETENTION": str(args.retention),
+        "RECEIVER_TASK_RETENTION": str(args.retention * 2),
+        "RECEIVER_MEDIA_RETENTION": str(args.retention),
+        "RECEIVER_PRUNE_INTERVAL": str(args.prune_interval),
+    }
+    connections = 16
+    pause_ms = connections * 1000 / rate
+    samples: list[SoakSample] = []
+    rng = _random.Random(args.seed)
+    async with serve(simulator.app) as (provider_url, _):
+        env.update(
+            RECEIVER_PORT=str(port),
+            RECEIVER_DATABASE_URL=database_url,
+            RECEIVER_PROVIDER_URL=provider_url,
+            RECEIVER_WEBHOOK_SECRETS=secret,
+            RECEIVER_POLL_AFTER="86400",
+            RECEIVER_API_KEYS="bench-key",
+            RECEIVER_OUTBOUND_ALLOW="127.0.0.1/32",
+            RECEIVER_MEDIA_DIR=str(media),
+            **retention,
+        )
+        server = await start_receiver(env, scratch, f"soak-{label}")
+        try:
+            await wait_ready(url, server)
+            async with httpx.AsyncClient(timeout=30, headers={"authorization": "Bearer bench-key"}) as client:
+                started = time.monotonic()
+                recent: list[tuple[str, str]] = []
+                chunk = 0
+                while time.monotonic() - started < args.seconds:
+                    # New tasks each round; deliveries go to this round's and the last round's,
+                    # so older tasks end and age out as a real workload's do.
+                    fresh = []
+                    for i in range(args.tasks_per_round):
+                        answer = await client.post(
+                            f"{url}/v1/videos", json={"model": "seedance-2.0", "prompt": f"{chunk}-{i}"}
+                        )
+                        answer.raise_for_status()
+                        video_id = str(answer.json()["id"])
+                        fresh.append(
+                            (video_id, str(simulator.tasks[video_id].callback_url).rsplit("/", 1)[1])
+                        )
+                    recent = recent[-args.tasks_per_round :] + fresh
+                    requests = scratch / f"soak-{label}-{chunk}.txt"
+                    ids = await asyncio.to_thread(
+                        write_requests,
+                        requests,
+                        recent,
+                        secret,
+                        int(rate * 10 * 1.5) + 100,
+                        f"s{chunk}-",
+                        args.seed + chunk,
+                        f"{provider_url}/files",
+                    )
+                    result = await run_wrk(url, requests, 10, connections, pause_ms)
+                    # wrk sends the lines in order with at most `connections` outstanding.
+                    answered = max(0, min(result["requests"], len(ids)) - connections)
+                    lines = requests.read_text().splitlines()[:answered]
+                    requests.unlink()
+                    missing = await _copies_acknowledged(
+                        client, url, rng.sample(lines, min(args.check_copies, len(lines)))
+                    )
+                    samples.append(
+                        SoakSample(
+                            at=time.monotonic() - started,
+                            acks=result["requests"] - result["non2xx"],
+                            p99_ms=result["p99_us"] / 1000,
+                            errors=result["non2xx"] + result["socket_errors"],
+                            missing=missing,
+                            rss_mib=_rss_mib(server.pid),
+                            fds=len(os.listdir(f"/proc/{server.pid}/fd")),
+                            db_mib=await _db_mib(database_url),
+                            media_mib=_tree_mib(media),
+                        )
+                    )
+                    s = samples[-1]
+                    print(
+                        f"  {label:8s} {s.at:6.0f} s {s.acks / 10:7.0f}/s p99 {s.p99_ms:7.1f} ms"
+                        f" errors {s.errors:3d} missing {s.missing:3d} RSS {s.rss_mib:6.1f} MiB"
+                        f" fds {s.fds:4d} db {s.db_mib:8.1f} MiB media {s.media_mib:6.1f} MiB",
+                        flush=True,
+                    )
+                    chunk += 1
+        finally:
+            server.terminate()
+            await server.wait()
+    cycle_end = args.retention + args.prune_interval
+    ok = True
+    print(f"  {label}: last minute vs the first minute after the first retention cycle (from {cycle_end} s):")
+    for name, passed, detail in soak_verdicts(samples, cycle_end):
+        ok &= passed
+        print(f"    {name:22s} {'PASS' if passed else 'FAIL'}  {detail}")
+    return ok
+
+
+async def _store_url(
+    stack: contextlib.AsyncExitStack, backend: str, scratch: Path, name: str, admin: str | None
+) -> str:
+    """A fresh store: a SQLite file in the scratch folder, or a scratch PostgreSQL database."""
+    if backend == "sqlite":
+        return f"sqlite:///{scratch / f'{name}.db'}"
+    assert admin is not None
+    return str(await stack.enter_async_context(scratch_database(admin)))
+
+
+async def bench_soak(args: argparse.Namespace) -> int:
+    """Per backend: a short ingest run measures the rate, then the soak holds half of it."""
+    import shutil
+
+    print(f"machine: {machine()}")
+    if "retention" not in {f.name for f in dataclasses.fields(Settings)}:
+        print("note: this receiver has no RECEIVER_RETENTION yet: nothing is pruned, the store grows")
+    pg_admin = await _pg_admin(args)
+    backends = [b for b in args.backends.split(",") if b != "postgres" or pg_admin]
+    if "postgres" in args.backends and not pg_admin:
+        print("PostgreSQL: no server answers; SQLite only")
+    print(
+        f"soak: {args.seconds} s per backend, retention {args.retention} s, pruning every"
+        f" {args.prune_interval} s, {args.tasks_per_round} new tasks per 10 s"
+    )
+    ok = True
+    for backend in backends:
+        scratch = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                calibration = argparse.Namespace(
+                    tasks=500,
+                    requests=max(20_000, args.calibrate_seconds * 5_000),
+                    seconds=args.calibrate_seconds,
+                    connections=64,
+                    seed=args.seed,
+                )
+                measured = await ingest_run(
+                    calibration,
+                    f"calibrate-{backend}",
+                    await _store_url(stack, backend, scratch, "calibrate", pg_admin),
+                    1,
+                    scratch,
+                )
+                rate = measured["rate"] / 2
+                print(f"  {backend}: ingest measured {measured['rate']:.0f}/s; the soak holds {rate:.0f}/s")
+                ok &= await soak_run(
+                    args, backend, await _store_url(stack, backend, scratch, "soak", pg_admin), rate, scratch
+                )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print("result:", "PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
 # -- the database path alone -----------------------------------------------------------------------
 
 
@@ -1762,6 +2024,22 @@ def main(argv: list[str] | None = None) -> int:
     scale.add_argument("--only", choices=["reads", "counts"], help="run one part (default: both)")
     scale.add_argument("--database-url", help="PostgreSQL server (a scratch database is made on it)")
     scale.set_defaults(run=bench_scale)
+    soak = commands.add_parser(
+        "soak",
+        help="hours of service in minutes: half the ingest rate, retention cycling, sampled every 10 s",
+    )
+    soak.add_argument("--seconds", type=int, default=600, help="load per backend")
+    soak.add_argument("--retention", type=int, default=60, help="RECEIVER_RETENTION (task rows: twice it)")
+    soak.add_argument("--prune-interval", type=int, default=10, help="RECEIVER_PRUNE_INTERVAL")
+    soak.add_argument("--tasks-per-round", type=int, default=200, help="tasks submitted every 10 s")
+    soak.add_argument(
+        "--check-copies", type=int, default=100, help="acknowledged deliveries re-sent per round"
+    )
+    soak.add_argument("--calibrate-seconds", type=int, default=5, help="the ingest run that sets the rate")
+    soak.add_argument("--backends", default="sqlite,postgres")
+    soak.add_argument("--seed", type=int, default=1)
+    soak.add_argument("--database-url", help="PostgreSQL server (a scratch database is made on it)")
+    soak.set_defaults(run=bench_soak)
     path = commands.add_parser(
         "storepath", help="the store's delivery path alone: group commit vs one transaction each"
     )
