@@ -1358,7 +1358,7 @@ async def scale_counts(args: argparse.Namespace) -> bool:
 @dataclasses.dataclass
 class SoakSample:
     at: float  # seconds since the load began
-    acks: int
+    acks: int  # acknowledged per second
     p99_ms: float
     errors: int  # error answers and socket errors
     missing: int  # acknowledged deliveries a copy of which was not answered as a duplicate
@@ -1481,12 +1481,12 @@ async def soak_run(
         try:
             await wait_ready(url, server)
             async with httpx.AsyncClient(timeout=30, headers={"authorization": "Bearer bench-key"}) as client:
-                started = time.monotonic()
                 recent: list[tuple[str, str]] = []
-                chunk = 0
-                while time.monotonic() - started < args.seconds:
-                    # New tasks each round; deliveries go to this round's and the last round's,
-                    # so older tasks end and age out as a real workload's do.
+
+                async def prepare(chunk: int) -> tuple[Path, list[str]]:
+                    """A round's requests. New tasks each round; deliveries go to this round's and the
+                    last round's, so older tasks end and age out as a real workload's do."""
+                    nonlocal recent
                     fresh = []
                     for i in range(args.tasks_per_round):
                         answer = await client.post(
@@ -1509,7 +1509,21 @@ async def soak_run(
                         args.seed + chunk,
                         f"{provider_url}/files",
                     )
+                    return requests, ids
+
+                upcoming = asyncio.create_task(prepare(0))
+                started = time.monotonic()
+                chunk = 0
+                while time.monotonic() - started < args.seconds:
+                    requests, ids = await upcoming
+                    # The next round is prepared (its submits are traffic too) while this one runs.
+                    upcoming = asyncio.create_task(prepare(chunk + 1))
                     result = await run_wrk(url, requests, 10, connections, pause_ms)
+                    achieved = result["requests"] / (result["duration_us"] / 1e6)
+                    # Each connection's cycle is its pause plus the answer's latency: keep the pause
+                    # that would have made this round's cycle hold the rate.
+                    latency_ms = connections * 1000 / max(achieved, 1.0) - pause_ms
+                    pause_ms = max(0.0, connections * 1000 / rate - latency_ms)
                     # wrk sends the lines in order with at most `connections` outstanding.
                     answered = max(0, min(result["requests"], len(ids)) - connections)
                     lines = requests.read_text().splitlines()[:answered]
@@ -1520,7 +1534,9 @@ async def soak_run(
                     samples.append(
                         SoakSample(
                             at=time.monotonic() - started,
-                            acks=result["requests"] - result["non2xx"],
+                            acks=round(
+                                (result["requests"] - result["non2xx"]) / (result["duration_us"] / 1e6)
+                            ),
                             p99_ms=result["p99_us"] / 1000,
                             errors=result["non2xx"] + result["socket_errors"],
                             missing=missing,
@@ -1532,12 +1548,15 @@ async def soak_run(
                     )
                     s = samples[-1]
                     print(
-                        f"  {label:8s} {s.at:6.0f} s {s.acks / 10:7.0f}/s p99 {s.p99_ms:7.1f} ms"
+                        f"  {label:8s} {s.at:6.0f} s {s.acks:7d}/s p99 {s.p99_ms:7.1f} ms"
                         f" errors {s.errors:3d} missing {s.missing:3d} RSS {s.rss_mib:6.1f} MiB"
                         f" fds {s.fds:4d} db {s.db_mib:8.1f} MiB media {s.media_mib:6.1f} MiB",
                         flush=True,
                     )
                     chunk += 1
+                upcoming.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upcoming
         finally:
             server.terminate()
             await server.wait()
