@@ -1511,11 +1511,10 @@ async def soak_run(
                     )
                     return requests, ids
 
-                upcoming = asyncio.create_task(prepare(0))
+                requests, ids = await prepare(0)
                 started = time.monotonic()
                 chunk = 0
                 while time.monotonic() - started < args.seconds:
-                    requests, ids = await upcoming
                     # The next round is prepared (its submits are traffic too) while this one runs.
                     upcoming = asyncio.create_task(prepare(chunk + 1))
                     result = await run_wrk(url, requests, 10, connections, pause_ms)
@@ -1554,9 +1553,7 @@ async def soak_run(
                         flush=True,
                     )
                     chunk += 1
-                upcoming.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await upcoming
+                    requests, ids = await upcoming
         finally:
             server.terminate()
             await server.wait()
