@@ -1487,16 +1487,18 @@ async def soak_run(
                     """A round's requests. New tasks each round; deliveries go to this round's and the
                     last round's, so older tasks end and age out as a real workload's do."""
                     nonlocal recent
-                    fresh = []
-                    for i in range(args.tasks_per_round):
-                        answer = await client.post(
-                            f"{url}/v1/videos", json={"model": "seedance-2.0", "prompt": f"{chunk}-{i}"}
-                        )
+                    gate = asyncio.Semaphore(16)
+
+                    async def submit(i: int) -> tuple[str, str]:
+                        async with gate:
+                            answer = await client.post(
+                                f"{url}/v1/videos", json={"model": "seedance-2.0", "prompt": f"{chunk}-{i}"}
+                            )
                         answer.raise_for_status()
                         video_id = str(answer.json()["id"])
-                        fresh.append(
-                            (video_id, str(simulator.tasks[video_id].callback_url).rsplit("/", 1)[1])
-                        )
+                        return video_id, str(simulator.tasks[video_id].callback_url).rsplit("/", 1)[1]
+
+                    fresh = list(await asyncio.gather(*(submit(i) for i in range(args.tasks_per_round))))
                     recent = recent[-args.tasks_per_round :] + fresh
                     requests = scratch / f"soak-{label}-{chunk}.txt"
                     ids = await asyncio.to_thread(
@@ -1522,7 +1524,8 @@ async def soak_run(
                     # Each connection's cycle is its pause plus the answer's latency: keep the pause
                     # that would have made this round's cycle hold the rate.
                     latency_ms = connections * 1000 / max(achieved, 1.0) - pause_ms
-                    pause_ms = max(0.0, connections * 1000 / rate - latency_ms)
+                    # Half way there each round: one slow round does not swing the next one.
+                    pause_ms = (pause_ms + max(0.0, connections * 1000 / rate - latency_ms)) / 2
                     # wrk sends the lines in order with at most `connections` outstanding.
                     answered = max(0, min(result["requests"], len(ids)) - connections)
                     lines = requests.read_text().splitlines()[:answered]
