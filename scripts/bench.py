@@ -4,7 +4,10 @@
     scripts/bench ingest    signed deliveries/s into the real service vs a bare Starlette endpoint,
                             on SQLite and on PostgreSQL with one and two processes
     scripts/bench fanout    signed events/s delivered to a subscriber vs a bare aiohttp session
-    scripts/bench scale     read latency with 1,000,000 deliveries and 200,000 tasks in the store
+    scripts/bench scale     read latency with 1,000,000 deliveries and 200,000 tasks in the store;
+                            /metrics and /v1/stats at 10,000 and at 1,000,000 tasks
+    scripts/bench soak      10 minutes at half the ingest rate with a short retention, sampled
+                            every 10 s: p99 ack latency, RSS, open files, database and media size
     scripts/bench storepath the store's delivery path alone: group commit vs a transaction each
     scripts/bench driver    asyncpg vs psycopg 3 on the ack path's read and batch insert
     scripts/bench media     files kept into S3 through the receiver vs the S3 client uploading
@@ -481,7 +484,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def run_wrk(url: str, requests_file: Path, seconds: int, connections: int) -> dict[str, int]:
+async def run_wrk(
+    url: str, requests_file: Path, seconds: int, connections: int, pause_ms: float | None = None
+) -> dict[str, int]:
+    """wrk over the prepared requests; with `pause_ms`, each connection waits that long before each
+    request (paced.lua), holding a rate rather than the most the server takes."""
+    script = "requests.lua" if pause_ms is None else "paced.lua"
+    extra = [] if pause_ms is None else [str(max(0, round(pause_ms)))]
     process = await asyncio.create_subprocess_exec(
         "wrk",
         "-t1",
@@ -490,10 +499,11 @@ async def run_wrk(url: str, requests_file: Path, seconds: int, connections: int)
         "--timeout",
         "5s",
         "-s",
-        str(HERE / "bench_lua" / "requests.lua"),
+        str(HERE / "bench_lua" / script),
         url,
         "--",
         str(requests_file),
+        *extra,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -1072,9 +1082,18 @@ async def seed_scale(db: Path, tasks: int, deliveries: int, seed: int) -> None:
 
 
 async def bench_scale(args: argparse.Namespace) -> int:
+    print(f"machine: {machine()}")
+    ok = True
+    if args.only in (None, "reads"):
+        ok &= await scale_reads(args)
+    if args.only in (None, "counts"):
+        ok &= await scale_counts(args)
+    return 0 if ok else 1
+
+
+async def scale_reads(args: argparse.Namespace) -> bool:
     import random as _random
 
-    print(f"machine: {machine()}")
     scratch = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     db = scratch / "receiver.db"
     started = time.monotonic()
@@ -1140,10 +1159,470 @@ async def bench_scale(args: argparse.Namespace) -> int:
     finally:
         server.terminate()
         await server.wait()
-    print("result:", "PASS" if ok else "FAIL", "(target: p99 < 20 ms each)")
+    print("reads:", "PASS" if ok else "FAIL", "(target: p99 < 20 ms each)")
     import shutil
 
     shutil.rmtree(scratch, ignore_errors=True)
+    return ok
+
+
+# -- scale: the counts /metrics and /v1/stats show ---------------------------------------------------
+
+_PAD = "x" * 200  # a task's video JSON about as long as a real one
+
+
+def _seed_counts_sql(postgres: bool) -> list[str]:
+    """Statements seeding `$1`/`?` tasks (7 in 10 completed, 2 failed, 1 in progress), an event and
+    a send for every fourth ended task, a kept (or failed) file per completed task."""
+    if postgres:
+        numbers = "SELECT i FROM generate_series(1, $1::bigint) AS g(i)"
+        video_id, token = "'video_' || lpad(i::text, 10, '0')", "lpad(to_hex(i), 64, '0')"
+        start = "extract(epoch FROM now()) - 86400"
+    else:
+        numbers = (
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) SELECT i FROM n"
+        )
+        video_id, token = "printf('video_%010d', i)", "printf('%064x', i)"
+        start = "unixepoch() - 86400"
+    ended = "i % 10 < 9"
+    return [
+        "INSERT INTO tasks (video_id, token_hash, status, model, video, request, created_at, updated_at,"
+        " terminal_at, resolved_by, next_poll_at)"
+        f" SELECT {video_id}, {token},"
+        " CASE WHEN i % 10 < 7 THEN 'completed' WHEN i % 10 < 9 THEN 'failed' ELSE 'in_progress' END,"
+        f" 'seedance-2.0', '{{\"pad\": \"{_PAD}\"}}', '{{}}', {start} + i * 0.01, {start} + i * 0.01,"
+        f" CASE WHEN {ended} THEN {start} + i * 0.01 + 60 END,"
+        f" CASE WHEN {ended} THEN CASE WHEN i % 3 = 0 THEN 'poll' ELSE 'webhook' END END,"
+        f" CASE WHEN NOT ({ended}) THEN {start} + 864000 END"
+        f" FROM ({numbers}) AS s",
+        "INSERT INTO subscriptions (id, url, events, secret, status, created_at, updated_at)"
+        f" VALUES ('sub_bench', 'https://example.com/hook', NULL, 'whsec_bench', 'active', {start}, {start})",
+        "INSERT INTO events (id, task_pk, video_id, type, created_at, data)"
+        " SELECT 'evt_' || pk, pk, video_id, 'video.' || status, created_at, '{}' FROM tasks"
+        " WHERE terminal_at IS NOT NULL AND pk % 4 = 0",
+        "INSERT INTO outbox (event_pk, subscription_pk, status, attempts, next_attempt_at, created_at)"
+        " SELECT pk, (SELECT pk FROM subscriptions WHERE id = 'sub_bench'),"
+        " CASE pk % 20 WHEN 0 THEN 'dead' WHEN 1 THEN 'failed' WHEN 2 THEN 'pending' ELSE 'delivered' END,"
+        f" 1, CASE WHEN pk % 20 = 2 THEN {start} + 864000 END, created_at FROM events",
+        "INSERT INTO captures (task_pk, video_id, variant, url, status, created_at)"
+        " SELECT pk, video_id, 'video', 'https://cdn.example/v.mp4',"
+        " CASE WHEN pk % 50 = 0 THEN 'failed' ELSE 'kept' END, created_at"
+        " FROM tasks WHERE status = 'completed'",
+    ]
+
+
+_RECOUNT = (
+    "SELECT (SELECT count(*) FROM (SELECT status, resolved_by, count(*) FROM tasks GROUP BY 1, 2) a)"
+    " + (SELECT count(*) FROM (SELECT status, count(*) FROM outbox GROUP BY 1) b)"
+    " + (SELECT count(*) FROM (SELECT status, count(*) FROM captures GROUP BY 1) c)"
+)
+
+
+async def seed_counts(database_url: str, tasks: int) -> float:
+    """A migrated store seeded with `tasks` tasks (the triggers keep the counts as the rows go in,
+    and PostgreSQL's appended changes are folded); returns what one GROUP BY recount of every
+    counted table takes there (ms), what /metrics and /v1/stats cost before kept counts."""
+    from store import open_store
+
+    store = open_store(database_url)
+    await store.open()
+    try:
+        if database_url.startswith("sqlite:///"):
+            with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as conn:
+                conn.execute("PRAGMA synchronous = OFF")
+                for sql in _seed_counts_sql(postgres=False):
+                    conn.execute(sql, (tasks,) if "?" in sql else ())
+                conn.commit()
+                conn.execute("ANALYZE")
+                t0 = time.perf_counter()
+                conn.execute(_RECOUNT).fetchone()
+                recount = (time.perf_counter() - t0) * 1000
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:
+            import asyncpg
+
+            conn = await asyncpg.connect(database_url)
+            try:
+                for sql in _seed_counts_sql(postgres=True):
+                    await conn.execute(sql, *((tasks,) if "$1" in sql else ()))
+                await store.fold_counts()
+                await conn.execute("VACUUM ANALYZE")
+                t0 = time.perf_counter()
+                await conn.fetchval(_RECOUNT)
+                recount = (time.perf_counter() - t0) * 1000
+            finally:
+                await conn.close()
+    finally:
+        await store.close()
+    return recount
+
+
+async def _serve_store(stack: contextlib.AsyncExitStack, database_url: str, scratch: Path) -> str:
+    """A receiver on the store, stopped when `stack` closes; its base URL."""
+    port = free_port()
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RECEIVER_")}
+    env.update(
+        RECEIVER_PORT=str(port),
+        RECEIVER_DATABASE_URL=database_url,
+        RECEIVER_PROVIDER_URL="http://127.0.0.1:9",
+        RECEIVER_WEBHOOK_SECRETS=dev_secret(),
+        RECEIVER_POLL_AFTER="86400",
+        RECEIVER_API_KEYS="bench-key",
+    )
+    server = await start_receiver(env, scratch, f"receiver-{port}")
+
+    async def stop() -> None:
+        server.terminate()
+        await server.wait()
+
+    stack.push_async_callback(stop)
+    url = f"http://127.0.0.1:{port}"
+    await wait_ready(url, server)
+    return url
+
+
+async def _interleaved(urls: list[str], path: str, requests: int) -> list[list[float]]:
+    """Latencies (ms) of sequential GETs of `path`, taking turns between the receivers (the order
+    alternating), so a burst of a noisy neighbour lands on every store alike."""
+    found: list[list[float]] = [[] for _ in urls]
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=u, timeout=30, headers={"authorization": "Bearer bench-key"})
+            )
+            for u in urls
+        ]
+        for turn in range(30 + requests):  # the first 30: warm-up
+            order = list(range(len(urls)))
+            if turn % 2:
+                order.reverse()
+            for i in order:
+                t0 = time.perf_counter()
+                answer = await clients[i].get(path)
+                if answer.status_code != 200:
+                    raise RuntimeError(f"{path}: {answer.status_code} {answer.text[:200]}")
+                if turn >= 30:
+                    found[i].append((time.perf_counter() - t0) * 1000)
+    return found
+
+
+async def scale_counts(args: argparse.Namespace) -> bool:
+    """/metrics and /v1/stats at the smallest and the largest of --count-tasks, on SQLite and (if a
+    server answers) PostgreSQL: the largest may take at most 1.5x the smallest's p50."""
+    import shutil
+
+    sizes = sorted(int(s) for s in args.count_tasks.split(","))
+    pg_admin = await _pg_admin(args)
+    backends = ["sqlite"] + (["postgres"] if pg_admin else [])
+    if not pg_admin:
+        print("PostgreSQL: no server answers; SQLite only")
+    ok = True
+    print(
+        f"/metrics and /v1/stats, {args.count_requests} sequential requests each per store, taking turns"
+        " between the stores (one client, end to end):"
+    )
+    for backend in backends:
+        scratch = Path(tempfile.mkdtemp(prefix="bench-counts-"))
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                urls = []
+                for size in sizes:
+                    if backend == "sqlite":
+                        database_url = f"sqlite:///{scratch / f'receiver-{size}.db'}"
+                    else:
+                        assert pg_admin is not None
+                        database_url = await stack.enter_async_context(scratch_database(pg_admin))
+                    started = time.monotonic()
+                    recount = await seed_counts(database_url, size)
+                    print(
+                        f"  {backend:8s} {size:>9,} tasks: seeded in {time.monotonic() - started:.0f} s;"
+                        f" one GROUP BY recount of tasks, sends and files there takes {recount:.1f} ms"
+                    )
+                    urls.append(await _serve_store(stack, database_url, scratch))
+                for path in ("/metrics", "/v1/stats"):
+                    small, large = await _interleaved([urls[0], urls[-1]], path, args.count_requests)
+                    ratio = percentile(large, 0.5) / percentile(small, 0.5)
+                    ok &= ratio <= 1.5
+                    print(
+                        f"  {backend:8s} {path:10s} p50 {percentile(small, 0.5):5.2f} ms at {sizes[0]:,},"
+                        f" {percentile(large, 0.5):5.2f} ms at {sizes[-1]:,} ({ratio:.2f}x);"
+                        f" p99 {percentile(small, 0.99):5.2f} / {percentile(large, 0.99):5.2f} ms"
+                    )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print("counts:", "PASS" if ok else "FAIL", "(target: p50 at the largest at most 1.5x at the smallest)")
+    return ok
+
+
+# -- soak -------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SoakSample:
+    at: float  # seconds since the load began
+    acks: int  # acknowledged per second
+    p99_ms: float
+    errors: int  # error answers and socket errors
+    missing: int  # acknowledged deliveries a copy of which was not answered as a duplicate
+    rss_mib: float
+    fds: int
+    db_mib: float
+    media_mib: float
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _tree_mib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20 if path.exists() else 0.0
+
+
+async def _db_mib(database_url: str) -> float:
+    if database_url.startswith("sqlite:///"):
+        db = Path(database_url.removeprefix("sqlite:///"))
+        return sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists()) / 2**20
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        return float(await conn.fetchval("SELECT pg_database_size(current_database())")) / 2**20
+    finally:
+        await conn.close()
+
+
+async def _copies_acknowledged(client: httpx.AsyncClient, url: str, lines: list[str]) -> int:
+    """Send again copies of deliveries that were acknowledged: each must be answered as a duplicate
+    (the contract holds that even after its body is pruned). Returns how many were not."""
+    missing = 0
+    for line in lines:
+        path, msg, timestamp, signature, body = line.split("\t", 4)
+        answer = await client.post(
+            url + path,
+            content=body.encode(),
+            headers={
+                "content-type": "application/json",
+                "webhook-id": msg,
+                "webhook-timestamp": timestamp,
+                "webhook-signature": signature,
+            },
+        )
+        if answer.status_code != 200 or answer.json().get("duplicate") is not True:
+            missing += 1
+    return missing
+
+
+def _window(samples: list[SoakSample], start: float, end: float) -> list[SoakSample]:
+    return [s for s in samples if start <= s.at < end]
+
+
+def soak_verdicts(samples: list[SoakSample], cycle_end: float) -> list[tuple[str, bool, str]]:
+    """Last minute against the first minute after the first retention cycle (medians of the
+    10-second samples: one noisy sample moves neither), and the whole run's errors and losses."""
+    first = _window(samples, cycle_end, cycle_end + 60)
+    last = _window(samples, samples[-1].at - 50, samples[-1].at + 1)
+    out: list[tuple[str, bool, str]] = []
+    if not first or not last:
+        return [("windows", False, "the run is too short for a minute after the first retention cycle")]
+    for name, limit, pick in (
+        ("RSS", 1.2, lambda s: s.rss_mib),
+        ("database size", 1.2, lambda s: s.db_mib),
+        ("p99 ack latency", 1.5, lambda s: s.p99_ms),
+    ):
+        a, b = statistics.median(pick(s) for s in first), statistics.median(pick(s) for s in last)
+        ratio = b / a if a else math.inf
+        out.append((name, ratio <= limit, f"{a:.1f} -> {b:.1f} ({ratio:.2f}x, at most {limit}x)"))
+    errors = sum(s.errors for s in samples)
+    missing = sum(s.missing for s in samples)
+    out.append(("error answers", errors == 0, str(errors)))
+    out.append(("acknowledged missing", missing == 0, str(missing)))
+    return out
+
+
+async def soak_run(
+    args: argparse.Namespace, label: str, database_url: str, rate: float, scratch: Path
+) -> bool:
+    """One receiver under `rate` signed deliveries/s for args.seconds, in 10-second wrk runs over
+    tasks submitted as it goes (the older ones end and age out of the retention), sampled after
+    each run."""
+    import os
+    import random as _random
+
+    secret = dev_secret()
+    simulator = Simulator(SimConfig(secret=secret, duration_median=36_000, duration_sigma=0.0))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    media = scratch / f"media-{label}"
+    retention = {
+        "RECEIVER_RETENTION": str(args.retention),
+        "RECEIVER_TASK_RETENTION": str(args.retention * 2),
+        "RECEIVER_MEDIA_RETENTION": str(args.retention),
+        "RECEIVER_PRUNE_INTERVAL": str(args.prune_interval),
+    }
+    connections = 16
+    pause_ms = connections * 1000 / rate
+    samples: list[SoakSample] = []
+    rng = _random.Random(args.seed)
+    async with serve(simulator.app) as (provider_url, _):
+        env.update(
+            RECEIVER_PORT=str(port),
+            RECEIVER_DATABASE_URL=database_url,
+            RECEIVER_PROVIDER_URL=provider_url,
+            RECEIVER_WEBHOOK_SECRETS=secret,
+            RECEIVER_POLL_AFTER="86400",
+            RECEIVER_API_KEYS="bench-key",
+            RECEIVER_OUTBOUND_ALLOW="127.0.0.1/32",
+            RECEIVER_MEDIA_DIR=str(media),
+            **retention,
+        )
+        server = await start_receiver(env, scratch, f"soak-{label}")
+        try:
+            await wait_ready(url, server)
+            async with httpx.AsyncClient(timeout=30, headers={"authorization": "Bearer bench-key"}) as client:
+                recent: list[tuple[str, str]] = []
+
+                async def prepare(chunk: int) -> tuple[Path, list[str]]:
+                    """A round's requests. New tasks each round; deliveries go to this round's and the
+                    last round's, so older tasks end and age out as a real workload's do."""
+                    nonlocal recent
+                    gate = asyncio.Semaphore(16)
+
+                    async def submit(i: int) -> tuple[str, str]:
+                        async with gate:
+                            answer = await client.post(
+                                f"{url}/v1/videos", json={"model": "seedance-2.0", "prompt": f"{chunk}-{i}"}
+                            )
+                        answer.raise_for_status()
+                        video_id = str(answer.json()["id"])
+                        return video_id, str(simulator.tasks[video_id].callback_url).rsplit("/", 1)[1]
+
+                    fresh = list(await asyncio.gather(*(submit(i) for i in range(args.tasks_per_round))))
+                    recent = recent[-args.tasks_per_round :] + fresh
+                    requests = scratch / f"soak-{label}-{chunk}.txt"
+                    ids = await asyncio.to_thread(
+                        write_requests,
+                        requests,
+                        recent,
+                        secret,
+                        int(rate * 10 * 1.5) + 100,
+                        f"s{chunk}-",
+                        args.seed + chunk,
+                        f"{provider_url}/files",
+                    )
+                    return requests, ids
+
+                requests, ids = await prepare(0)
+                started = time.monotonic()
+                chunk = 0
+                while time.monotonic() - started < args.seconds:
+                    # The next round is prepared (its submits are traffic too) while this one runs.
+                    upcoming = asyncio.create_task(prepare(chunk + 1))
+                    result = await run_wrk(url, requests, 10, connections, pause_ms)
+                    achieved = result["requests"] / (result["duration_us"] / 1e6)
+                    # Each connection's cycle is its pause plus the answer's latency: keep the pause
+                    # that would have made this round's cycle hold the rate.
+                    latency_ms = connections * 1000 / max(achieved, 1.0) - pause_ms
+                    # Half way there each round: one slow round does not swing the next one.
+                    pause_ms = (pause_ms + max(0.0, connections * 1000 / rate - latency_ms)) / 2
+                    # wrk sends the lines in order with at most `connections` outstanding.
+                    answered = max(0, min(result["requests"], len(ids)) - connections)
+                    lines = requests.read_text().splitlines()[:answered]
+                    requests.unlink()
+                    missing = await _copies_acknowledged(
+                        client, url, rng.sample(lines, min(args.check_copies, len(lines)))
+                    )
+                    samples.append(
+                        SoakSample(
+                            at=time.monotonic() - started,
+                            acks=round(
+                                (result["requests"] - result["non2xx"]) / (result["duration_us"] / 1e6)
+                            ),
+                            p99_ms=result["p99_us"] / 1000,
+                            errors=result["non2xx"] + result["socket_errors"],
+                            missing=missing,
+                            rss_mib=_rss_mib(server.pid),
+                            fds=len(os.listdir(f"/proc/{server.pid}/fd")),
+                            db_mib=await _db_mib(database_url),
+                            media_mib=_tree_mib(media),
+                        )
+                    )
+                    s = samples[-1]
+                    print(
+                        f"  {label:8s} {s.at:6.0f} s {s.acks:7d}/s p99 {s.p99_ms:7.1f} ms"
+                        f" errors {s.errors:3d} missing {s.missing:3d} RSS {s.rss_mib:6.1f} MiB"
+                        f" fds {s.fds:4d} db {s.db_mib:8.1f} MiB media {s.media_mib:6.1f} MiB",
+                        flush=True,
+                    )
+                    chunk += 1
+                    requests, ids = await upcoming
+        finally:
+            server.terminate()
+            await server.wait()
+    cycle_end = args.retention + args.prune_interval
+    ok = True
+    print(f"  {label}: last minute vs the first minute after the first retention cycle (from {cycle_end} s):")
+    for name, passed, detail in soak_verdicts(samples, cycle_end):
+        ok &= passed
+        print(f"    {name:22s} {'PASS' if passed else 'FAIL'}  {detail}")
+    return ok
+
+
+async def _store_url(
+    stack: contextlib.AsyncExitStack, backend: str, scratch: Path, name: str, admin: str | None
+) -> str:
+    """A fresh store: a SQLite file in the scratch folder, or a scratch PostgreSQL database."""
+    if backend == "sqlite":
+        return f"sqlite:///{scratch / f'{name}.db'}"
+    assert admin is not None
+    return str(await stack.enter_async_context(scratch_database(admin)))
+
+
+async def bench_soak(args: argparse.Namespace) -> int:
+    """Per backend: a short ingest run measures the rate, then the soak holds half of it."""
+    import shutil
+
+    print(f"machine: {machine()}")
+    if "retention" not in {f.name for f in dataclasses.fields(Settings)}:
+        print("note: this receiver has no RECEIVER_RETENTION yet: nothing is pruned, the store grows")
+    pg_admin = await _pg_admin(args)
+    backends = [b for b in args.backends.split(",") if b != "postgres" or pg_admin]
+    if "postgres" in args.backends and not pg_admin:
+        print("PostgreSQL: no server answers; SQLite only")
+    print(
+        f"soak: {args.seconds} s per backend, retention {args.retention} s, pruning every"
+        f" {args.prune_interval} s, {args.tasks_per_round} new tasks per 10 s"
+    )
+    ok = True
+    for backend in backends:
+        scratch = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                calibration = argparse.Namespace(
+                    tasks=500,
+                    requests=max(20_000, args.calibrate_seconds * 5_000),
+                    seconds=args.calibrate_seconds,
+                    connections=64,
+                    seed=args.seed,
+                )
+                measured = await ingest_run(
+                    calibration,
+                    f"calibrate-{backend}",
+                    await _store_url(stack, backend, scratch, "calibrate", pg_admin),
+                    1,
+                    scratch,
+                )
+                rate = measured["rate"] / 2
+                print(f"  {backend}: ingest measured {measured['rate']:.0f}/s; the soak holds {rate:.0f}/s")
+                ok &= await soak_run(
+                    args, backend, await _store_url(stack, backend, scratch, "soak", pg_admin), rate, scratch
+                )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print("result:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 
 
@@ -1884,12 +2363,39 @@ def main(argv: list[str] | None = None) -> int:
     fanout.add_argument("--concurrency", type=int, default=64)
     fanout.add_argument("--per-subscriber", type=int, help="RECEIVER_FANOUT_PER_SUBSCRIBER (default: unset)")
     fanout.set_defaults(run=bench_fanout)
-    scale = commands.add_parser("scale", help="read latency with 1,000,000 deliveries in the store")
+    scale = commands.add_parser(
+        "scale",
+        help="read latency with 1,000,000 deliveries; /metrics and /v1/stats at 10,000 and 1,000,000 tasks",
+    )
     scale.add_argument("--tasks", type=int, default=200_000)
     scale.add_argument("--deliveries", type=int, default=1_000_000)
     scale.add_argument("--requests", type=int, default=2000)
     scale.add_argument("--seed", type=int, default=1)
+    scale.add_argument(
+        "--count-tasks",
+        default="10000,1000000",
+        help="store sizes for /metrics and /v1/stats (smallest, largest)",
+    )
+    scale.add_argument("--count-requests", type=int, default=300, help="requests per route and size")
+    scale.add_argument("--only", choices=["reads", "counts"], help="run one part (default: both)")
+    scale.add_argument("--database-url", help="PostgreSQL server (a scratch database is made on it)")
     scale.set_defaults(run=bench_scale)
+    soak = commands.add_parser(
+        "soak",
+        help="hours of service in minutes: half the ingest rate, retention cycling, sampled every 10 s",
+    )
+    soak.add_argument("--seconds", type=int, default=600, help="load per backend")
+    soak.add_argument("--retention", type=int, default=60, help="RECEIVER_RETENTION (task rows: twice it)")
+    soak.add_argument("--prune-interval", type=int, default=10, help="RECEIVER_PRUNE_INTERVAL")
+    soak.add_argument("--tasks-per-round", type=int, default=200, help="tasks submitted every 10 s")
+    soak.add_argument(
+        "--check-copies", type=int, default=100, help="acknowledged deliveries re-sent per round"
+    )
+    soak.add_argument("--calibrate-seconds", type=int, default=5, help="the ingest run that sets the rate")
+    soak.add_argument("--backends", default="sqlite,postgres")
+    soak.add_argument("--seed", type=int, default=1)
+    soak.add_argument("--database-url", help="PostgreSQL server (a scratch database is made on it)")
+    soak.set_defaults(run=bench_soak)
     path = commands.add_parser(
         "storepath", help="the store's delivery path alone: group commit vs one transaction each"
     )

@@ -95,7 +95,13 @@ class Store(Protocol):
         """Pull the next poll of each of the model's open tasks in to `first` seconds after its
         submit (`now` at the earliest), never pushing one back. Returns how many moved."""
 
-    async def task_stats(self) -> TaskStats: ...
+    async def task_stats(self) -> TaskStats:
+        """Tasks by (status, resolved_by) and the oldest open one's created_at, read from counts
+        kept as rows change (a fixed number of rows) and one index probe: flat in the store's size."""
+
+    async def fold_counts(self) -> None:
+        """Fold the count changes writers appended into the kept counts, so reads stay a fixed
+        number of rows (PostgreSQL; SQLite keeps its counts in place). Any process may call it."""
 
     # -- fan-out ---------------------------------------------------------------------------------
     async def create_subscription(

@@ -25,6 +25,7 @@ __all__ = [
     "LEAN",
     "OUTBOX_SELECT",
     "TASKS",
+    "counted",
     "delivery",
     "event",
     "lean_task",
@@ -173,3 +174,9 @@ def outbox_job(row: Row) -> OutboxJob:
             task_pk=row["s_task_pk"],
         ),
     )
+
+
+def counted(rows: list[Row]) -> dict[tuple[str, str | None], int]:
+    """Kept counts (status, resolved_by, n) by (status, resolved_by): '' is kept for "resolved by
+    nothing" (a key column cannot be NULL), and a count back at 0 is left out, as a GROUP BY would."""
+    return {(r["status"], r["resolved_by"] or None): int(r["n"]) for r in rows if r["n"]}

@@ -98,6 +98,8 @@ async def test_a_database_from_an_earlier_release_opens_and_works(tmp_path: Path
         now = time.time()
         old = await store.task_by_video("video_old")
         assert old is not None and old.status == "queued" and old.deliveries == 1
+        # The kept counts start from the rows the migration found.
+        assert (await store.task_stats()).by_state == {("queued", None): 1}
         result = await store.record_delivery(delivery("msg:new", "completed", now))
         assert (result.outcome, result.duplicate, result.terminal) == ("applied", False, True)
         again = await store.record_delivery(delivery("msg:new", "completed", now))
@@ -106,6 +108,7 @@ async def test_a_database_from_an_earlier_release_opens_and_works(tmp_path: Path
         assert task is not None
         counts = (task.status, task.resolved_by, task.deliveries, task.duplicates)
         assert counts == ("completed", "webhook", 3, 1)
+        assert (await store.task_stats()).by_state == {("completed", "webhook"): 1}
         page = await store.list_deliveries("video_old", 10, None)
         assert [r.dedupe_key for r in page.rows] == ["msg:new", "msg:old"]
         events = await store.list_events("video_old", None, 10, None)
@@ -281,8 +284,10 @@ async def test_a_postgres_database_of_every_earlier_step_opens_and_works(postgre
         store = open_store(postgres_url)
         await store.open()
         try:
+            assert (await store.task_stats()).by_state == {("queued", None): 1}, done
             result = await store.record_delivery(delivery("msg:new", "completed", now))
             assert (result.outcome, result.terminal) == ("applied", True), done
+            assert (await store.task_stats()).by_state == {("completed", "webhook"): 1}, done
             task = await store.task_by_video("video_old")
             assert task is not None and (task.status, task.deliveries) == ("completed", 2), done
             page = await store.list_deliveries("video_old", 10, None)

@@ -11,6 +11,7 @@ import sqlite3
 import time
 from typing import Any
 
+import asyncpg
 import pytest
 
 from store import (
@@ -619,3 +620,101 @@ async def test_subscriber_health_reads_are_bounded_per_subscriber(database_url: 
         assert all(s.status == "dead" and len(s.log) == 1 for s in again[busy.pk])
         assert await store.dead_letter_counts([busy.pk, quiet.pk], 5) == {busy.pk: 6, quiet.pk: 0}
         assert await store.dead_letter_counts([busy.pk], 100) == {busy.pk: 24}
+
+
+async def recount(url: str) -> tuple[dict[tuple[str, str | None], int], dict[str, int], dict[str, int], Any]:
+    """What /metrics and /v1/stats once counted at every scrape: a GROUP BY over every row."""
+    tasks = "SELECT status, resolved_by, count(*) AS n FROM tasks GROUP BY status, resolved_by"
+    outbox = "SELECT status, count(*) AS n FROM outbox GROUP BY status"
+    captures = "SELECT status, count(*) AS n FROM captures GROUP BY status"
+    oldest = "SELECT min(created_at) FROM tasks WHERE status IN ('submitting', 'queued', 'in_progress')"
+    if url.startswith("sqlite:///"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+            found = [conn.execute(sql).fetchall() for sql in (tasks, outbox, captures, oldest)]
+    else:
+        conn = await asyncpg.connect(url)
+        try:
+            found = [[tuple(r) for r in await conn.fetch(sql)] for sql in (tasks, outbox, captures, oldest)]
+        finally:
+            await conn.close()
+    return (
+        {(r[0], r[1]): r[2] for r in found[0]},
+        {r[0]: r[1] for r in found[1]},
+        {r[0]: r[1] for r in found[2]},
+        found[3][0][0],
+    )
+
+
+async def test_kept_counts_equal_a_full_recount_after_a_mixed_workload(database_url: str) -> None:
+    now = time.time()
+    content = {"video_url": "https://cdn.example/v.mp4"}
+    async with opened(database_url, 2) as (a, b):
+        await a.create_subscription("https://example.com/hook", None, "whsec_x", now)
+        await b.create_subscription("https://example.com/other", ["video.failed"], "whsec_y", now)
+        pks = await asyncio.gather(*(submitted((a, b)[n % 2], n, now - 100 + n) for n in range(24)))
+        # Deliveries from two processes at once: results, repeats, anomalies, a task at a time.
+        await asyncio.gather(
+            *(
+                (a, b)[n % 2].record_delivery(
+                    delivery(
+                        n,
+                        f"msg:{n}",
+                        status,
+                        now - 50,
+                        video={"id": f"vid{n}", "status": status, "content": content},
+                    )
+                )
+                for n, status in [(n, ("completed", "failed", "in_progress")[n % 3]) for n in range(12)]
+            )
+        )
+        await a.record_delivery(delivery(0, "msg:0", "completed", now - 49))  # a copy
+        await b.record_delivery(delivery(1, "msg:late", "completed", now - 48))  # an anomaly
+        # Polls: one moves on, one ends the task, one fails.
+        await a.record_poll(pks[12], "in_progress", {"id": "vid12", "status": "in_progress"}, now - 40, now)
+        await b.record_poll(
+            pks[13],
+            "completed",
+            {"id": "vid13", "status": "completed", "content": content},
+            now - 40,
+            None,
+            resolved_by="poll",
+        )
+        await a.record_poll(pks[14], None, None, now - 40, None, resolved_by="poll_failed", failed=True)
+        # Submits whose outcome is unknown; one abandoned; one left mid-submit and swept.
+        unknown = await a.create_task(new_task(100, now - 30))
+        assert unknown.pk is not None
+        await a.unconfirm_submit(unknown.pk, now - 30)
+        gone = await b.create_task(new_task(101, now - 30))
+        assert gone.pk is not None and await b.abandon_submit(gone.pk)
+        await a.create_task(new_task(102, now - 9000))
+        await a.create_task(new_task(103, now - 9000))
+        assert await b.sweep_submits(now - 5000, now - 10000, 10) == (2, 0)
+        assert await b.sweep_submits(now - 5000, now - 8000, 1) == (0, 1)  # past the window: deleted
+        # Sends delivered, failed, dead and retried; captures kept, failed and retried.
+        jobs = await a.claim_outbox(now + 1, 100, {}, 100, 60)
+        outcomes = ("delivered", "failed", "dead", "retry")
+        await asyncio.gather(
+            *(
+                (a, b)[i % 2].record_attempt(
+                    Attempt(job.pk, now + 2, 500, 5.0, None, outcomes[i % 4], next_attempt_at=now + 90)
+                )
+                for i, job in enumerate(jobs)
+            )
+        )
+        files = await b.claim_captures(now, 100, 15)
+        assert files
+        for i, file in enumerate(files):
+            status = ("kept", "failed", "pending")[i % 3]
+            await (a, b)[i % 2].finish_capture(
+                CaptureOutcome(file.pk, status, now, next_attempt_at=now + 500)
+            )
+        tasks, sends, captures, oldest = await recount(database_url)
+        assert ("unconfirmed", None) in tasks and ("completed", "poll") in tasks and len(sends) >= 3
+        # Read before and after the appended changes are folded (PostgreSQL), from either process.
+        for store in (a, b, a):
+            stats = await store.task_stats()
+            assert stats.by_state == tasks
+            assert stats.oldest_open_created_at == pytest.approx(oldest)
+            assert await store.outbox_stats() == OutboxStats(sends)
+            assert await store.capture_stats() == captures
+            await store.fold_counts()

@@ -26,6 +26,7 @@ POOL_SIZE = 8
 ACQUIRE_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
 _MIGRATION_LOCK = 0x7265636569766572  # "receiver": one key for every process's migrations
+_FOLD_LOCK = 0x7265636F756E7473  # "recounts": one process folds the appended count changes at a time
 # InternalClientError: asyncpg's word for a connection that broke mid-protocol (the server
 # terminated it), which is an outage like the others, not a bug of ours.
 _UNAVAILABLE = (
@@ -194,6 +195,29 @@ class PostgresBase:
             raise StoreUnavailable("the store is not open")
         async with guard():
             return list(await self._pool.fetch(sql, *args, timeout=COMMAND_TIMEOUT))
+
+    async def _counts(self, kind: str) -> list[asyncpg.Record]:
+        """The counts migration 7's triggers keep for `kind` (tasks, outbox, captures): the folded
+        rows plus the changes appended since the last fold."""
+        return await self._fetch(
+            "SELECT status, resolved_by, sum(n) AS n FROM (SELECT status, resolved_by, n FROM counts"
+            " WHERE kind = $1 UNION ALL SELECT status, resolved_by, n FROM count_changes WHERE kind = $1) c"
+            " GROUP BY status, resolved_by",
+            kind,
+        )
+
+    async def fold_counts(self) -> None:
+        async with self._tx() as conn:
+            # One folder at a time: another process that finds the lock taken leaves the changes
+            # to it. A change committed after this statement's snapshot stays for the next fold.
+            if await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _FOLD_LOCK):
+                await conn.execute(
+                    "WITH moved AS (DELETE FROM count_changes RETURNING kind, status, resolved_by, n)"
+                    " INSERT INTO counts (kind, status, resolved_by, n)"
+                    " SELECT kind, status, resolved_by, sum(n) FROM moved GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+                    " ON CONFLICT (kind, status, resolved_by) DO UPDATE SET n = counts.n + excluded.n",
+                    timeout=COMMAND_TIMEOUT,
+                )
 
     async def _page(
         self,

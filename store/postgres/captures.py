@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from store import rows
 from store.postgres.base import PostgresBase
 from store.records import CaptureOutcome, CaptureRow
 from store.sqlite.captures import capture
@@ -64,5 +65,5 @@ class CaptureStore(PostgresBase):
         return result
 
     async def capture_stats(self) -> dict[str, int]:
-        found = await self._fetch("SELECT status, count(*) AS n FROM captures GROUP BY status")
-        return {r["status"]: r["n"] for r in found}
+        found = await self._counts("captures")
+        return {status: n for (status, _), n in rows.counted(found).items()}

@@ -382,5 +382,5 @@ class FanoutStore(PostgresBase):
         return {int(r["pk"]): int(r["n"]) for r in found}
 
     async def outbox_stats(self) -> OutboxStats:
-        found = await self._fetch("SELECT status, count(*) AS n FROM outbox GROUP BY status")
-        return OutboxStats({r["status"]: r["n"] for r in found})
+        found = await self._counts("outbox")
+        return OutboxStats({status: n for (status, _), n in rows.counted(found).items()})

@@ -218,3 +218,68 @@ CREATE TABLE leases (
     last_counts text                           -- JSON: rows (and files) it deleted, by table
 );
 INSERT INTO leases (name) VALUES ('prune');
+
+-- migration 8: /metrics and /v1/stats read counts kept as rows change, not a count over every
+-- row at each scrape (anyone may scrape /metrics, and its cost must not grow with the store).
+-- Triggers record each change in the transaction that makes it, whichever path writes or deletes
+-- the rows (a pruner's deletes and foreign-key cascades included). They only append to
+-- count_changes, so writers in many processes never wait on one hot counter row; fold_counts
+-- (under an advisory lock, one process at a time) moves the appended changes into counts, and a
+-- read sums counts with the changes not folded yet: a fixed number of rows plus the changes since
+-- the last fold. resolved_by is '' for a task resolved by nothing (a key column cannot be NULL).
+-- The oldest open task is one probe of a partial index.
+CREATE TABLE counts (
+    kind        text NOT NULL,                 -- tasks, outbox, captures
+    status      text NOT NULL,
+    resolved_by text NOT NULL DEFAULT '',
+    n           bigint NOT NULL,
+    PRIMARY KEY (kind, status, resolved_by)
+);
+CREATE TABLE count_changes (
+    kind        text NOT NULL,
+    status      text NOT NULL,
+    resolved_by text NOT NULL,
+    n           integer NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);
+INSERT INTO counts (kind, status, resolved_by, n)
+    SELECT 'tasks', status, coalesce(resolved_by, ''), count(*) FROM tasks GROUP BY 2, 3;
+INSERT INTO counts (kind, status, resolved_by, n)
+    SELECT 'outbox', status, '', count(*) FROM outbox GROUP BY 2;
+INSERT INTO counts (kind, status, resolved_by, n)
+    SELECT 'captures', status, '', count(*) FROM captures GROUP BY 2;
+CREATE FUNCTION receiver_count_task() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        INSERT INTO count_changes VALUES ('tasks', OLD.status, coalesce(OLD.resolved_by, ''), -1);
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO count_changes VALUES ('tasks', NEW.status, coalesce(NEW.resolved_by, ''), 1);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE FUNCTION receiver_count_status() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        INSERT INTO count_changes VALUES (TG_TABLE_NAME, OLD.status, '', -1);
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO count_changes VALUES (TG_TABLE_NAME, NEW.status, '', 1);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER tasks_counted AFTER INSERT OR DELETE ON tasks
+    FOR EACH ROW EXECUTE FUNCTION receiver_count_task();
+CREATE TRIGGER tasks_recounted AFTER UPDATE OF status, resolved_by ON tasks FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.resolved_by IS DISTINCT FROM NEW.resolved_by)
+    EXECUTE FUNCTION receiver_count_task();
+CREATE TRIGGER outbox_counted AFTER INSERT OR DELETE ON outbox
+    FOR EACH ROW EXECUTE FUNCTION receiver_count_status();
+CREATE TRIGGER outbox_recounted AFTER UPDATE OF status ON outbox FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION receiver_count_status();
+CREATE TRIGGER captures_counted AFTER INSERT OR DELETE ON captures
+    FOR EACH ROW EXECUTE FUNCTION receiver_count_status();
+CREATE TRIGGER captures_recounted AFTER UPDATE OF status ON captures FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION receiver_count_status();
+CREATE INDEX tasks_open ON tasks (created_at) WHERE status IN ('submitting', 'queued', 'in_progress');

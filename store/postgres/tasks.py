@@ -170,13 +170,12 @@ class TaskStore(PostgresBase):
         return int(status.split()[-1])
 
     async def task_stats(self) -> TaskStats:
-        found = await self._fetch(
-            "SELECT status, resolved_by, count(*) AS n FROM tasks GROUP BY status, resolved_by"
-        )
+        found = await self._counts("tasks")
         oldest = await self._fetch(
-            "SELECT min(created_at) AS t FROM tasks WHERE status IN ('submitting', 'queued', 'in_progress')"
+            "SELECT created_at FROM tasks WHERE status IN ('submitting', 'queued', 'in_progress')"
+            " ORDER BY created_at LIMIT 1"
         )
-        return TaskStats({(r["status"], r["resolved_by"]): r["n"] for r in found}, oldest[0]["t"])
+        return TaskStats(rows.counted(found), oldest[0]["created_at"] if oldest else None)
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -73,6 +73,14 @@ class SQLiteBase:
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"the store could not read: {exc}") from None
 
+    async def _counts(self, kind: str) -> list[aiosqlite.Row]:
+        """The counts migration 11's triggers keep for `kind` (tasks, outbox, captures): a few rows,
+        whatever the store's size."""
+        return await self._fetchall("SELECT status, resolved_by, n FROM counts WHERE kind = ?", (kind,))
+
+    async def fold_counts(self) -> None:
+        """Counts are kept in place here (one writer): nothing to fold."""
+
     async def _cursor(self, table: str, column: str, value: str) -> int:
         """The pk of the row a list's `after` names (UnknownCursor when none does)."""
         found = await self._fetchall(f"SELECT pk FROM {table} WHERE {column} = ?", (value,))

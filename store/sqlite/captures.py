@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from store import rows
 from store.records import CaptureOutcome, CaptureRow
 from store.sqlite.base import SQLiteBase
 
@@ -99,5 +100,5 @@ class CaptureStore(SQLiteBase):
         return result
 
     async def capture_stats(self) -> dict[str, int]:
-        found = await self._fetchall("SELECT status, count(*) AS n FROM captures GROUP BY status")
-        return {r["status"]: r["n"] for r in found}
+        found = await self._counts("captures")
+        return {status: n for (status, _), n in rows.counted(found).items()}

@@ -392,5 +392,5 @@ class FanoutStore(SQLiteBase):
         return counts
 
     async def outbox_stats(self) -> OutboxStats:
-        found = await self._fetchall("SELECT status, count(*) AS n FROM outbox GROUP BY status")
-        return OutboxStats({r["status"]: r["n"] for r in found})
+        found = await self._counts("outbox")
+        return OutboxStats({status: n for (status, _), n in rows.counted(found).items()})

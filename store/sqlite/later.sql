@@ -83,3 +83,63 @@ CREATE TABLE leases (
     last_counts TEXT                           -- JSON: rows (and files) it deleted, by table
 );
 INSERT INTO leases (name) VALUES ('prune');
+
+-- migration 11: /metrics and /v1/stats read counts kept as rows change, not a count over every
+-- row at each scrape (anyone may scrape /metrics, and its cost must not grow with the store).
+-- Triggers keep them in the transaction that changes the rows, whichever path writes or deletes
+-- them (a pruner's deletes and foreign-key cascades included). A row whose count went back to 0
+-- stays, and reads skip it. resolved_by is '' for a task resolved by nothing (a key column
+-- cannot be NULL). The oldest open task is one probe of a partial index.
+CREATE TABLE counts (
+    kind        TEXT NOT NULL,                 -- tasks, outbox, captures
+    status      TEXT NOT NULL,
+    resolved_by TEXT NOT NULL DEFAULT '',
+    n           INTEGER NOT NULL,
+    PRIMARY KEY (kind, status, resolved_by)
+) WITHOUT ROWID;
+INSERT INTO counts (kind, status, resolved_by, n)
+    SELECT 'tasks', status, coalesce(resolved_by, ''), count(*) FROM tasks GROUP BY 2, 3;
+INSERT INTO counts (kind, status, resolved_by, n)
+    SELECT 'outbox', status, '', count(*) FROM outbox GROUP BY 2;
+INSERT INTO counts (kind, status, resolved_by, n)
+    SELECT 'captures', status, '', count(*) FROM captures GROUP BY 2;
+CREATE TRIGGER tasks_counted AFTER INSERT ON tasks BEGIN
+    INSERT INTO counts VALUES ('tasks', new.status, coalesce(new.resolved_by, ''), 1)
+        ON CONFLICT (kind, status, resolved_by) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER tasks_recounted AFTER UPDATE OF status, resolved_by ON tasks
+    WHEN old.status IS NOT new.status OR old.resolved_by IS NOT new.resolved_by BEGIN
+    UPDATE counts SET n = n - 1
+        WHERE kind = 'tasks' AND status = old.status AND resolved_by = coalesce(old.resolved_by, '');
+    INSERT INTO counts VALUES ('tasks', new.status, coalesce(new.resolved_by, ''), 1)
+        ON CONFLICT (kind, status, resolved_by) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER tasks_uncounted AFTER DELETE ON tasks BEGIN
+    UPDATE counts SET n = n - 1
+        WHERE kind = 'tasks' AND status = old.status AND resolved_by = coalesce(old.resolved_by, '');
+END;
+CREATE TRIGGER outbox_counted AFTER INSERT ON outbox BEGIN
+    INSERT INTO counts VALUES ('outbox', new.status, '', 1)
+        ON CONFLICT (kind, status, resolved_by) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER outbox_recounted AFTER UPDATE OF status ON outbox WHEN old.status IS NOT new.status BEGIN
+    UPDATE counts SET n = n - 1 WHERE kind = 'outbox' AND status = old.status AND resolved_by = '';
+    INSERT INTO counts VALUES ('outbox', new.status, '', 1)
+        ON CONFLICT (kind, status, resolved_by) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER outbox_uncounted AFTER DELETE ON outbox BEGIN
+    UPDATE counts SET n = n - 1 WHERE kind = 'outbox' AND status = old.status AND resolved_by = '';
+END;
+CREATE TRIGGER captures_counted AFTER INSERT ON captures BEGIN
+    INSERT INTO counts VALUES ('captures', new.status, '', 1)
+        ON CONFLICT (kind, status, resolved_by) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER captures_recounted AFTER UPDATE OF status ON captures WHEN old.status IS NOT new.status BEGIN
+    UPDATE counts SET n = n - 1 WHERE kind = 'captures' AND status = old.status AND resolved_by = '';
+    INSERT INTO counts VALUES ('captures', new.status, '', 1)
+        ON CONFLICT (kind, status, resolved_by) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER captures_uncounted AFTER DELETE ON captures BEGIN
+    UPDATE counts SET n = n - 1 WHERE kind = 'captures' AND status = old.status AND resolved_by = '';
+END;
+CREATE INDEX tasks_open ON tasks (created_at) WHERE status IN ('submitting', 'queued', 'in_progress');
