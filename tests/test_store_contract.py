@@ -6,6 +6,7 @@ its own connections and its own writer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
