@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from receiver import api, dashboard, events, ingest
 from receiver.capture import Capturer, capture_session
 from receiver.context import Context
+from receiver.destinations import Destinations
 from receiver.errors import ApiError, Unavailable
 from receiver.fanout import Dispatcher, outbound_session
 from receiver.guard import CrossSiteGuard
@@ -217,9 +218,16 @@ def create_app(
             ctx.workers.append(asyncio.create_task(scheduler.watch(stop), name="delivery-health"))
             outbound = outbound_session(settings.outbound_allow, settings.fanout_concurrency)
             stack.push_async_callback(outbound.close)
+            destinations = Destinations(
+                outbound,
+                settings.outbound_allow,
+                float(settings.fanout_timeout),
+                connections=settings.fanout_concurrency,
+            )
+            stack.push_async_callback(destinations.close)
             dispatcher = Dispatcher(
                 ctx,
-                outbound,
+                destinations,
                 concurrency=settings.fanout_concurrency,
                 per_subscriber=settings.fanout_per_subscriber,
             )

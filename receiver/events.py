@@ -16,11 +16,13 @@ from starlette.types import Receive, Scope, Send
 
 from receiver.api import check_outbound_name, check_outbound_url, list_body, store_call
 from receiver.context import Context
+from receiver.destinations import check_target
 from receiver.errors import ApiError, InvalidRequest, NotFound, Unavailable
 from receiver.fanout import event_body
 from receiver.http import authorize, json_response, read_json_object
 from receiver.ids import parse_id
 from receiver.openapi import Header, Operation, operation
+from receiver.outbound import redact_url
 from receiver.redact import strip_callbacks
 from receiver.schemas import (
     DeadLetterQuery,
@@ -62,7 +64,7 @@ def subscription_view(row: SubscriptionRow, *, secret: bool = False) -> dict[str
     view: dict[str, Any] = {
         "id": row.id,
         "object": "subscription",
-        "url": row.url,
+        "url": redact_url(row.url),
         "events": row.events,
         "status": row.status,
         "created_at": int(row.created_at),
@@ -121,7 +123,11 @@ def send_view(row: OutboxRow) -> dict[str, Any]:
 async def create_subscription(request: Request) -> Response:
     ctx = _ctx(request)
     body = convert(await read_json_object(request, 64 * 1024), SubscriptionCreate)
-    url = check_outbound_url(ctx.settings, body.url, "url")
+    url = check_outbound_url(ctx.settings, body.url, "url", brokers=True)
+    try:
+        check_target(url)
+    except ValueError as exc:
+        raise InvalidRequest(f"url: {exc}", param="url", code="invalid_url") from None
     await check_outbound_name(ctx.settings, url, "url")
     events: list[str] | None = sorted(set(body.events)) if body.events else None
     secret = body.secret
