@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiormq
 import aiormq.abc
 from pamqp.commands import Basic
+from yarl import URL
 
 from receiver.destinations.base import BlockedAddress, Message, Outcome, scrub, vet_host
 from receiver.outbound import Network
@@ -48,16 +49,17 @@ class AmqpDestination:
             parts = self._parts
             tls = parts.scheme == "amqps"
             address = await vet_host(parts.geturl(), self._allow, 5671 if tls else 5672)
-            user = unquote(parts.username or "guest")
-            password = unquote(parts.password or "guest")
-            vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
             # TLS checks the certificate against the name, so it connects by name.
-            host = parts.hostname or "" if tls else f"[{address}]" if ":" in address else address
+            host = parts.hostname or "" if tls else address
             connect = aiormq.connect(
-                f"{'amqps' if tls else 'amqp'}://{host}:{parts.port or (5671 if tls else 5672)}/",
-                login=user,
-                password=password,
-                virtualhost=vhost,
+                URL.build(
+                    scheme=parts.scheme,
+                    host=host,
+                    port=parts.port or (5671 if tls else 5672),
+                    user=unquote(parts.username or "guest"),
+                    password=unquote(parts.password or "guest"),
+                    path="/" + (unquote(parts.path[1:]) if len(parts.path) > 1 else "/"),
+                )
             )
             self._connection = await connect
             self._channel = await self._connection.channel(publisher_confirms=True)

@@ -66,7 +66,7 @@ class RedisDestination:
                 retry=Retry(NoBackoff(), 0),
                 **tls_options,
             )
-            self._client = redis.asyncio.Redis(connection_pool=pool)
+            self._client = redis.asyncio.Redis.from_pool(pool)  # owns the pool: aclose() closes it
             return self._client
 
     async def publish(self, message: Message) -> Outcome:
