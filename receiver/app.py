@@ -36,6 +36,7 @@ from receiver.poller import Poller
 from receiver.provider import Provider
 from receiver.schedule import Scheduler
 from receiver.schemas import Health
+from receiver.secrets_at_rest import SecretBox, seal_store
 from receiver.settings import Settings
 from receiver.signatures import parse_key
 from receiver.simulator import SimConfig, Simulator, dev_secret
@@ -167,6 +168,11 @@ def create_app(
         )
     if not settings.api_keys:
         log.warning("RECEIVER_API_KEYS is unset: /v1 is open to anyone who can reach it")
+    box = SecretBox(settings.secret_keys)
+    if not box.enabled:
+        log.warning(
+            "RECEIVER_SECRET_KEY is unset: subscription secrets and broker passwords are stored in clear"
+        )
     media = LocalMedia(Path(settings.media_path()))
 
     @contextlib.asynccontextmanager
@@ -177,6 +183,10 @@ def create_app(
             if own_store:
                 await the_store.open()
                 stack.push_async_callback(the_store.close)
+            # Secrets still in clear are sealed now that a key is set; one no key opens stops the start.
+            sealed = await seal_store(the_store, box)
+            if sealed:
+                log.info("sealed the secrets of %d subscriptions with RECEIVER_SECRET_KEY", sealed)
             client = http
             if client is None:
                 client = httpx.AsyncClient(
@@ -204,6 +214,7 @@ def create_app(
                 clock=clock,
                 webhook_keys=keys,
                 scheduler=scheduler,
+                secrets=box,
             )
             app.state.ctx = ctx
             stack.callback(ctx.refused.close)

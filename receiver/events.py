@@ -42,6 +42,7 @@ from receiver.schemas import (
     convert_query,
     given,
 )
+from receiver.secrets_at_rest import SecretBox
 from receiver.signatures import SecretFormatError, parse_key
 from store import EventRow, OutboxRow, OverLimit, ReplayFilter, SubscriptionRow, UnknownCursor
 
@@ -60,7 +61,8 @@ def _ctx(request: Request) -> Context:
     return ctx
 
 
-def subscription_view(row: SubscriptionRow, *, secret: bool = False) -> dict[str, Any]:
+def subscription_view(row: SubscriptionRow, *, secret: SecretBox | None = None) -> dict[str, Any]:
+    """The subscription as reads show it; with `secret` (the box that opens it), its secret too."""
     view: dict[str, Any] = {
         "id": row.id,
         "object": "subscription",
@@ -70,8 +72,8 @@ def subscription_view(row: SubscriptionRow, *, secret: bool = False) -> dict[str
         "created_at": int(row.created_at),
         "disabled_reason": row.disabled_reason,
     }
-    if secret:
-        view["secret"] = row.secret
+    if secret is not None:
+        view["secret"] = secret.open_secret(row.secret)
     return view
 
 
@@ -142,7 +144,10 @@ async def create_subscription(request: Request) -> Response:
     limit = ctx.settings.max_subscriptions
     try:
         row = await store_call(
-            ctx, ctx.store.create_subscription(url, events, secret, ctx.clock(), limit=limit)
+            ctx,
+            ctx.store.create_subscription(
+                ctx.secrets.seal_url(url), events, ctx.secrets.seal_secret(secret), ctx.clock(), limit=limit
+            ),
         )
     except OverLimit:
         raise InvalidRequest(
@@ -150,7 +155,7 @@ async def create_subscription(request: Request) -> Response:
             " delete one first",
             code="too_many_subscriptions",
         ) from None
-    return json_response(subscription_view(row, secret=True))
+    return json_response(subscription_view(row, secret=ctx.secrets))
 
 
 @operation(
@@ -191,7 +196,7 @@ async def _subscription(ctx: Context, request: Request) -> SubscriptionRow:
 )
 async def get_subscription(request: Request) -> Response:
     ctx = _ctx(request)
-    return json_response(subscription_view(await _subscription(ctx, request), secret=True))
+    return json_response(subscription_view(await _subscription(ctx, request), secret=ctx.secrets))
 
 
 async def _set_status(request: Request, status: str) -> Response:

@@ -146,7 +146,8 @@ class Dispatcher:
         self._sending: dict[int, int] = {}  # subscription pk -> this process's sends in flight
         self._rng = rng or random.Random()
         self._monotonic = monotonic
-        self._keys: dict[str, bytes] = {}  # decoded subscriber secrets
+        self._keys: dict[str, bytes] = {}  # decoded subscriber secrets, by their stored form
+        self._urls: dict[str, str] = {}  # broker URLs with their passwords opened, by stored form
         self._running: set[asyncio.Task[None]] = set()
         self._finished = asyncio.Event()
         settings = ctx.settings
@@ -223,8 +224,15 @@ class Dispatcher:
             return self._callback_key
         key = self._keys.get(secret)
         if key is None:
-            key = self._keys[secret] = parse_key(secret).material
+            key = self._keys[secret] = parse_key(self._ctx.secrets.open_secret(secret)).material
         return key
+
+    def _url(self, job: OutboxJob) -> str:
+        stored = job.subscription.url
+        url = self._urls.get(stored)
+        if url is None:
+            url = self._urls[stored] = self._ctx.secrets.open_url(stored)
+        return url
 
     async def _deliver(self, job: OutboxJob) -> None:
         ctx = self._ctx
@@ -238,7 +246,7 @@ class Dispatcher:
             message = Message(
                 job.event.id, job.event.type, body, timestamp, sign_v1(key, job.event.id, timestamp, body)
             )
-            outcome = await self._destinations.publish(job.subscription.url, message)
+            outcome = await self._destinations.publish(self._url(job), message)
         ended = self._monotonic()
         if outcome.reached:
             self.congestion.record(
