@@ -108,6 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings.from_env(env)
         _check_database(settings.database_url)
         _check_media(settings)
+        _check_secrets(settings)
         raise_fd_limit(settings)
     except SettingsError as exc:
         print(f"receiver: {exc}", file=sys.stderr)
@@ -127,6 +128,50 @@ def _serve(args: argparse.Namespace) -> int:
     gc.freeze()
     server.run()
     return 0 if server.started else 1
+
+
+async def _seal(settings: Settings, *, rotate: bool) -> int:
+    from receiver.secrets_at_rest import SecretBox, seal_store
+    from store import open_store
+
+    store = open_store(settings.database_url)
+    await store.open()
+    try:
+        return await seal_store(store, SecretBox(settings.secret_keys), rotate=rotate)
+    finally:
+        await store.close()
+
+
+def _check_secrets(settings: Settings) -> None:
+    """A store whose sealed secrets no configured key opens stops `serve` with one line."""
+    import asyncio
+
+    from receiver.secrets_at_rest import SecretKeyError
+    from receiver.settings import SettingsError
+
+    try:
+        asyncio.run(_seal(settings, rotate=False))
+    except SecretKeyError as exc:
+        raise SettingsError(f"RECEIVER_SECRET_KEY: {exc}") from None
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from receiver.secrets_at_rest import SecretKeyError
+    from receiver.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env(dict(os.environ))
+        _check_database(settings.database_url)
+        if not settings.secret_keys:
+            raise SettingsError("RECEIVER_SECRET_KEY is unset: name the new key first, then the old ones")
+        changed = asyncio.run(_seal(settings, rotate=True))
+    except (SettingsError, SecretKeyError) as exc:
+        print(f"receiver: {exc}", file=sys.stderr)
+        return 2
+    print(f"receiver rotate-key: {changed} subscriptions sealed under the first key")
+    return 0
 
 
 class _SimulatorServer(uvicorn.Server):
@@ -300,6 +345,15 @@ def parser() -> argparse.ArgumentParser:
         "--seed", type=int, help="seed of the random faults, for a run that repeats (default: none, random)"
     )
     sim.set_defaults(run=_simulate)
+
+    rotate = commands.add_parser(
+        "rotate-key",
+        help="re-seal every stored secret under the first RECEIVER_SECRET_KEY key",
+        description="Open every subscription secret and broker password with any key of "
+        "RECEIVER_SECRET_KEY (or as stored in clear) and seal it again under the first key. Put the "
+        "new key first, keep the old ones after it until this has run, then drop them.",
+    )
+    rotate.set_defaults(run=_rotate_key)
 
     from receiver.replay import add_parser
 

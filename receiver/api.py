@@ -27,7 +27,7 @@ from receiver.http import authorize, json_response, read_json_object
 from receiver.ids import parse_id
 from receiver.ingest import reprocess
 from receiver.openapi import Header, Operation, operation
-from receiver.outbound import OutboundURLError, address_allowed, check_url, host_address
+from receiver.outbound import OutboundURLError, address_allowed, check_url, host_address, redact_url
 from receiver.payloads import normalise_status
 from receiver.provider import ProviderError
 from receiver.redact import redact_headers, strip_callbacks, strip_text
@@ -76,10 +76,11 @@ _HEALTH_SENDS = 100
 _DEAD_CAP = 1000
 
 
-def check_outbound_url(settings: Settings, url: object, param: str) -> str:
-    """A URL we may POST to (receiver.outbound's rule), else a 400 naming `param`."""
+def check_outbound_url(settings: Settings, url: object, param: str, *, brokers: bool = False) -> str:
+    """A URL we may send to (receiver.outbound's rule), else a 400 naming `param`; with
+    `brokers`, a message broker's URL too."""
     try:
-        return check_url(url, settings.outbound_allow)
+        return check_url(url, settings.outbound_allow, brokers=brokers)
     except OutboundURLError as exc:
         raise InvalidRequest(f"{param} {exc}", param=param, code=exc.code) from None
 
@@ -586,7 +587,8 @@ def subscriber_health(
     attempts = sorted(((a, r) for r in sends for a in r.log), key=lambda ar: ar[0].at)
     last_error = last_success = None
     for attempt, row in reversed(attempts):
-        ok = attempt.status is not None and 200 <= attempt.status < 300
+        # A failed attempt always says why; a broker's confirm has no HTTP status to go by.
+        ok = attempt.error is None
         if ok and last_success is None:
             last_success = int(attempt.at)
         if not ok and last_error is None:
@@ -603,7 +605,7 @@ def subscriber_health(
     return {
         "object": "subscriber_health",
         "subscription_id": subscription.id,
-        "url": subscription.url,
+        "url": redact_url(subscription.url),
         "status": subscription.status,
         "disabled_reason": subscription.disabled_reason,
         "window_events": window,

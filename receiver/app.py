@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from receiver import api, dashboard, events, ingest
 from receiver.capture import Capturer, capture_session
 from receiver.context import Context
+from receiver.destinations import Destinations
 from receiver.errors import ApiError, ReceiverError, to_api_error
 from receiver.fanout import Dispatcher, outbound_session
 from receiver.guard import CrossSiteGuard
@@ -35,6 +36,7 @@ from receiver.provider import Provider
 from receiver.pruner import Pruner
 from receiver.schedule import Scheduler
 from receiver.schemas import Health
+from receiver.secrets_at_rest import SecretBox, seal_store
 from receiver.settings import Settings
 from receiver.signatures import parse_key
 from receiver.simulator import SimConfig, Simulator, dev_secret
@@ -161,6 +163,11 @@ def create_app(
         )
     if not settings.api_keys:
         log.warning("RECEIVER_API_KEYS is unset: /v1 is open to anyone who can reach it")
+    box = SecretBox(settings.secret_keys)
+    if not box.enabled:
+        log.warning(
+            "RECEIVER_SECRET_KEY is unset: subscription secrets and broker passwords are stored in clear"
+        )
     media = media_store(settings.media_path(), settings.media_s3)
 
     @contextlib.asynccontextmanager
@@ -171,6 +178,10 @@ def create_app(
             if own_store:
                 await the_store.open()
                 stack.push_async_callback(the_store.close)
+            # Secrets still in clear are sealed now that a key is set; one no key opens stops the start.
+            sealed = await seal_store(the_store, box)
+            if sealed:
+                log.info("sealed the secrets of %d subscriptions with RECEIVER_SECRET_KEY", sealed)
             client = http
             if client is None:
                 client = httpx.AsyncClient(
@@ -198,6 +209,7 @@ def create_app(
                 clock=clock,
                 webhook_keys=keys,
                 scheduler=scheduler,
+                secrets=box,
             )
             app.state.ctx = ctx
             stack.callback(ctx.refused.close)
@@ -214,9 +226,16 @@ def create_app(
             ctx.workers.append(asyncio.create_task(scheduler.watch(stop), name="delivery-health"))
             outbound = outbound_session(settings.outbound_allow, settings.fanout_concurrency)
             stack.push_async_callback(outbound.close)
+            destinations = Destinations(
+                outbound,
+                settings.outbound_allow,
+                float(settings.fanout_timeout),
+                connections=settings.fanout_concurrency,
+            )
+            stack.push_async_callback(destinations.close)
             dispatcher = Dispatcher(
                 ctx,
-                outbound,
+                destinations,
                 concurrency=settings.fanout_concurrency,
                 per_subscriber=settings.fanout_per_subscriber,
             )

@@ -12,6 +12,7 @@ from receiver.logsummary import LogSummary
 from receiver.metrics import Metrics
 from receiver.provider import Provider
 from receiver.schedule import Scheduler
+from receiver.secrets_at_rest import SecretBox
 from receiver.settings import Settings
 from receiver.signatures import Key
 from store import Store
@@ -54,6 +55,7 @@ class Context:
     webhook_keys: tuple[Key, ...] = field(repr=False)
     scheduler: Scheduler = field(repr=False)
     metrics: Metrics = field(default_factory=Metrics, repr=False)
+    secrets: SecretBox = field(default_factory=lambda: SecretBox(()), repr=False)
     writes: WriteHealth = field(default_factory=WriteHealth, repr=False)
     # One line per cause (an error code) per 10 s, however many deliveries an outage refuses.
     refused: LogSummary = field(

@@ -16,11 +16,13 @@ from starlette.types import Receive, Scope, Send
 
 from receiver.api import check_outbound_name, check_outbound_url, list_body, store_call
 from receiver.context import Context
+from receiver.destinations import check_target
 from receiver.errors import ApiError, InvalidRequest, NotFound, Unavailable
 from receiver.fanout import event_body
 from receiver.http import authorize, json_response, read_json_object
 from receiver.ids import parse_id
 from receiver.openapi import Header, Operation, operation
+from receiver.outbound import redact_url
 from receiver.redact import strip_callbacks
 from receiver.schemas import (
     DeadLetterQuery,
@@ -40,6 +42,7 @@ from receiver.schemas import (
     convert_query,
     given,
 )
+from receiver.secrets_at_rest import SecretBox
 from receiver.signatures import SecretFormatError, parse_key
 from store import EventRow, OutboxRow, OverLimit, ReplayFilter, SubscriptionRow, UnknownCursor
 
@@ -58,18 +61,19 @@ def _ctx(request: Request) -> Context:
     return ctx
 
 
-def subscription_view(row: SubscriptionRow, *, secret: bool = False) -> dict[str, Any]:
+def subscription_view(row: SubscriptionRow, *, secret: SecretBox | None = None) -> dict[str, Any]:
+    """The subscription as reads show it; with `secret` (the box that opens it), its secret too."""
     view: dict[str, Any] = {
         "id": row.id,
         "object": "subscription",
-        "url": row.url,
+        "url": redact_url(row.url),
         "events": row.events,
         "status": row.status,
         "created_at": int(row.created_at),
         "disabled_reason": row.disabled_reason,
     }
-    if secret:
-        view["secret"] = row.secret
+    if secret is not None:
+        view["secret"] = secret.open_secret(row.secret)
     return view
 
 
@@ -121,7 +125,11 @@ def send_view(row: OutboxRow) -> dict[str, Any]:
 async def create_subscription(request: Request) -> Response:
     ctx = _ctx(request)
     body = convert(await read_json_object(request, 64 * 1024), SubscriptionCreate)
-    url = check_outbound_url(ctx.settings, body.url, "url")
+    url = check_outbound_url(ctx.settings, body.url, "url", brokers=True)
+    try:
+        check_target(url)
+    except ValueError as exc:
+        raise InvalidRequest(f"url: {exc}", param="url", code="invalid_url") from None
     await check_outbound_name(ctx.settings, url, "url")
     events: list[str] | None = sorted(set(body.events)) if body.events else None
     secret = body.secret
@@ -136,7 +144,10 @@ async def create_subscription(request: Request) -> Response:
     limit = ctx.settings.max_subscriptions
     try:
         row = await store_call(
-            ctx, ctx.store.create_subscription(url, events, secret, ctx.clock(), limit=limit)
+            ctx,
+            ctx.store.create_subscription(
+                ctx.secrets.seal_url(url), events, ctx.secrets.seal_secret(secret), ctx.clock(), limit=limit
+            ),
         )
     except OverLimit:
         raise InvalidRequest(
@@ -144,7 +155,7 @@ async def create_subscription(request: Request) -> Response:
             " delete one first",
             code="too_many_subscriptions",
         ) from None
-    return json_response(subscription_view(row, secret=True))
+    return json_response(subscription_view(row, secret=ctx.secrets))
 
 
 @operation(
@@ -182,7 +193,7 @@ async def _subscription(ctx: Context, request: Request) -> SubscriptionRow:
 )
 async def get_subscription(request: Request) -> Response:
     ctx = _ctx(request)
-    return json_response(subscription_view(await _subscription(ctx, request), secret=True))
+    return json_response(subscription_view(await _subscription(ctx, request), secret=ctx.secrets))
 
 
 async def _set_status(request: Request, status: str) -> Response:

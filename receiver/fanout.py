@@ -17,11 +17,10 @@ import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
-from receiver.call import Budget
 from receiver.congestion import Congestion, Signal
 from receiver.context import Context
-from receiver.errors import BlockedAddress
-from receiver.http import parse_retry_after
+from receiver.destinations import Destinations, Message, Outcome
+from receiver.destinations.base import BlockedAddress
 from receiver.outbound import Network, OutboundURLError, address_allowed, host_address, in_allow
 from receiver.redact import strip_callbacks
 from receiver.signatures import parse_key, sign_v1
@@ -39,7 +38,6 @@ __all__ = [
 log = logging.getLogger("receiver.fanout")
 
 LEASE_MARGIN = 10.0  # a claimed send is due again this long after its timeout if it never lands
-ANSWER_CAP = 64 * 1024  # bytes of a subscriber's answer we read at most
 
 
 class GuardedResolver(AbstractResolver):
@@ -111,8 +109,12 @@ def event_body(event: EventRow) -> bytes:
     return orjson.dumps(body)
 
 
-def signal_of(status: int | None) -> Signal:
-    """What an attempt that reached out (status None: no answer) says of the subscriber's capacity."""
+def signal_of(outcome: Outcome) -> Signal:
+    """What an attempt that reached out says of the destination's capacity: a broker's confirm is
+    an answer; no answer at all (no HTTP status, no confirm) is unreachable."""
+    status = outcome.status
+    if outcome.confirmed:
+        return Signal.ANSWERED
     if status is None:
         return Signal.UNREACHABLE
     if status >= 500 or status in (408, 429):
@@ -121,12 +123,13 @@ def signal_of(status: int | None) -> Signal:
 
 
 class Dispatcher:
-    """Sends outbox rows with a global limit and a per-subscriber one that adapts (congestion)."""
+    """Sends outbox rows with a global limit and a per-subscriber one that adapts (congestion),
+    to whatever kind of destination each subscription names."""
 
     def __init__(
         self,
         ctx: Context,
-        http: aiohttp.ClientSession,
+        destinations: Destinations,
         *,
         concurrency: int,
         per_subscriber: int,
@@ -134,7 +137,7 @@ class Dispatcher:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ctx = ctx
-        self._http = http
+        self._destinations = destinations
         self._limit = concurrency
         self._per_subscriber = per_subscriber
         self.congestion = Congestion(
@@ -143,7 +146,8 @@ class Dispatcher:
         self._sending: dict[int, int] = {}  # subscription pk -> this process's sends in flight
         self._rng = rng or random.Random()
         self._monotonic = monotonic
-        self._keys: dict[str, bytes] = {}  # decoded subscriber secrets
+        self._keys: dict[str, bytes] = {}  # decoded subscriber secrets, by their stored form
+        self._urls: dict[str, str] = {}  # broker URLs with their passwords opened, by stored form
         self._running: set[asyncio.Task[None]] = set()
         self._finished = asyncio.Event()
         settings = ctx.settings
@@ -157,6 +161,7 @@ class Dispatcher:
         while not stop.is_set():
             wakeup.clear()
             self._finished.clear()
+            await self._destinations.sweep()
             room = self._limit - len(self._running)
             claimed = 0
             if room > 0:
@@ -219,55 +224,41 @@ class Dispatcher:
             return self._callback_key
         key = self._keys.get(secret)
         if key is None:
-            key = self._keys[secret] = parse_key(secret).material
+            key = self._keys[secret] = parse_key(self._ctx.secrets.open_secret(secret)).material
         return key
+
+    def _url(self, job: OutboxJob) -> str:
+        stored = job.subscription.url
+        url = self._urls.get(stored)
+        if url is None:
+            url = self._urls[stored] = self._ctx.secrets.open_url(stored)
+        return url
 
     async def _deliver(self, job: OutboxJob) -> None:
         ctx = self._ctx
         key = self._signing_key(job)
         started = self._monotonic()
-        status: int | None = None
-        error: str | None = None
-        retry_after: float | None = None
-        reached = True  # False: never tried (no key, blocked address), which says nothing of load
         if key is None:
-            reached = False
-            error = "RECEIVER_CALLBACK_SECRET is unset: cannot sign"
+            outcome = Outcome(False, error="RECEIVER_CALLBACK_SECRET is unset: cannot sign", reached=False)
         else:
             body = event_body(job.event)
             timestamp = str(int(ctx.clock()))
-            headers = {
-                "content-type": "application/json",
-                "user-agent": "receiver-webhooks/1",
-                "webhook-id": job.event.id,
-                "webhook-timestamp": timestamp,
-                "webhook-signature": sign_v1(key, job.event.id, timestamp, body),
-            }
-            try:
-                status, retry_after = await self._post(job.subscription.url, body, headers)
-            except BlockedAddress as exc:
-                reached = False
-                error = str(exc)
-            except TimeoutError:
-                error = "timed out"
-            except aiohttp.ClientConnectorError as exc:
-                cause = exc.os_error if isinstance(exc.os_error, BlockedAddress) else exc
-                reached = cause is exc
-                error = f"{type(cause).__name__}: {cause}"[:300]
-            except (aiohttp.ClientError, OSError, ValueError) as exc:
-                error = f"{type(exc).__name__}: {exc}"[:300]
+            message = Message(
+                job.event.id, job.event.type, body, timestamp, sign_v1(key, job.event.id, timestamp, body)
+            )
+            outcome = await self._destinations.publish(self._url(job), message)
         ended = self._monotonic()
-        if reached:
+        if outcome.reached:
             self.congestion.record(
                 job.subscription.pk,
-                signal_of(status),
+                signal_of(outcome),
                 started=started,
                 now=ended,
                 latency=ended - started,
                 in_flight=self._sending.get(job.subscription.pk, 1),
             )
         latency_ms = (ended - started) * 1000
-        attempt = self._judge(job, status, error, retry_after, latency_ms)
+        attempt = self._judge(job, outcome, latency_ms)
         ctx.metrics.fanout.labels(outcome=attempt.outcome).inc()
         try:
             await ctx.store.record_attempt(attempt)
@@ -276,26 +267,10 @@ class Dispatcher:
             # The lease runs out and the send is attempted again: at least once, same webhook-id.
             log.warning("dispatcher: could not record an attempt (%s)", type(exc).__name__)
 
-    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, float | None]:
-        settings = self._ctx.settings
-        budget = Budget(deadline=settings.fanout_timeout, cap=ANSWER_CAP)
-        async with budget.bound():
-            await vet_destination(url, settings.outbound_allow)
-            async with self._http.post(url, data=body, headers=headers, allow_redirects=False) as response:
-                # Only the status counts; a glance at the answer, never the whole of a huge one.
-                await budget.body(response.content.iter_chunked(ANSWER_CAP)).prefix()
-                return response.status, parse_retry_after(response.headers.get("retry-after"))
-
-    def _judge(
-        self,
-        job: OutboxJob,
-        status: int | None,
-        error: str | None,
-        retry_after: float | None,
-        latency_ms: float,
-    ) -> Attempt:
+    def _judge(self, job: OutboxJob, outcome: Outcome, latency_ms: float) -> Attempt:
         now = self._ctx.clock()
-        if status is not None and 200 <= status < 300:
+        status, error, retry_after = outcome.status, outcome.error, outcome.retry_after
+        if outcome.confirmed:
             return Attempt(job.pk, now, status, latency_ms, None, "delivered")
         if status == 410:
             return Attempt(

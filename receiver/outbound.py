@@ -23,12 +23,16 @@ __all__ = [
     "check_url",
     "host_address",
     "in_allow",
+    "redact_url",
 ]
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_URL = 2048
+# Each scheme we may send to, with its TLS twin: the plain one only inside RECEIVER_OUTBOUND_ALLOW.
+_TLS = {"http": "https", "amqp": "amqps", "nats": "tls", "redis": "rediss"}
+_BROKERS = frozenset({"amqp", "amqps", "nats", "tls", "redis", "rediss"})
 # Dotted numbers in any base, 1 to 4 parts: what inet_aton (and so getaddrinfo) reads as IPv4.
 _NUMERIC = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}", re.ASCII)
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?", re.ASCII)
@@ -104,9 +108,25 @@ def in_allow(address: Address | str, allow: Iterable[Network]) -> bool:
     return any(address in network for network in allow)
 
 
-def check_url(url: object, allow: Iterable[Network]) -> str:
+def redact_url(url: str) -> str:
+    """`url` with the password in its user part shown as `***` (how every read shows a broker URL)."""
+    parts = urlsplit(url)
+    try:
+        password = parts.password
+    except ValueError:
+        password = None
+    if not password:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def check_url(url: object, allow: Iterable[Network], *, brokers: bool = False) -> str:
     """`url` if we may send to it, else OutboundURLError: https (plain http only inside
-    `allow`), no credentials, and a host that is not private or loopback in any spelling."""
+    `allow`), no credentials, and a host that is not private or loopback in any spelling. With
+    `brokers`, also a message broker's URL (amqps, tls, rediss; amqp, nats, redis only inside
+    `allow`), which may carry credentials."""
     networks = tuple(allow)
     if not isinstance(url, str) or not url or len(url) > MAX_URL:
         raise OutboundURLError(f"must be a URL string of at most {MAX_URL} characters", code="invalid_url")
@@ -118,14 +138,17 @@ def check_url(url: object, allow: Iterable[Network]) -> str:
         _ = parts.port
     except ValueError:
         raise OutboundURLError("is not a valid URL", code="invalid_url") from None
-    if parts.scheme not in ("https", "http") or not host:
-        raise OutboundURLError("must be an https URL", code="invalid_url")
-    if parts.username is not None or parts.password is not None:
+    schemes = ("https", "http", *_BROKERS) if brokers else ("https", "http")
+    if parts.scheme not in schemes or not host:
+        wanted = "an https URL or a broker URL (amqps, tls, rediss)" if brokers else "an https URL"
+        raise OutboundURLError(f"must be {wanted}", code="invalid_url")
+    if parts.scheme not in _BROKERS and (parts.username is not None or parts.password is not None):
         raise OutboundURLError("must not carry credentials", code="invalid_url")
     address = host_address(host)
-    if parts.scheme == "http" and (address is None or not in_allow(address, networks)):
+    if parts.scheme in _TLS and (address is None or not in_allow(address, networks)):
         raise OutboundURLError(
-            "must be https (plain http only inside RECEIVER_OUTBOUND_ALLOW)", code="invalid_url"
+            f"must be {_TLS[parts.scheme]} (plain {parts.scheme} only inside RECEIVER_OUTBOUND_ALLOW)",
+            code="invalid_url",
         )
     if address is not None and not address_allowed(address, networks):
         raise OutboundURLError("points at a private, loopback or reserved address")

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from cryptography.fernet import Fernet
+
 from receiver.errors import SettingsError
 from receiver.guard import origin_of
 from receiver.media import KEY_SEGMENT, S3Location
@@ -170,6 +172,8 @@ class Settings:
     signature_tolerance: int = 300
     allow_unsigned: bool = False
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Fernet keys sealing secrets at rest: the first seals, every one opens (rotation).
+    secret_keys: tuple[str, ...] = field(default=(), repr=False)
     max_body_bytes: int = 1_048_576
     poll_after: int = 60
     poll_max_interval: int = 600
@@ -257,6 +261,16 @@ class Settings:
                 raise SettingsError(f"RECEIVER_WEBHOOK_SECRETS: {exc}") from None
 
         api_keys = tuple(k for k in re.split(r"[\s,]+", env.get("RECEIVER_API_KEYS", "")) if k)
+        secret_keys = tuple(k for k in re.split(r"[\s,]+", env.get("RECEIVER_SECRET_KEY", "")) if k)
+        for number, key in enumerate(secret_keys, 1):
+            try:
+                Fernet(key.encode())
+            except (ValueError, TypeError):
+                raise SettingsError(
+                    f"RECEIVER_SECRET_KEY: key {number} is not a Fernet key (32 url-safe base64 bytes;"
+                    " make one with python -c 'from cryptography.fernet import Fernet;"
+                    " print(Fernet.generate_key().decode())')"
+                ) from None
 
         schedule_raw = env.get("RECEIVER_FANOUT_RETRY_SCHEDULE")
         schedule: tuple[float, ...] = cls.fanout_retry_schedule
@@ -335,6 +349,7 @@ class Settings:
             signature_tolerance=_int(env, "RECEIVER_SIGNATURE_TOLERANCE", 300, low=0, high=86_400),
             allow_unsigned=_bool(env, "RECEIVER_ALLOW_UNSIGNED", False),
             api_keys=api_keys,
+            secret_keys=secret_keys,
             max_body_bytes=_int(env, "RECEIVER_MAX_BODY_BYTES", 1_048_576, low=1024, high=1 << 28),
             poll_after=poll_after,
             poll_max_interval=poll_max,

@@ -3,7 +3,8 @@
     scripts/bench polling   learned poll schedule vs a naive fixed-interval poller
     scripts/bench ingest    signed deliveries/s into the real service vs a bare Starlette endpoint,
                             on SQLite and on PostgreSQL with one and two processes
-    scripts/bench fanout    signed events/s delivered to a subscriber vs a bare aiohttp session
+    scripts/bench fanout    signed events/s delivered to a subscriber vs a bare aiohttp session, and
+                            to RabbitMQ, NATS JetStream and Redis Streams vs each one's own client
     scripts/bench scale     read latency with 1,000,000 deliveries and 200,000 tasks in the store;
                             /metrics and /v1/stats at 10,000 and at 1,000,000 tasks
     scripts/bench soak      10 minutes at half the ingest rate with a short retention, sampled
@@ -922,6 +923,133 @@ async def aiohttp_baseline(url: str, bodies: list[bytes], secret: str, concurren
         return len(bodies) / (time.monotonic() - started)
 
 
+async def replay_rate(client: httpx.AsyncClient, url: str, sub_url: str) -> tuple[int, float, str]:
+    """Subscribe `sub_url`, replay every stored event to it, wait until settled (at most 600 s):
+    (delivered, seconds, the subscription's secret)."""
+    subscription = (await client.post(f"{url}/v1/subscriptions", json={"url": sub_url})).json()
+    started = time.monotonic()
+    replay = (
+        await client.post(f"{url}/v1/events/replay", json={"subscription_id": subscription["id"]})
+    ).json()
+    deadline = started + 600
+    while True:
+        status = (await client.get(f"{url}/v1/replays/{replay['id']}")).json()
+        if status["done"] or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    elapsed = time.monotonic() - started
+    await client.post(f"{url}/v1/subscriptions/{subscription['id']}/pause")
+    return status["by_status"].get("delivered", 0), elapsed, subscription["secret"]
+
+
+def signed(bodies: list[bytes], secret: str) -> list[tuple[str, dict[str, str], bytes]]:
+    """The messages as the receiver sends them: (event id, Standard Webhooks headers, body)."""
+    from receiver.signatures import parse_key, sign_v1
+
+    key = parse_key(secret).material
+    out = []
+    for body in bodies:
+        event_id = json.loads(body)["id"]
+        ts = str(int(time.time()))
+        headers = {"webhook-id": event_id, "webhook-timestamp": ts, "webhook-signature": ""}
+        headers["webhook-signature"] = sign_v1(key, event_id, ts, body)
+        out.append((event_id, headers, body))
+    return out
+
+
+async def _workers(count: int, concurrency: int, one: Any) -> float:
+    """Run one(i) for i in range(count) with `concurrency` in flight; per second."""
+    queue = list(range(count - 1, -1, -1))
+
+    async def worker() -> None:
+        while queue:
+            await one(queue.pop())
+
+    started = time.monotonic()
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout=600)
+    return count / (time.monotonic() - started)
+
+
+class BenchBroker:
+    """One broker for `bench fanout`: a fresh place to publish to, the broker's own client
+    publishing the same messages with the same confirms (the baseline), and clean-up."""
+
+    def __init__(self, kind: str) -> None:
+        import secrets as random_names
+
+        self.kind = kind
+        self.name = f"bench_{kind}_{random_names.token_hex(4)}"
+
+    async def setup(self) -> str:
+        if self.kind == "amqp":
+            import aiormq
+
+            self.conn = await aiormq.connect("amqp://guest:guest@127.0.0.1:5672/")
+            self.channel = await self.conn.channel(publisher_confirms=True)
+            await self.channel.queue_declare(self.name)
+            return f"amqp://guest:guest@127.0.0.1:5672/?routing_key={self.name}"
+        if self.kind == "nats":
+            import nats
+
+            self.nc = await nats.connect("nats://127.0.0.1:4222")
+            self.js = self.nc.jetstream()
+            await self.js.add_stream(name=self.name, subjects=[self.name])
+            # A stream of its own for the baseline: repeats of the receiver's ids would be dropped.
+            await self.js.add_stream(name=f"{self.name}_b", subjects=[f"{self.name}_b"])
+            return f"nats://127.0.0.1:4222?subject={self.name}"
+        import redis.asyncio
+
+        self.redis = redis.asyncio.Redis(host="127.0.0.1", port=6379, max_connections=256)
+        return f"redis://127.0.0.1:6379/0?stream={self.name}"
+
+    async def baseline(self, messages: list[tuple[str, dict[str, str], bytes]], concurrency: int) -> float:
+        if self.kind == "amqp":
+            from pamqp.commands import Basic
+
+            async def amqp(i: int) -> None:
+                event_id, headers, body = messages[i]
+                props = Basic.Properties(
+                    content_type="application/json",
+                    delivery_mode=2,
+                    message_id=event_id,
+                    headers=dict[str, Any](headers),
+                )
+                confirm = await self.channel.basic_publish(
+                    body, routing_key=self.name, properties=props, mandatory=True
+                )
+                assert isinstance(confirm, Basic.Ack)
+
+            return await _workers(len(messages), concurrency, amqp)
+        if self.kind == "nats":
+
+            async def jetstream(i: int) -> None:
+                event_id, headers, body = messages[i]
+                await self.js.publish(f"{self.name}_b", body, headers={**headers, "Nats-Msg-Id": event_id})
+
+            return await _workers(len(messages), concurrency, jetstream)
+
+        async def xadd(i: int) -> None:
+            event_id, headers, body = messages[i]
+            await self.redis.xadd(
+                self.name, {"id": event_id, "type": "video.completed", "body": body, **headers}
+            )
+
+        return await _workers(len(messages), concurrency, xadd)
+
+    async def close(self) -> None:
+        if self.kind == "amqp":
+            await self.channel.queue_delete(self.name)
+            await self.conn.close()
+        elif self.kind == "nats":
+            for name in (self.name, f"{self.name}_b"):
+                with contextlib.suppress(Exception):
+                    await self.js.delete_stream(name)
+            await self.nc.close()
+        else:
+            await self.redis.delete(self.name)
+            await self.redis.aclose()
+
+
 async def bench_fanout(args: argparse.Namespace) -> int:
     from receiver.fanout import event_body
     from store import EventRow
@@ -946,45 +1074,54 @@ async def bench_fanout(args: argparse.Namespace) -> int:
         env["RECEIVER_FANOUT_PER_SUBSCRIBER"] = str(args.per_subscriber)
     server = await start_receiver(env, scratch)
     url = f"http://127.0.0.1:{port}"
+    kinds = [k for k in args.brokers.split(",") if k]
+    results: dict[str, tuple[int, float, float]] = {}  # kind -> (delivered, rate, baseline)
     try:
         await wait_ready(url, server)
         await wait_ready(f"http://127.0.0.1:{sink_port}", sink, "/")
-        async with httpx.AsyncClient(timeout=60) as client:
-            subscription = (await client.post(f"{url}/v1/subscriptions", json={"url": sink_url})).json()
-            started = time.monotonic()
-            replay = (
-                await client.post(f"{url}/v1/events/replay", json={"subscription_id": subscription["id"]})
-            ).json()
-            deadline = started + 600
-            while True:
-                status = (await client.get(f"{url}/v1/replays/{replay['id']}")).json()
-                if status["done"] or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.05)
-            elapsed = time.monotonic() - started
-        delivered = status["by_status"].get("delivered", 0)
-        rate = delivered / elapsed
         with sqlite3.connect(db) as conn:
             rows = conn.execute(
                 "SELECT id, video_id, type, created_at, data FROM events ORDER BY pk"
             ).fetchall()
         bodies = [event_body(EventRow(0, r[0], 0, r[1], r[2], r[3], json.loads(r[4]))) for r in rows]
-        baseline = await aiohttp_baseline(sink_url, bodies, subscription["secret"], args.concurrency)
+        async with httpx.AsyncClient(timeout=60) as client:
+            delivered, elapsed, secret = await replay_rate(client, url, sink_url)
+            baseline = await aiohttp_baseline(sink_url, bodies, secret, args.concurrency)
+            results["http"] = (delivered, delivered / elapsed, baseline)
+            for kind in kinds:
+                broker = BenchBroker(kind)
+                try:
+                    broker_url = await broker.setup()
+                    delivered, elapsed, secret = await replay_rate(client, url, broker_url)
+                    baseline = await broker.baseline(signed(bodies, secret), args.concurrency)
+                finally:
+                    await broker.close()
+                results[kind] = (delivered, delivered / elapsed, baseline)
     finally:
         for process in (server, sink):
             process.terminate()
             await process.wait()
-    ratio = rate / baseline
     print(
-        f"workload: {args.events} stored events replayed to one local subscriber, "
+        f"workload: {args.events} stored events replayed to one local destination of each kind, "
         f"at most {args.concurrency} sends in flight (RECEIVER_FANOUT_CONCURRENCY), "
         f"RECEIVER_FANOUT_PER_SUBSCRIBER={args.per_subscriber or 'default'}"
     )
-    print(f"  receiver: {delivered:,} signed events delivered and recorded in {elapsed:.1f} s: {rate:,.0f}/s")
-    print(f"  bare aiohttp session, same signed POSTs: {baseline:,.0f}/s")
-    print(f"  ratio: {ratio:.1%} of bare aiohttp")
-    ok = delivered == args.events and ratio >= 0.25
-    print("result:", "PASS" if ok else "FAIL", "(target: >= 25% of bare aiohttp, every event delivered)")
+    ok = True
+    names = {
+        "http": "bare aiohttp session, same signed POSTs",
+        "amqp": "aiormq, same messages, publisher confirms",
+        "nats": "nats-py, same messages, JetStream acks",
+        "redis": "redis-py asyncio, same XADDs",
+    }
+    for kind, (delivered, rate, baseline) in results.items():
+        target = 0.25 if kind == "http" else 0.5
+        ratio = rate / baseline
+        passed = delivered == args.events and ratio >= target
+        ok = ok and passed
+        print(f"  {kind}: receiver {delivered:,} confirmed and recorded: {rate:,.0f}/s")
+        print(f"  {kind}: {names[kind]}: {baseline:,.0f}/s")
+        print(f"  {kind}: ratio {ratio:.1%} (target >= {target:.0%}) {'PASS' if passed else 'FAIL'}")
+    print("result:", "PASS" if ok else "FAIL", "(every event delivered; http >= 25%, each broker >= 50%)")
     import shutil
 
     shutil.rmtree(scratch, ignore_errors=True)
@@ -2362,6 +2499,11 @@ def main(argv: list[str] | None = None) -> int:
     fanout.add_argument("--events", type=int, default=20_000)
     fanout.add_argument("--concurrency", type=int, default=64)
     fanout.add_argument("--per-subscriber", type=int, help="RECEIVER_FANOUT_PER_SUBSCRIBER (default: unset)")
+    fanout.add_argument(
+        "--brokers",
+        default="amqp,nats,redis",
+        help="brokers to measure after HTTP, on their local servers (comma-separated; '' for none)",
+    )
     fanout.set_defaults(run=bench_fanout)
     scale = commands.add_parser(
         "scale",

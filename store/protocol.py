@@ -112,6 +112,16 @@ class Store(Protocol):
 
     async def get_subscription(self, subscription_id: str) -> SubscriptionRow | None: ...
     async def list_subscriptions(self, limit: int, after: str | None) -> Page: ...
+    async def subscription_secrets(self, after_pk: int, limit: int) -> list[tuple[int, str, str]]:
+        """(pk, url, secret) of subscriptions (not a task's own callback_url), by pk after
+        `after_pk`, at most `limit`: what receiver.secrets_at_rest seals and rotates."""
+        ...
+
+    async def set_subscription_secrets(self, changes: list[tuple[int, str, str]]) -> None:
+        """Write each (pk, url, secret) in one transaction, leaving no copy of the old values in
+        the file where the backend can help it."""
+        ...
+
     async def set_subscription_status(
         self, subscription_id: str, status: str, now: float, reason: str | None = None
     ) -> SubscriptionRow | None: ...

@@ -99,6 +99,23 @@ class FanoutStore(PostgresBase):
             "SELECT * FROM subscriptions", "pk DESC", where, args, limit, rows.subscription
         )
 
+    async def subscription_secrets(self, after_pk: int, limit: int) -> list[tuple[int, str, str]]:
+        async with self._tx() as conn:
+            found = await conn.fetch(
+                "SELECT pk, url, secret FROM subscriptions WHERE task_pk IS NULL AND pk > $1"
+                " ORDER BY pk LIMIT $2",
+                after_pk,
+                limit,
+            )
+        return [(int(r["pk"]), str(r["url"]), str(r["secret"])) for r in found]
+
+    async def set_subscription_secrets(self, changes: list[tuple[int, str, str]]) -> None:
+        async with self._tx() as conn:
+            await conn.executemany(
+                "UPDATE subscriptions SET url = $2, secret = $3 WHERE pk = $1",
+                [(pk, url, secret) for pk, url, secret in changes],
+            )
+
     async def set_subscription_status(
         self, subscription_id: str, status: str, now: float, reason: str | None = None
     ) -> SubscriptionRow | None:

@@ -93,6 +93,30 @@ class FanoutStore(SQLiteBase):
             params.append(await self._cursor("subscriptions", "id", after))
         return await self._page("SELECT * FROM subscriptions", "pk", where, params, limit, rows.subscription)
 
+    async def subscription_secrets(self, after_pk: int, limit: int) -> list[tuple[int, str, str]]:
+        def unit(conn: sqlite3.Connection) -> list[tuple[int, str, str]]:
+            found = conn.execute(
+                "SELECT pk, url, secret FROM subscriptions"
+                " WHERE task_pk IS NULL AND pk > ? ORDER BY pk LIMIT ?",
+                (after_pk, limit),
+            ).fetchall()
+            return [(int(r["pk"]), str(r["url"]), str(r["secret"])) for r in found]
+
+        return await self._write(unit)
+
+    async def set_subscription_secrets(self, changes: list[tuple[int, str, str]]) -> None:
+        def unit(conn: sqlite3.Connection) -> None:
+            # Overwritten cells are zeroed, not left in free space for a reader of the file.
+            conn.execute("PRAGMA secure_delete = ON")
+            conn.executemany(
+                "UPDATE subscriptions SET url = ?, secret = ? WHERE pk = ?",
+                [(url, secret, pk) for pk, url, secret in changes],
+            )
+
+        await self._write(unit)
+        # The WAL still holds the pages as they were: fold it into the file and empty it.
+        await self._fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+
     async def set_subscription_status(
         self, subscription_id: str, status: str, now: float, reason: str | None = None
     ) -> SubscriptionRow | None:
