@@ -92,11 +92,12 @@ class Capturer:
                     due = await self._ctx.store.next_capture_due()
                     now = self._ctx.clock()
                     if due is not None and due <= now:
-                        self._spawn(await self._ctx.store.claim_captures(now, room, LEASE))
-                        # At most one claim per CLAIM_SPACING: a burst of completed results (or
-                        # of downloads failing at once) must not crowd the store's one writer,
-                        # which the acknowledgement path shares.
-                        delay = CLAIM_SPACING
+                        taken = self._spawn(await self._ctx.store.claim_captures(now, room, LEASE))
+                        # A claim that filled every slot waits for one to free (each download ends
+                        # in a write of its own anyway). Otherwise at most one claim per
+                        # CLAIM_SPACING: a burst of completed results (or of downloads failing at
+                        # once) must not crowd the store's one writer, which the ack path shares.
+                        delay = IDLE if taken == room else CLAIM_SPACING
                     elif due is not None:
                         delay = min(IDLE, due - now)
                 except StoreError as exc:
