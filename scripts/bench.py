@@ -1697,7 +1697,8 @@ async def soak_run(
                     chunk += 1
                     requests, ids = await upcoming
         finally:
-            server.terminate()
+            with contextlib.suppress(ProcessLookupError):  # it may have stopped by itself
+                server.terminate()
             await server.wait()
     cycle_end = args.retention + args.prune_interval
     ok = True
