@@ -9,6 +9,7 @@ import json
 import asyncpg
 
 from store.postgres.base import PostgresBase
+from store.preview import preview_counts
 from store.records import CaptureRow, PruneRun
 from store.sqlite.captures import capture
 
@@ -187,50 +188,10 @@ class RetentionStore(PostgresBase):
     async def prune_preview(
         self, bodies_before: float, tasks_before: float | None, files_before: float | None
     ) -> dict[str, int]:
-        ended = "SELECT pk FROM tasks WHERE terminal_at < $1 AND pruned_at IS NULL"
-        events = f"SELECT pk FROM events WHERE task_pk IN ({ended})"
         counts: dict[str, int] = {}
-
-        async def count(table: str, sql: str, *args: float) -> None:
-            found = await self._fetch(sql, *args)
+        for table, sql, params in preview_counts(
+            lambda n: f"${n}", bodies_before, tasks_before, files_before
+        ):
+            found = await self._fetch(sql, *params)
             counts[table] = counts.get(table, 0) + int(found[0][0])
-
-        await count("events", f"SELECT count(*) FROM ({events}) e", bodies_before)
-        await count("outbox", f"SELECT count(*) FROM outbox WHERE event_pk IN ({events})", bodies_before)
-        await count(
-            "attempts",
-            "SELECT count(*) FROM attempts WHERE outbox_pk IN"
-            f" (SELECT pk FROM outbox WHERE event_pk IN ({events}))",
-            bodies_before,
-        )
-        await count(
-            "delivery_bodies",
-            f"SELECT count(*) FROM deliveries WHERE pruned_at IS NULL AND task_pk IN ({ended})",
-            bodies_before,
-        )
-        await count(
-            "delivery_bodies",
-            "SELECT count(*) FROM deliveries"
-            " WHERE task_pk IS NULL AND pruned_at IS NULL AND received_at < $1",
-            bodies_before,
-        )
-        if tasks_before is not None:
-            gone = "SELECT pk FROM tasks WHERE terminal_at < $1"
-            await count("tasks", f"SELECT count(*) FROM ({gone}) t", tasks_before)
-            in_gone = f"SELECT count(*) FROM deliveries WHERE task_pk IN ({gone})"
-            await count("deliveries", in_gone, tasks_before)
-            await count(
-                "deliveries",
-                "SELECT count(*) FROM deliveries WHERE task_pk IS NULL AND received_at < $1",
-                tasks_before,
-            )
-        # A file kept past its retention, or one of a task whose rows go: counted once.
-        never = -1.0  # a cut-off no row is before: that kind is kept
-        await count(
-            "files",
-            "SELECT count(*) FROM captures c JOIN tasks t ON t.pk = c.task_pk"
-            " WHERE c.status = 'kept' AND (c.settled_at < $1 OR t.terminal_at < $2)",
-            never if files_before is None else files_before,
-            never if tasks_before is None else tasks_before,
-        )
         return counts
