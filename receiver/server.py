@@ -9,7 +9,7 @@ closes), and a cap on open connections. At the cap a new connection makes room b
 this order: one stuck in a head or a body (the longest stuck first), else the longest idle one;
 only when every connection is busy with a request the app is handling is the new one refused. So
 no number of clients trickling heads or bodies, or sitting idle, keeps a real delivery out; the
-app caps what it holds open itself (event streams, receiver.events). Idle keep-alive connections
+app caps what it holds open itself (event streams, receiver.routes.events). Idle keep-alive connections
 close after `keepalive_timeout` (uvicorn's own timer).
 
 This subclasses uvicorn's private HttpToolsProtocol, so uvicorn is pinned to the minor version

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from store import NewDelivery, NewTask, Store, open_store
+from receiver.rules.records import NewDelivery, NewTask
+from store import Store, open_store
 from tests.conftest import SECRET, ReceiverProcess, free_socket
 
 # -- store rows (the contract suite and the backends' own tests) ------------------------------

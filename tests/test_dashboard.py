@@ -21,7 +21,7 @@ import pytest
 
 from receiver.app import create_app
 from receiver.settings import Settings
-from receiver.simulator import SimConfig, Simulator
+from receiver.simulator.provider import SimConfig, Simulator
 from tests.conftest import SECRET, Subscriber, free_socket, serve, wait_until
 
 # browser_page stays importable from here too: tests written against this module keep working.

@@ -20,9 +20,9 @@ import pytest
 import redis.asyncio
 from standardwebhooks.webhooks import Webhook
 
-from receiver.destinations import BlockedAddress
-from receiver.destinations.base import vet_host
-from receiver.simulator import SimConfig, Simulator
+from receiver.outbound.destinations import BlockedAddress
+from receiver.outbound.destinations.base import vet_host
+from receiver.simulator.provider import SimConfig, Simulator
 from tests.conftest import SECRET, StackFactory, free_socket, serve, wait_until
 from tests.test_faults import child_receiver
 

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.signatures import parse_key
-from receiver.simulator import SimConfig
+from receiver.rules.signatures import parse_key
+from receiver.simulator.provider import SimConfig
 from tests.conftest import SECRET, StackFactory, sign_headers, wait_until
 
 pytestmark = pytest.mark.anyio

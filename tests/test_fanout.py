@@ -15,7 +15,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from receiver.simulator import SimConfig, Simulator
+from receiver.simulator.provider import SimConfig, Simulator
 from tests.conftest import SECRET, StackFactory, Subscriber, serve, wait_until
 from tests.helpers import child_receiver
 

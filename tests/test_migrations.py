@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from store import NewDelivery, NewTask
+from receiver.rules.records import NewDelivery, NewTask
 from store.sqlite import SQLiteStore
 from store.sqlite.migrations import steps
 from tests.conftest import wait_until

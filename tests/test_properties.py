@@ -14,14 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from receiver import jsonpolicy
 from receiver.errors import InvalidRequest
-from receiver.ids import KINDS, parse_id
-from receiver.outbound import OutboundURLError, address_allowed, check_url, host_address
-from receiver.payloads import PayloadError, normalise, normalise_status
-from receiver.redact import find_token, is_secret_header, redact_headers, strip_callbacks
+from receiver.inbound.payloads import PayloadError, normalise, normalise_status
+from receiver.inbound.redact import find_token, is_secret_header, redact_headers, strip_callbacks
+from receiver.outbound.addresses import OutboundURLError, address_allowed, check_url, host_address
+from receiver.rules import jsonpolicy
+from receiver.rules.ids import KINDS, parse_id
+from receiver.rules.signatures import SecretFormatError, SignatureError, parse_key, verify
 from receiver.settings import Settings, SettingsError
-from receiver.signatures import SecretFormatError, SignatureError, parse_key, verify
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NOW = 1_700_000_000

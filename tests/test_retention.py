@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from receiver.media import LocalMedia
-from receiver.pruner import Pruner
+from receiver.media.directory import LocalMedia
+from receiver.rules.records import Attempt, CaptureOutcome
 from receiver.settings import Settings
-from receiver.simulator import SimConfig
-from store import Attempt, CaptureOutcome, Store
+from receiver.simulator.provider import SimConfig
+from receiver.workers.pruner import Pruner
+from store import Store
 from tests.conftest import SECRET, StackFactory, sign_headers, wait_until
 from tests.test_store_contract import delivery, opened, submitted
 

@@ -15,18 +15,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from store import (
+from receiver.errors import OverLimit, UnknownCursor, UnknownToken, WrongVideo
+from receiver.rules.records import (
     Attempt,
     CaptureOutcome,
     NewDelivery,
     OutboxStats,
-    OverLimit,
     ReplayFilter,
-    UnknownCursor,
-    UnknownToken,
-    WrongVideo,
+    dedupe_base,
 )
-from store.records import dedupe_base
 from tests.helpers import delivery, new_task, opened, submitted
 
 pytestmark = pytest.mark.anyio

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from store.errors import StoreUnavailable
+from receiver.errors import StoreUnavailable
 from store.postgres import tasks as pg_tasks
 from store.postgres import writer as pg_writer
 from store.sqlite import SQLiteStore

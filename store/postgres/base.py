@@ -12,8 +12,8 @@ from typing import Any
 
 import asyncpg
 
-from store.errors import StoreUnavailable, UnknownCursor
-from store.records import Page
+from receiver.errors import StoreUnavailable, UnknownCursor
+from receiver.rules.records import Page
 
 __all__ = ["CHANNEL", "PostgresBase", "guard", "keep_session", "migrate"]
 

@@ -1,4 +1,4 @@
-"""PostgreSQL: writing receiver.core's change set for one task (the ack path's batches: writer)."""
+"""PostgreSQL: writing receiver.rules.decide's change set for one task (the ack path's batches: writer)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from store.records import NewEvent, TaskChange
+from receiver.rules.records import NewEvent, TaskChange
 
 __all__ = ["LISTED", "SUBSCRIBED", "record_events", "write_change"]
 

@@ -11,12 +11,9 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from receiver import core
-from store import rows
-from store.errors import OverLimit, UnknownCursor
-from store.postgres.base import CHANNEL, VISIBLE, PostgresBase
-from store.postgres.changes import SUBSCRIBED
-from store.records import (
+from receiver.errors import OverLimit, UnknownCursor
+from receiver.rules import decide
+from receiver.rules.records import (
     Attempt,
     AttemptRow,
     EventRow,
@@ -27,6 +24,9 @@ from store.records import (
     ReplayFilter,
     SubscriptionRow,
 )
+from store import rows
+from store.postgres.base import CHANNEL, VISIBLE, PostgresBase
+from store.postgres.changes import SUBSCRIBED
 
 __all__ = ["DUE_SENDS", "NEXT_DUE", "FanoutStore"]
 
@@ -168,7 +168,7 @@ class FanoutStore(PostgresBase):
             full = [pk for pk, n in in_flight.items() if n >= caps.get(pk, default_cap)]
             found = await conn.fetch(DUE_SENDS, now, full, limit * 4)
             due = [(r["opk"], r["spk"]) for r in found]
-            taken = core.pick_sends(due, in_flight, caps, default_cap, limit)
+            taken = decide.pick_sends(due, in_flight, caps, default_cap, limit)
             if not taken:
                 return []
             joined = await conn.fetch(

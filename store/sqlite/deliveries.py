@@ -1,5 +1,5 @@
 """SQLite group commit for the ack path: the deliveries that queue while the writer is busy are
-decided together by receiver.core and written with a handful of set-based statements.
+decided together by receiver.rules.decide and written with a handful of set-based statements.
 
 Every statement hands the GIL to the event loop while SQLite works, and waits to get it back:
 one statement per delivery row made the writer thread and the loop take turns thousands of times
@@ -18,10 +18,11 @@ from typing import Any
 
 import orjson
 
-from receiver import core
+from receiver.errors import StoreError, StoreUnavailable
+from receiver.rules import decide
+from receiver.rules.records import DeliveryResult, NewDelivery, TaskChange
 from store import rows
-from store.errors import StoreError, StoreUnavailable
-from store.records import Deadline, DeliveryResult, NewDelivery, TaskChange, settle
+from store.batching import Deadline, settle
 from store.sqlite.writer import WRITE_TIMEOUT, Late, Writer
 
 __all__ = ["LISTED", "DeliveryBatcher"]
@@ -90,7 +91,7 @@ def _record_events(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> 
         " WHERE e.id IN (SELECT value FROM json_each(?))",
         (ids,),
     )
-    # A completed result's files to keep: durable work written with the result (receiver.capture).
+    # A completed result's files to keep: durable work written with the result (receiver.workers.capture).
     files = [[pk, e.video_id, v, url, e.created_at] for pk, e in events for v, url in e.files]
     if files:
         conn.execute(
@@ -115,7 +116,7 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
     what these reads see stays true until the commit)."""
     tokens = orjson.dumps(list({d.token_hash for d in batch if d.token_hash is not None})).decode()
     videos = orjson.dumps(list({d.video_id for d in batch if d.video_id is not None})).decode()
-    keys = orjson.dumps(core.lookup_keys(batch)).decode()
+    keys = orjson.dumps(decide.lookup_keys(batch)).decode()
     found = _json_rows(
         conn,
         "SELECT json_group_array(json_array(pk, video_id, status, video, created_at, next_poll_at,"
@@ -130,7 +131,7 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
         " (SELECT value FROM json_each(?))",
         keys,
     )
-    plan = core.plan_deliveries(batch, [(r[7], rows.lean_task(r)) for r in found], {str(k) for k in stored})
+    plan = decide.plan_deliveries(batch, [(r[7], rows.lean_task(r)) for r in found], {str(k) for k in stored})
     if plan.new:
         conn.execute(
             "INSERT INTO deliveries (dedupe_key, task_pk, video_id, route, verified_by, headers, body,"
@@ -172,7 +173,7 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
         keys,
     )
     ids = {k: (pk, outcome) for k, pk, outcome in written}
-    return core.plan_results(plan, {k: pk for k, (pk, _) in ids.items()}, ids, sends)
+    return decide.plan_results(plan, {k: pk for k, (pk, _) in ids.items()}, ids, sends)
 
 
 class DeliveryBatcher:

@@ -8,10 +8,9 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from receiver import core
-from store import rows
-from store.errors import OverLimit, UnknownCursor
-from store.records import (
+from receiver.errors import OverLimit, UnknownCursor
+from receiver.rules import decide
+from receiver.rules.records import (
     Attempt,
     AttemptRow,
     EventRow,
@@ -22,6 +21,7 @@ from store.records import (
     ReplayFilter,
     SubscriptionRow,
 )
+from store import rows
 from store.sqlite.base import SQLiteBase
 
 __all__ = ["DUE_SENDS", "NEXT_DUE", "FanoutStore"]
@@ -174,7 +174,7 @@ class FanoutStore(SQLiteBase):
                 DUE_SENDS.format(full=",".join("?" * len(full))), (now, *full, limit * 4)
             ).fetchall()
             due = [(row["opk"], row["spk"]) for row in found]
-            taken = core.pick_sends(due, in_flight, caps, default_cap, limit)
+            taken = decide.pick_sends(due, in_flight, caps, default_cap, limit)
             if not taken:
                 return []
             marks = ",".join("?" * len(taken))

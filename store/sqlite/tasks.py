@@ -1,4 +1,4 @@
-"""SQLite: tasks, inbound deliveries and polls. Each write reads its rows, asks receiver.core,
+"""SQLite: tasks, inbound deliveries and polls. Each write reads its rows, asks receiver.rules.decide,
 and writes the change set it returns."""
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from typing import Any
 
 import orjson
 
-from receiver import core
-from store import rows
-from store.errors import UnknownCursor, WrongVideo
-from store.records import (
+from receiver.errors import UnknownCursor, WrongVideo
+from receiver.rules import decide
+from receiver.rules.records import (
     CreateResult,
     DeliveryResult,
     DeliveryRow,
@@ -27,6 +26,7 @@ from store.records import (
     TaskStats,
     delivery_pk,
 )
+from store import rows
 from store.sqlite.base import SQLiteBase
 from store.sqlite.deliveries import LISTED, DeliveryBatcher
 
@@ -214,7 +214,7 @@ class TaskStore(SQLiteBase):
                     (new.idem_scope, new.idem_key),
                 ).fetchone()
                 if row is not None:
-                    verdict = core.on_submit_retry(
+                    verdict = decide.on_submit_retry(
                         row["request_hash"],
                         row["status"],
                         row["created_at"],
@@ -280,7 +280,7 @@ class TaskStore(SQLiteBase):
             owner = conn.execute("SELECT pk FROM tasks WHERE video_id = ?", (video_id,)).fetchone()
             if owner is not None and owner["pk"] != pk:
                 raise WrongVideo(video_id)
-            write_change(conn, pk, core.on_submit_answer(task, video_id, status, video, now, next_poll_at))
+            write_change(conn, pk, decide.on_submit_answer(task, video_id, status, video, now, next_poll_at))
             return _full_task(conn, pk)
 
         return await self._write(unit)
@@ -301,7 +301,7 @@ class TaskStore(SQLiteBase):
             row = conn.execute("SELECT * FROM tasks WHERE pk = ?", (pk,)).fetchone()
             if row is None:
                 return None
-            write_change(conn, pk, core.on_submit_unknown(rows.task(row), now))
+            write_change(conn, pk, decide.on_submit_unknown(rows.task(row), now))
             return _full_task(conn, pk)
 
         return await self._write(unit)
@@ -350,8 +350,8 @@ class TaskStore(SQLiteBase):
             if task_row is None:
                 return DeliveryResult(delivery.id, False, delivery.outcome, None)
             task = rows.task(task_row)
-            free = core.claims_video(task, delivery.video_id) and _video_free(conn, delivery.video_id)
-            outcome, change, stored = core.on_replay(
+            free = decide.claims_video(task, delivery.video_id) and _video_free(conn, delivery.video_id)
+            outcome, change, stored = decide.on_replay(
                 task, delivery, status, video, needs_confirm, now, video_free=free
             )
             sends = write_change(conn, task.pk, change)
@@ -377,7 +377,7 @@ class TaskStore(SQLiteBase):
     ) -> TaskRow:
         def unit(conn: sqlite3.Connection) -> TaskRow:
             task = _full_task(conn, pk)
-            change = core.on_poll(
+            change = decide.on_poll(
                 task, status, video, now, next_poll_at, resolved_by=resolved_by, failed=failed
             )
             write_change(conn, pk, change)
