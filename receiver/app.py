@@ -23,11 +23,10 @@ from starlette.types import Receive, Scope, Send
 
 from receiver.context import Context
 from receiver.errors import ApiError, ReceiverError, to_api_error
-from receiver.inbound import ingest
 from receiver.media import media_store
 from receiver.outbound.destinations import Destinations
 from receiver.outbound.provider import Provider
-from receiver.routes import dashboard, events, videos
+from receiver.routes import dashboard, deliveries, events, stats, videos, webhooks
 from receiver.routes.guard import CrossSiteGuard
 from receiver.routes.http import json_response
 from receiver.routes.openapi import Operation, openapi_json, operation
@@ -270,6 +269,8 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         *videos.routes(),
+        *deliveries.routes(),
+        *stats.routes(),
         *events.routes(),
         *dashboard.routes(),
     ]
@@ -307,14 +308,14 @@ def create_app(
     )
     # A redirect to the slash-less path would copy the request's Host into Location: a 404 it is.
     starlette.router.redirect_slashes = False
-    return Receiver(starlette, ingest.IngestApp(lambda: starlette.state.ctx))
+    return Receiver(starlette, webhooks.IngestApp(lambda: starlette.state.ctx))
 
 
 class Receiver:
     """The ASGI app: /webhooks goes straight to the ingest app, everything else to Starlette
     (which also runs the lifespan)."""
 
-    def __init__(self, app: Starlette, webhooks: ingest.IngestApp) -> None:
+    def __init__(self, app: Starlette, webhooks: webhooks.IngestApp) -> None:
         self.app = app
         self._webhooks = webhooks
 

@@ -60,7 +60,7 @@ class Context:
     # One line per cause (an error code) per 10 s, however many deliveries an outage refuses.
     refused: LogSummary = field(
         default_factory=lambda: LogSummary(
-            logging.getLogger("receiver.inbound.ingest"), "deliveries refused"
+            logging.getLogger("receiver.routes.webhooks"), "deliveries refused"
         ),
         repr=False,
     )

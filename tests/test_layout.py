@@ -146,3 +146,12 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+LOWER = ("receiver.workers", "receiver.outbound", "receiver.media", "receiver.rules", "receiver.errors")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith(LOWER)))
+def test_workers_and_calls_never_import_a_route(name: str) -> None:
+    """Routes sit on top: a worker or an outbound call never reaches up into one."""
+    assert sorted(m for m in GRAPH[name] if m.startswith("receiver.routes")) == []

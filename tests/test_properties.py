@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from receiver.errors import InvalidRequest
-from receiver.inbound.payloads import PayloadError, normalise, normalise_status
-from receiver.inbound.redact import find_token, is_secret_header, redact_headers, strip_callbacks
 from receiver.outbound.addresses import OutboundURLError, address_allowed, check_url, host_address
 from receiver.rules import jsonpolicy
 from receiver.rules.ids import KINDS, parse_id
+from receiver.rules.payloads import PayloadError, normalise, normalise_status
+from receiver.rules.redact import find_token, is_secret_header, redact_headers, strip_callbacks
 from receiver.rules.signatures import SecretFormatError, SignatureError, parse_key, verify
 from receiver.settings import Settings, SettingsError
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from starlette.responses import FileResponse, Response
 
+from receiver.media.base import MediaWriter
+
 __all__ = ["LocalMedia"]
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "DeadlineExceeded",
     "Stalled",
     "TooLarge",
+    "parse_retry_after",
 ]
 
 T = TypeVar("T")
@@ -197,3 +198,13 @@ class Budget:
         """Read the raw `chunks` of an answer sent with Content-Encoding `encoding`; BadEncoding
         at once for an encoding we cannot undo."""
         return Body(chunks, self, encoding)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the delay form), or None when absent or not a number."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

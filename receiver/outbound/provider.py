@@ -10,11 +10,17 @@ from typing import Any
 import httpx
 
 from receiver.errors import ProviderError
-from receiver.inbound.redact import strip_callbacks, strip_text
-from receiver.outbound.call import ACCEPT_ENCODING, BadEncoding, Budget, CallTimeout, TooLarge
-from receiver.routes.http import parse_retry_after
+from receiver.outbound.call import (
+    ACCEPT_ENCODING,
+    BadEncoding,
+    Budget,
+    CallTimeout,
+    TooLarge,
+    parse_retry_after,
+)
 from receiver.rules import jsonpolicy
 from receiver.rules.ids import valid_video_id
+from receiver.rules.redact import strip_callbacks, strip_text
 
 __all__ = ["Provider", "ProviderError"]
 

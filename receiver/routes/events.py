@@ -16,10 +16,16 @@ from starlette.types import Receive, Scope, Send
 
 from receiver.context import Context
 from receiver.errors import ApiError, InvalidRequest, NotFound, OverLimit, Unavailable, UnknownCursor
-from receiver.inbound.redact import strip_callbacks
 from receiver.outbound.addresses import redact_url
 from receiver.outbound.destinations import check_target
-from receiver.routes.http import authorize, json_response, read_json_object
+from receiver.routes.http import (
+    authorize,
+    check_outbound_name,
+    check_outbound_url,
+    json_response,
+    read_json_object,
+    store_call,
+)
 from receiver.routes.openapi import Header, Operation, operation
 from receiver.routes.schemas import (
     DeadLetterQuery,
@@ -39,9 +45,10 @@ from receiver.routes.schemas import (
     convert_query,
     given,
 )
-from receiver.routes.videos import check_outbound_name, check_outbound_url, list_body, store_call
+from receiver.routes.views import list_body
 from receiver.rules.ids import parse_id
 from receiver.rules.records import EventRow, OutboxRow, ReplayFilter, SubscriptionRow
+from receiver.rules.redact import strip_callbacks
 from receiver.rules.signatures import SecretFormatError, parse_key
 from receiver.secrets_at_rest import SecretBox
 from receiver.workers.dispatcher import event_body

@@ -19,12 +19,12 @@ from aiohttp.resolver import ThreadedResolver
 
 from receiver.context import Context
 from receiver.errors import StoreError
-from receiver.inbound.redact import strip_callbacks
 from receiver.outbound.addresses import Network, OutboundURLError, address_allowed, host_address, in_allow
 from receiver.outbound.destinations import Destinations, Message, Outcome
 from receiver.outbound.destinations.base import BlockedAddress
 from receiver.rules.congestion import Congestion, Signal
 from receiver.rules.records import Attempt, EventRow, OutboxJob
+from receiver.rules.redact import strip_callbacks
 from receiver.rules.signatures import parse_key, sign_v1
 
 __all__ = [

@@ -9,10 +9,10 @@ from typing import Any
 
 from receiver.context import Context
 from receiver.errors import StoreError
-from receiver.inbound.payloads import PayloadError, normalise_status
-from receiver.inbound.redact import find_token, strip_callbacks
 from receiver.outbound.provider import ProviderError
+from receiver.rules.payloads import PayloadError, normalise_status
 from receiver.rules.records import TaskRow
+from receiver.rules.redact import find_token, strip_callbacks
 
 __all__ = ["Poller"]
 

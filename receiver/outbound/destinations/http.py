@@ -5,9 +5,8 @@ from __future__ import annotations
 import aiohttp
 
 from receiver.outbound.addresses import Network
-from receiver.outbound.call import Budget
+from receiver.outbound.call import Budget, parse_retry_after
 from receiver.outbound.destinations.base import BlockedAddress, Message, Outcome
-from receiver.routes.http import parse_retry_after
 
 __all__ = ["ANSWER_CAP", "HttpDestination"]
 

@@ -22,16 +22,16 @@ from receiver.errors import (
     StoreUnavailable,
     to_api_error,
 )
-from receiver.inbound.payloads import VideoUpdate, normalise
-from receiver.inbound.redact import REDACTED, redact_headers, strip_callbacks
 from receiver.routes.http import read_asgi_body
 from receiver.rules import jsonpolicy
+from receiver.rules.payloads import VideoUpdate, normalise
 from receiver.rules.records import DeliveryRow, NewDelivery
+from receiver.rules.redact import REDACTED, redact_headers, strip_callbacks
 from receiver.rules.signatures import STANDARD_HEADER_FAMILIES, Verification, verify
 
 __all__ = ["IngestApp", "dedupe_key", "ingest", "reprocess"]
 
-log = logging.getLogger("receiver.inbound.ingest")
+log = logging.getLogger("receiver.routes.webhooks")
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 
