@@ -9,18 +9,16 @@ import asyncpg
 import orjson
 
 from receiver.rules.records import NewEvent, TaskChange
+from store.sql import subscribed
 
 __all__ = ["LISTED", "SUBSCRIBED", "record_events", "write_change"]
 
 # A task joins the task list when it gets its video id: at the place of the transaction that
 # gave it (cursors read in commit order).
 LISTED = "listed_tx = pg_current_xact_id()::text::bigint"
-# Which subscriptions `s` an event `e` (with task_pk and type) is sent to: the transactional
-# outbox's one rule, for the one-task path here and the ack path's batch statement.
-SUBSCRIBED = (
-    "s.status IN ('active', 'paused') AND (s.task_pk = e.task_pk"
-    " OR (s.task_pk IS NULL AND (s.events IS NULL OR s.events ? e.type)))"
-)
+# Which subscriptions `s` an event `e` is sent to (store.sql): for the one-task path here, the
+# ack path's batch statement and replays.
+SUBSCRIBED = subscribed("s.events ? e.type")
 
 
 def _value(column: str, value: Any) -> Any:

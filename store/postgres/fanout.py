@@ -27,6 +27,7 @@ from receiver.rules.records import (
 from store import rows
 from store.postgres.base import CHANNEL, VISIBLE, PostgresBase
 from store.postgres.changes import SUBSCRIBED
+from store.sql import OWN_OR_GLOBAL
 
 __all__ = ["DUE_SENDS", "NEXT_DUE", "FanoutStore"]
 
@@ -252,7 +253,7 @@ class FanoutStore(PostgresBase):
         clause = selecting(3)
         if sel.subscription_id is not None:
             args.append(sel.subscription_id)
-            match = f"s.id = ${len(args)} AND (s.task_pk IS NULL OR s.task_pk = e.task_pk)"
+            match = f"s.id = ${len(args)} AND {OWN_OR_GLOBAL}"
         else:
             match = SUBSCRIBED  # every subscription the event matches now
         # One statement, one snapshot: the pairs counted are the pairs written, so a subscription

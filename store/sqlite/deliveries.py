@@ -23,9 +23,10 @@ from receiver.rules import decide
 from receiver.rules.records import DeliveryResult, NewDelivery, TaskChange
 from store import rows
 from store.batching import Deadline, settle
+from store.sql import subscribed
 from store.sqlite.writer import WRITE_TIMEOUT, Late, Writer
 
-__all__ = ["LISTED", "DeliveryBatcher"]
+__all__ = ["LISTED", "SUBSCRIBED", "DeliveryBatcher", "record_events"]
 
 log = logging.getLogger("receiver.store")
 
@@ -42,6 +43,8 @@ def _json_rows(conn: sqlite3.Connection, sql: str, *params: Any) -> list[list[An
 # a time (BEGIN IMMEDIATE), so the largest place so far is final when this transaction reads it.
 # (The WHERE matches the tasks_listed index: the largest place is one index read, not a scan.)
 LISTED = "listed_seq = (SELECT coalesce(max(listed_seq), 0) + 1 FROM tasks WHERE video_id IS NOT NULL)"
+# Which subscriptions `s` an event `e` is sent to (store.sql), for every statement that queues sends.
+SUBSCRIBED = subscribed("EXISTS (SELECT 1 FROM json_each(s.events) WHERE value = e.type)")
 
 
 def _task_updates(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> None:
@@ -70,7 +73,7 @@ def _task_updates(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> N
         )
 
 
-def _record_events(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> dict[int, int]:
+def record_events(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> dict[int, int]:
     """The batch's events, their sends (the transactional outbox) and their result files to keep.
     Sends queued per task."""
     events = [(pk, c.event) for pk, c in changes.items() if c.event is not None]
@@ -86,8 +89,7 @@ def _record_events(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> 
         "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at, held)"
         " SELECT e.pk, s.pk, 'pending', e.created_at, e.created_at, s.status = 'paused'"
         " FROM events e JOIN subscriptions s"
-        " ON s.status IN ('active', 'paused') AND (s.task_pk = e.task_pk OR (s.task_pk IS NULL AND"
-        " (s.events IS NULL OR EXISTS (SELECT 1 FROM json_each(s.events) WHERE value = e.type))))"
+        f" ON {SUBSCRIBED}"
         " WHERE e.id IN (SELECT value FROM json_each(?))",
         (ids,),
     )
@@ -158,7 +160,7 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
         )
     if plan.changes:
         _task_updates(conn, plan.changes)
-    sends = _record_events(conn, plan.changes)
+    sends = record_events(conn, plan.changes)
     if plan.repeats:
         conn.execute(
             "UPDATE deliveries SET repeats = repeats + x.n, last_seen_at = max(last_seen_at, x.at)"

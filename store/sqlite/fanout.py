@@ -22,7 +22,9 @@ from receiver.rules.records import (
     SubscriptionRow,
 )
 from store import rows
+from store.sql import OWN_OR_GLOBAL
 from store.sqlite.base import SQLiteBase
+from store.sqlite.deliveries import SUBSCRIBED
 
 __all__ = ["DUE_SENDS", "NEXT_DUE", "FanoutStore"]
 
@@ -263,13 +265,10 @@ class FanoutStore(SQLiteBase):
                 params.extend(sel.event_ids)
             clause = " AND ".join(where) or "1"
             if sel.subscription_id is not None:
-                match = "s.id = ? AND (s.task_pk IS NULL OR s.task_pk = e.task_pk)"
+                match = f"s.id = ? AND {OWN_OR_GLOBAL}"
                 match_params: list[Any] = [sel.subscription_id]
             else:
-                match = (
-                    "(s.task_pk = e.task_pk OR (s.task_pk IS NULL AND (s.events IS NULL OR EXISTS"
-                    " (SELECT 1 FROM json_each(s.events) WHERE value = e.type))))"
-                )
+                match = SUBSCRIBED  # every subscription the event matches now
                 match_params = []
             pairs = (
                 f"FROM events e JOIN subscriptions s ON {match}"

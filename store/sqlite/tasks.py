@@ -18,7 +18,6 @@ from receiver.rules.records import (
     DeliveryRow,
     HistoryRow,
     NewDelivery,
-    NewEvent,
     NewTask,
     Page,
     TaskChange,
@@ -28,7 +27,7 @@ from receiver.rules.records import (
 )
 from store import rows
 from store.sqlite.base import SQLiteBase
-from store.sqlite.deliveries import LISTED, DeliveryBatcher
+from store.sqlite.deliveries import LISTED, DeliveryBatcher, record_events
 
 __all__ = ["TaskStore", "write_change"]
 
@@ -54,30 +53,7 @@ def write_change(conn: sqlite3.Connection, task_pk: int, change: TaskChange) -> 
         conn.execute(f"UPDATE tasks SET {', '.join(sets)} WHERE pk = ?", (*params, task_pk))
     if change.event is None:
         return None
-    return _record_event(conn, task_pk, change.event)
-
-
-def _record_event(conn: sqlite3.Connection, task_pk: int, event: NewEvent) -> int:
-    """The result's one event, and its sends (the transactional outbox), in this transaction:
-    "recorded but never queued" cannot happen."""
-    cursor = conn.execute(
-        "INSERT INTO events (id, task_pk, video_id, type, created_at, data) VALUES (?, ?, ?, ?, ?, ?)",
-        (event.id, task_pk, event.video_id, event.type, event.created_at, json.dumps(event.data)),
-    )
-    sends = conn.execute(
-        "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at, held)"
-        " SELECT ?, pk, 'pending', ?, ?, status = 'paused' FROM subscriptions"
-        " WHERE status IN ('active', 'paused') AND (task_pk = ? OR (task_pk IS NULL AND"
-        " (events IS NULL OR EXISTS (SELECT 1 FROM json_each(subscriptions.events)"
-        " WHERE value = ?))))",
-        (cursor.lastrowid, event.created_at, event.created_at, task_pk, event.type),
-    )
-    conn.executemany(
-        "INSERT INTO captures (task_pk, video_id, variant, url, status, next_attempt_at, created_at)"
-        " VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (task_pk, variant) DO NOTHING",
-        [(task_pk, event.video_id, v, url, event.created_at, event.created_at) for v, url in event.files],
-    )
-    return sends.rowcount
+    return record_events(conn, {task_pk: TaskChange(event=change.event)})[task_pk]
 
 
 def _video_free(conn: sqlite3.Connection, video_id: str | None) -> bool:
