@@ -26,6 +26,7 @@ from receiver.errors import ApiError, ReceiverError, to_api_error
 from receiver.media import media_store
 from receiver.outbound.destinations import Destinations
 from receiver.outbound.provider import Provider
+from receiver.outbound.session import outbound_session
 from receiver.routes import dashboard, deliveries, events, stats, videos, webhooks
 from receiver.routes.guard import CrossSiteGuard
 from receiver.routes.http import json_response
@@ -36,7 +37,7 @@ from receiver.secrets_at_rest import SecretBox, seal_store
 from receiver.settings import Settings
 from receiver.simulator.provider import SimConfig, Simulator, dev_secret
 from receiver.workers.capture import Capturer, capture_session
-from receiver.workers.dispatcher import Dispatcher, outbound_session
+from receiver.workers.dispatcher import Dispatcher
 from receiver.workers.poller import Poller
 from receiver.workers.pruner import Pruner
 from receiver.workers.schedule import Scheduler

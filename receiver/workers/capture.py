@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from receiver.context import Context
-from receiver.errors import StoreError
+from receiver.errors import BlockedAddress, StoreError
 from receiver.media.base import MediaStore
 from receiver.outbound.call import BadEncoding, Body, Budget, TooLarge
+from receiver.outbound.session import GuardedResolver, vet_destination
 from receiver.rules.records import CaptureOutcome, CaptureRow
 from receiver.settings import Network
-from receiver.workers.dispatcher import BlockedAddress, GuardedResolver, vet_destination
 
 __all__ = ["Capturer", "Refused", "capture_session"]
 

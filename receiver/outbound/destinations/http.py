@@ -7,6 +7,7 @@ import aiohttp
 from receiver.outbound.addresses import Network
 from receiver.outbound.call import Budget, parse_retry_after
 from receiver.outbound.destinations.base import BlockedAddress, Message, Outcome
+from receiver.outbound.session import vet_destination
 
 __all__ = ["ANSWER_CAP", "HttpDestination"]
 
@@ -23,8 +24,6 @@ class HttpDestination:
         self._deadline = deadline
 
     async def publish(self, message: Message) -> Outcome:
-        from receiver.workers.dispatcher import vet_destination
-
         headers = {
             "content-type": "application/json",
             "user-agent": "receiver-webhooks/1",
