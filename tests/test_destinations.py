@@ -24,7 +24,7 @@ from receiver.outbound.destinations import BlockedAddress
 from receiver.outbound.destinations.base import vet_host
 from receiver.simulator.provider import SimConfig, Simulator
 from tests.conftest import SECRET, StackFactory, free_socket, serve, wait_until
-from tests.test_faults import child_receiver
+from tests.helpers import child_receiver
 
 pytestmark = pytest.mark.anyio
 

@@ -21,7 +21,7 @@ from store.sqlite import deliveries as sqlite_deliveries
 from store.sqlite import writer as sqlite_writer
 from store.sqlite.writer import Writer
 from tests.conftest import wait_until
-from tests.test_store_contract import delivery, opened, submitted
+from tests.helpers import delivery, opened, submitted
 
 pytestmark = pytest.mark.anyio
 
