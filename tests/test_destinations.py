@@ -240,9 +240,17 @@ async def test_each_event_published_signed_once_per_attempt(
             payload = hook.verify(message.body, message.headers)
             assert payload["id"] == message.id == message.headers["webhook-id"]
             assert payload["object"] == "event"
-        for event_id in ids:
-            detail = (await stack.client.get(f"{stack.url}/v1/events/{event_id}")).json()
-            (send,) = [s for s in detail["sends"] if s["subscription_id"] == sub["id"]]
+        sends: dict[str, dict[str, Any]] = {}
+
+        async def all_settled() -> bool:
+            # The broker has the message before the confirm is recorded: wait for the record.
+            for event_id in ids:
+                detail = (await stack.client.get(f"{stack.url}/v1/events/{event_id}")).json()
+                (sends[event_id],) = [s for s in detail["sends"] if s["subscription_id"] == sub["id"]]
+            return all(send["status"] != "pending" for send in sends.values())
+
+        await wait_until(all_settled, timeout=20, what="every send recorded")
+        for send in sends.values():
             assert send["status"] == "delivered" and send["attempts"] == 1
             assert send["attempt_log"][0]["error"] is None
         health = (await stack.client.get(f"{stack.url}/v1/health/subscribers")).json()
