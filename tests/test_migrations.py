@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from receiver.rules.records import NewDelivery, NewTask
+from store import Store
 from store.sqlite import SQLiteStore
 from store.sqlite.migrations import steps
 from tests.conftest import wait_until
@@ -291,7 +292,7 @@ async def test_a_postgres_database_of_every_earlier_step_opens_and_works(postgre
             task = await store.task_by_video("video_old")
             assert task is not None and (task.status, task.deliveries) == ("completed", 2), done
 
-            async def both_listed() -> bool:
+            async def both_listed(store: Store = store) -> bool:
                 # Lists read behind the visibility horizon: a row just written may show a moment later.
                 page = await store.list_deliveries("video_old", 10, None)
                 return [r.dedupe_key for r in page.rows] == ["msg:new", "msg:old"]
