@@ -33,6 +33,7 @@ __all__ = [
     "lean_task",
     "outbox",
     "outbox_job",
+    "stored",
     "subscription",
     "task",
 ]
@@ -203,3 +204,8 @@ def capture(row: Row) -> CaptureRow:
         key=row["key"],
         error=row["error"],
     )
+
+
+def stored(column: str, value: Any) -> Any:
+    """A change's value as its tasks column keeps it: the video as JSON text, the rest as is."""
+    return orjson.dumps(value).decode() if column == "video" else value

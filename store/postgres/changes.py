@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 import asyncpg
-import orjson
 
 from receiver.rules.records import NewEvent, TaskChange
+from store import rows
 from store.sql import subscribed
 
 __all__ = ["LISTED", "SUBSCRIBED", "record_events", "write_change"]
@@ -19,10 +19,6 @@ LISTED = "listed_tx = pg_current_xact_id()::text::bigint"
 # Which subscriptions `s` an event `e` is sent to (store.sql): for the one-task path here, the
 # ack path's batch statement and replays.
 SUBSCRIBED = subscribed("s.events ? e.type")
-
-
-def _value(column: str, value: Any) -> Any:
-    return orjson.dumps(value).decode() if column == "video" else value
 
 
 def _statement(change: TaskChange) -> str:
@@ -36,7 +32,7 @@ def _statement(change: TaskChange) -> str:
 
 
 def _args(task_pk: int, change: TaskChange) -> tuple[Any, ...]:
-    return (task_pk, *(_value(c, v) for c, v in change.sets.items()), *change.adds.values())
+    return (task_pk, *(rows.stored(c, v) for c, v in change.sets.items()), *change.adds.values())
 
 
 async def write_change(conn: asyncpg.Connection, task_pk: int, change: TaskChange) -> int | None:

@@ -257,7 +257,7 @@ def _changed(task: _Task, change: TaskChange, version: str) -> _Task:
     for column, value in change.sets.items():
         i = _LEAN_INDEX.get(column)
         if i is not None:
-            values[i] = orjson.dumps(value).decode() if column == "video" else value
+            values[i] = rows.stored(column, value)
     values[8] = version
     return tuple(values)
 
@@ -472,9 +472,7 @@ def _task_updates(st: _Statement, changes: dict[int, TaskChange], checks: list[s
         names = ["pk"]
         assign = []
         for i, column in enumerate(sets):
-            values = [c.sets[column] for _, c in members]
-            if column == "video":
-                values = [orjson.dumps(v).decode() for v in values]
+            values = [rows.stored(column, c.sets[column]) for _, c in members]
             columns.append((values, _TYPES[column]))
             names.append(f"s{i}")
             assign.append(f"{column} = x.s{i}")

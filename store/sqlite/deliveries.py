@@ -26,7 +26,7 @@ from store.batching import Deadline, settle
 from store.sql import subscribed
 from store.sqlite.writer import WRITE_TIMEOUT, Late, Writer
 
-__all__ = ["LISTED", "SUBSCRIBED", "DeliveryBatcher", "record_events"]
+__all__ = ["LISTED", "SUBSCRIBED", "DeliveryBatcher", "record_events", "stored"]
 
 log = logging.getLogger("receiver.store")
 
@@ -47,6 +47,11 @@ LISTED = "listed_seq = (SELECT coalesce(max(listed_seq), 0) + 1 FROM tasks WHERE
 SUBSCRIBED = subscribed("EXISTS (SELECT 1 FROM json_each(s.events) WHERE value = e.type)")
 
 
+def stored(column: str, value: Any) -> Any:
+    """A change's value as SQLite keeps it (store.rows.stored; a flag as 0 or 1)."""
+    return int(value) if isinstance(value, bool) else rows.stored(column, value)
+
+
 def _task_updates(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> None:
     """One UPDATE ... FROM json_each per shape of change."""
     shapes: dict[tuple[tuple[str, ...], tuple[str, ...]], list[list[Any]]] = defaultdict(list)
@@ -54,10 +59,7 @@ def _task_updates(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> N
         change = changes[pk]
         if not (change.sets or change.adds):
             continue
-        values = [
-            orjson.dumps(v).decode() if c == "video" else (int(v) if isinstance(v, bool) else v)
-            for c, v in change.sets.items()
-        ]
+        values = [stored(c, v) for c, v in change.sets.items()]
         shapes[(tuple(change.sets), tuple(change.adds))].append([pk, *values, *change.adds.values()])
     for (sets, adds), items in shapes.items():
         columns = [*sets, *adds]

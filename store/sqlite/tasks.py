@@ -8,8 +8,6 @@ import secrets
 import sqlite3
 from typing import Any
 
-import orjson
-
 from receiver.errors import UnknownCursor, WrongVideo
 from receiver.rules import decide
 from receiver.rules.records import (
@@ -27,24 +25,16 @@ from receiver.rules.records import (
 )
 from store import rows
 from store.sqlite.base import SQLiteBase
-from store.sqlite.deliveries import LISTED, DeliveryBatcher, record_events
+from store.sqlite.deliveries import LISTED, DeliveryBatcher, record_events, stored
 
 __all__ = ["TaskStore", "write_change"]
-
-
-def _value(column: str, value: Any) -> Any:
-    if column == "video":
-        return orjson.dumps(value).decode()
-    if isinstance(value, bool):
-        return int(value)
-    return value
 
 
 def write_change(conn: sqlite3.Connection, task_pk: int, change: TaskChange) -> int | None:
     """Write a change set: one UPDATE (none when nothing changes), and for a terminal result its
     event and sends. Returns the number of sends queued when it recorded an event, else None."""
     sets = [f"{column} = ?" for column in change.sets]
-    params = [_value(column, value) for column, value in change.sets.items()]
+    params = [stored(column, value) for column, value in change.sets.items()]
     sets += [f"{column} = {column} + ?" for column in change.adds]
     params += list(change.adds.values())
     if "video_id" in change.sets:
