@@ -420,18 +420,17 @@ async def test_a_long_transaction_in_another_database_does_not_hold_lists_back(
     elsewhere = await asyncpg.connect(postgres_server)
     here = await asyncpg.connect(postgres_url)
     try:
-        async with opened(postgres_url) as (store,):
-            async with elsewhere.transaction():
-                await elsewhere.fetchval("SELECT pg_current_xact_id()")  # it holds an id now
-                await submitted(store, 1, now)
-                assert [t.video_id for t in (await store.list_tasks(None, 10, None)).rows] == ["vid1"]
-                async with here.transaction():
-                    await here.fetchval("SELECT pg_current_xact_id()")
-                    await submitted(store, 2, now)
-                    held = await store.list_tasks(None, 10, None)
-                    assert [t.video_id for t in held.rows] == ["vid1"]
-                shown = await store.list_tasks(None, 10, None)
-                assert [t.video_id for t in shown.rows] == ["vid2", "vid1"]
+        async with opened(postgres_url) as (store,), elsewhere.transaction():
+            await elsewhere.fetchval("SELECT pg_current_xact_id()")  # it holds an id now
+            await submitted(store, 1, now)
+            assert [t.video_id for t in (await store.list_tasks(None, 10, None)).rows] == ["vid1"]
+            async with here.transaction():
+                await here.fetchval("SELECT pg_current_xact_id()")
+                await submitted(store, 2, now)
+                held = await store.list_tasks(None, 10, None)
+                assert [t.video_id for t in held.rows] == ["vid1"]
+            shown = await store.list_tasks(None, 10, None)
+            assert [t.video_id for t in shown.rows] == ["vid2", "vid1"]
     finally:
         await elsewhere.close()
         await here.close()

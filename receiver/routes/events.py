@@ -46,7 +46,7 @@ from receiver.routes.schemas import (
     given,
 )
 from receiver.routes.views import list_body
-from receiver.rules.ids import parse_id
+from receiver.rules.ids import new_id, parse_id
 from receiver.rules.records import EventRow, OutboxRow, ReplayFilter, SubscriptionRow
 from receiver.rules.redact import strip_callbacks
 from receiver.rules.signatures import SecretFormatError, parse_key
@@ -331,7 +331,7 @@ async def replay_events(request: Request) -> Response:
         until=_time(body.until, "until"),
         event_ids=body.event_ids,
     )
-    replay_id = "rpl_" + secrets.token_hex(12)
+    replay_id = new_id("replay")
     limit = ctx.settings.replay_max_sends
     try:
         selected, queued = await store_call(

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
 from receiver.errors import StoreError, UnknownToken, WrongVideo
+from receiver.rules.ids import new_id
 from receiver.rules.records import DeliveryResult, DeliveryRow, NewDelivery, NewEvent, TaskChange, TaskRow
 from receiver.rules.tasks import (
     ANOMALY,
@@ -342,7 +342,7 @@ def _event(task: TaskRow, result: Transition, now: float, claim: str | None) -> 
     data.pop("provider_status", None)
     kind = "video.completed" if result.status == "completed" else "video.failed"
     files = result_files(data) if result.status == "completed" else ()
-    return NewEvent("evt_" + secrets.token_hex(12), kind, video_id, now, data, files)
+    return NewEvent(new_id("event"), kind, video_id, now, data, files)
 
 
 _VARIANT = re.compile(r"[a-z0-9_]{1,64}")

@@ -1,4 +1,5 @@
-"""One parser for every id a client sends us (path, query, header), and the page-size bounds (pure).
+"""One parser for every id a client sends us (path, query, header), the minting of our random
+ids, and the page-size bounds.
 
 Ids are judged by shape before any lookup, so whatever the encoding (non-ASCII digits such as
 `²`, lone surrogates, control characters) the answer is a 400 naming the parameter, never a
@@ -9,6 +10,7 @@ Ids are judged by shape before any lookup, so whatever the encoding (non-ASCII d
 from __future__ import annotations
 
 import re
+import secrets
 
 from receiver.errors import InvalidRequest
 
@@ -16,6 +18,7 @@ __all__ = [
     "DEFAULT_LIMIT",
     "KINDS",
     "MAX_LIMIT",
+    "new_id",
     "parse_id",
     "valid_video_id",
 ]
@@ -35,6 +38,15 @@ KINDS: dict[str, re.Pattern[str]] = {
     "subscription": re.compile(r"sub_[0-9a-zA-Z]{1,64}", re.ASCII),
     "replay": re.compile(r"rpl_[0-9a-zA-Z]{1,64}", re.ASCII),
 }
+
+
+# Our random ids: a prefix and 24 hex digits (96 bits), which KINDS accepts.
+_MINTED = {"event": "evt_", "subscription": "sub_", "replay": "rpl_"}
+
+
+def new_id(kind: str) -> str:
+    """A new random id of `kind` (event, subscription or replay)."""
+    return _MINTED[kind] + secrets.token_hex(12)
 
 
 def valid_video_id(value: object) -> bool:

@@ -7,12 +7,12 @@ in flight are counted in the database, under one advisory lock that orders claim
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
 from receiver.errors import OverLimit, UnknownCursor
 from receiver.rules import decide
+from receiver.rules.ids import new_id
 from receiver.rules.records import (
     Attempt,
     AttemptRow,
@@ -73,7 +73,7 @@ class FanoutStore(PostgresBase):
             row = await conn.fetchrow(
                 "INSERT INTO subscriptions (id, url, events, secret, status, created_at, updated_at)"
                 " VALUES ($1, $2, $3::jsonb, $4, 'active', $5, $5) RETURNING *",
-                "sub_" + secrets.token_hex(12),
+                new_id("subscription"),
                 url,
                 json.dumps(events) if events is not None else None,
                 secret,

@@ -4,13 +4,13 @@ receiver.rules.decide, and writes the change set it returns."""
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any
 
 import asyncpg
 
 from receiver.errors import StoreUnavailable, UnknownCursor, WrongVideo
 from receiver.rules import decide
+from receiver.rules.ids import new_id
 from receiver.rules.records import (
     CreateResult,
     DeliveryResult,
@@ -242,7 +242,7 @@ class TaskStore(PostgresBase):
                 await conn.execute(
                     "INSERT INTO subscriptions (id, url, events, secret, status, task_pk, created_at,"
                     " updated_at) VALUES ($1, $2, NULL, '', 'active', $3, $4, $4)",
-                    "sub_" + secrets.token_hex(12),
+                    new_id("subscription"),
                     new.callback_url,
                     pk,
                     new.created_at,

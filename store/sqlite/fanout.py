@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
 from receiver.errors import OverLimit, UnknownCursor
 from receiver.rules import decide
+from receiver.rules.ids import new_id
 from receiver.rules.records import (
     Attempt,
     AttemptRow,
@@ -67,7 +67,7 @@ class FanoutStore(SQLiteBase):
                 "INSERT INTO subscriptions (id, url, events, secret, status, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, 'active', ?, ?)",
                 (
-                    "sub_" + secrets.token_hex(12),
+                    new_id("subscription"),
                     url,
                     json.dumps(events) if events is not None else None,
                     secret,

@@ -4,12 +4,12 @@ and writes the change set it returns."""
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 from typing import Any
 
 from receiver.errors import UnknownCursor, WrongVideo
 from receiver.rules import decide
+from receiver.rules.ids import new_id
 from receiver.rules.records import (
     CreateResult,
     DeliveryResult,
@@ -221,7 +221,7 @@ class TaskStore(SQLiteBase):
                     "INSERT INTO subscriptions (id, url, events, secret, status, task_pk, created_at,"
                     " updated_at) VALUES (?, ?, NULL, '', 'active', ?, ?, ?)",
                     (
-                        "sub_" + secrets.token_hex(12),
+                        new_id("subscription"),
                         new.callback_url,
                         cursor.lastrowid,
                         new.created_at,
