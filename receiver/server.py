@@ -334,7 +334,11 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server that says where it listens once its sockets are bound."""
+    """uvicorn's server that says where it listens once its sockets accept connections (with
+    port 0, the port the system chose)."""
+
+    name = "receiver"
+    log = log
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -344,7 +348,7 @@ class Server(uvicorn.Server):
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
                 shown = f"[{host}]" if ":" in host else host
-                log.info("receiver listening on http://%s:%d", shown, port)
+                self.log.info("%s listening on http://%s:%d", self.name, shown, port)
 
 
 def make_server(app: Any, settings: Settings, **config: Any) -> Server:

@@ -6,7 +6,6 @@ import argparse
 import gc
 import logging
 import os
-import socket
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -175,23 +174,6 @@ def _rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
-class _SimulatorServer(uvicorn.Server):
-    """uvicorn's server that says where the simulator listens once its sockets accept
-    connections (with --port 0, the port the system chose)."""
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.should_exit:
-            return
-        for server in self.servers:
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                shown = f"[{host}]" if ":" in host else host
-                logging.getLogger("receiver.simulator.provider").info(
-                    "simulated provider listening on http://%s:%d", shown, port
-                )
-
-
 def _simulate(args: argparse.Namespace) -> int:
     from receiver.simulator.provider import SimConfig, Simulator
 
@@ -224,9 +206,12 @@ def _simulate(args: argparse.Namespace) -> int:
             return 2
     simulator = Simulator(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = _SimulatorServer(
+    from receiver.server import Server
+
+    server = Server(
         uvicorn.Config(simulator.app, host=args.host, port=args.port, access_log=False, log_level="warning")
     )
+    server.name, server.log = "simulated provider", logging.getLogger("receiver.simulator.provider")
     server.run()
     return 0 if server.started else 1
 
