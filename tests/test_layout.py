@@ -155,3 +155,17 @@ LOWER = ("receiver.workers", "receiver.outbound", "receiver.media", "receiver.ru
 def test_workers_and_calls_never_import_a_route(name: str) -> None:
     """Routes sit on top: a worker or an outbound call never reaches up into one."""
     assert sorted(m for m in GRAPH[name] if m.startswith("receiver.routes")) == []
+
+
+def test_every_package_is_in_the_wheel() -> None:
+    """A package missing from pyproject.toml's list would be left out of the installed receiver
+    (the Docker image) while every test run from the checkout still passed."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        module_name(path.parent / "__init__.py")
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("__init__.py")
+    } | {"receiver.static"}
+    assert found == listed
