@@ -27,7 +27,7 @@ from receiver.media import media_store
 from receiver.outbound.destinations import Destinations
 from receiver.outbound.provider import Provider
 from receiver.outbound.session import outbound_session
-from receiver.routes import dashboard, deliveries, events, stats, videos, webhooks
+from receiver.routes import dashboard, deliveries, events, stats, stream, subscriptions, videos, webhooks
 from receiver.routes.guard import CrossSiteGuard
 from receiver.routes.http import json_response
 from receiver.routes.openapi import Operation, openapi_json, operation
@@ -272,6 +272,8 @@ def create_app(
         *videos.routes(),
         *deliveries.routes(),
         *stats.routes(),
+        *subscriptions.routes(),
+        *stream.routes(),
         *events.routes(),
         *dashboard.routes(),
     ]

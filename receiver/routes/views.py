@@ -1,4 +1,5 @@
-"""How stored rows are shown by the /v1 routes, and the list page every list answers."""
+"""How stored rows are shown by the /v1 routes (tasks, deliveries, subscriptions, events, sends),
+and the list page every list answers."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import base64
 import logging
 from typing import Any
 
+from receiver.outbound.addresses import redact_url
 from receiver.rules import jsonpolicy
-from receiver.rules.records import CaptureRow, DeliveryRow, TaskRow
+from receiver.rules.records import CaptureRow, DeliveryRow, EventRow, OutboxRow, SubscriptionRow, TaskRow
 from receiver.rules.redact import redact_headers, strip_callbacks, strip_text
+from receiver.secrets_at_rest import SecretBox
 
 log = logging.getLogger("receiver.routes.views")
 
@@ -98,4 +101,51 @@ def list_body(data: list[dict[str, Any]], has_more: bool, key: str = "id") -> di
         "first_id": data[0][key] if data else None,
         "last_id": data[-1][key] if data else None,
         "has_more": has_more,
+    }
+
+
+def subscription_view(row: SubscriptionRow, *, secret: SecretBox | None = None) -> dict[str, Any]:
+    """The subscription as reads show it; with `secret` (the box that opens it), its secret too."""
+    view: dict[str, Any] = {
+        "id": row.id,
+        "object": "subscription",
+        "url": redact_url(row.url),
+        "events": row.events,
+        "status": row.status,
+        "created_at": int(row.created_at),
+        "disabled_reason": row.disabled_reason,
+    }
+    if secret is not None:
+        view["secret"] = secret.open_secret(row.secret)
+    return view
+
+
+def event_view(row: EventRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "event",
+        "type": row.type,
+        "created_at": int(row.created_at),
+        "data": strip_callbacks(row.data),
+    }
+
+
+def send_view(row: OutboxRow) -> dict[str, Any]:
+    return {
+        "id": f"snd_{row.pk}",
+        "object": "send",
+        "event_id": row.event_id,
+        "video_id": row.video_id,
+        "subscription_id": row.subscription_id,
+        "replay_id": row.replay_id,
+        "status": row.status,
+        "attempts": row.attempts,
+        "next_attempt_at": int(row.next_attempt_at) if row.next_attempt_at is not None else None,
+        "settled_at": int(row.settled_at) if row.settled_at is not None else None,
+        "last_status": row.last_status,
+        "last_error": row.last_error,
+        "attempt_log": [
+            {"at": int(a.at), "status": a.status, "latency_ms": round(a.latency_ms, 1), "error": a.error}
+            for a in row.log
+        ],
     }
