@@ -79,43 +79,50 @@ class Capturer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim due captures whenever a download slot is free: at once when a result is
-        recorded (a client may download the moment its task completes), else looking every IDLE
-        seconds, and never more than one claim per CLAIM_SPACING."""
+        recorded (a client may download the moment its task completes) or when a slot frees
+        after a claim that filled them all, else looking every IDLE seconds or when a retry
+        falls due. A look that claimed nothing is not repeated for a wake-up within
+        CLAIM_SPACING: a burst of results without files (or of downloads failing at once) must
+        not crowd the store, which the acknowledgement path shares. Every other look claims at
+        least one file, whose download ends in a write of its own anyway."""
         wakeup = self._ctx.capture_wakeup
+        loop = asyncio.get_running_loop()
+        quiet_until = 0.0  # loop time: a wake-up before it waits for it (the last look was idle)
+        full = False  # the last claim filled every free slot, so more may be due
         while not stop.is_set():
             self._finished.clear()
-            wakeup.clear()
             room = self._limit - len(self._running)
-            delay = IDLE
+            delay: float | None = IDLE
             if room > 0:
+                wakeup.clear()  # before looking, so a result recorded meanwhile is not missed
+                taken = 0
                 try:
                     due = await self._ctx.store.next_capture_due()
                     now = self._ctx.clock()
                     if due is not None and due <= now:
                         taken = self._spawn(await self._ctx.store.claim_captures(now, room, LEASE))
-                        # A claim that filled every slot waits for one to free (each download ends
-                        # in a write of its own anyway). Otherwise at most one claim per
-                        # CLAIM_SPACING: a burst of completed results (or of downloads failing at
-                        # once) must not crowd the store's one writer, which the ack path shares.
-                        delay = IDLE if taken == room else CLAIM_SPACING
                     elif due is not None:
                         delay = min(IDLE, due - now)
                 except StoreError as exc:
                     log.warning("capture: store unavailable (%s)", type(exc).__name__)
-            waiters = [asyncio.ensure_future(e.wait()) for e in (stop, self._finished, wakeup)]
-            if delay == CLAIM_SPACING:
-                await asyncio.wait(waiters[:1], timeout=delay)  # only a stop cuts the spacing short
+                full = taken == room
+                quiet_until = 0.0 if taken else loop.time() + CLAIM_SPACING
+            if full or room <= 0:
+                # Every slot is busy: look again when one frees. A wake-up meanwhile stays set,
+                # and that look sees whatever it announced.
+                events, delay = (stop, self._finished), None
             else:
-                await asyncio.wait(
-                    waiters, timeout=delay if room > 0 else None, return_when=asyncio.FIRST_COMPLETED
-                )
+                events = (stop, wakeup)
+            waiters = [asyncio.ensure_future(e.wait()) for e in events]
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
-            if wakeup.is_set() and not stop.is_set():
-                # Results come in bursts: one look per CLAIM_SPACING serves them all, and keeps
-                # these reads off the acknowledgement path's back.
+            pause = quiet_until - loop.time()
+            if wakeup.is_set() and pause > 0 and not stop.is_set():
+                # Results come in bursts: one look per CLAIM_SPACING serves them all while
+                # there is nothing to claim. Only a stop cuts the spacing short.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=CLAIM_SPACING)
+                    await asyncio.wait_for(stop.wait(), timeout=pause)
         for task in self._running:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
