@@ -10,7 +10,7 @@ import hashlib
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
@@ -31,6 +31,11 @@ RETRY_BASE, RETRY_CAP, MAX_ATTEMPTS = 10.0, 3600.0, 8
 IDLE = 1.0  # seconds between looks for due captures while download slots are free
 CLAIM_SPACING = 0.25  # seconds at least between two claims
 CHUNK = 64 * 1024
+# A file no larger than this is done with its download slot once its last byte is in: the slot
+# takes the next file while this one is stored (at most `concurrency` of these at once, each
+# holding at most this much). A larger one holds its slot until it is stored, as its parts are
+# sent while it downloads anyway: memory stays about `concurrency` large files' worth.
+HANDOFF_BYTES = 8 * 1024 * 1024
 # A download must bring at least this much in every stall interval (30 s): about 2 KiB/s. Less
 # (a byte now and then) holds one of the few download slots for nothing; it is retried later.
 STALL_BYTES = 64 * 1024
@@ -73,6 +78,8 @@ class Capturer:
         self._media = media
         self._trusted = trusted_origin  # the built-in simulator's own URL, under `serve` alone
         self._limit = concurrency
+        self._downloading = 0  # download slots taken
+        self._storing = asyncio.Semaphore(concurrency)  # small files being stored, slots given back
         self._rng = rng or random.Random()
         self._running: set[asyncio.Task[None]] = set()
         self._finished = asyncio.Event()
@@ -91,7 +98,7 @@ class Capturer:
         full = False  # the last claim filled every free slot, so more may be due
         while not stop.is_set():
             self._finished.clear()
-            room = self._limit - len(self._running)
+            room = self._limit - self._downloading
             delay: float | None = IDLE
             if room > 0:
                 wakeup.clear()  # before looking, so a result recorded meanwhile is not missed
@@ -129,6 +136,7 @@ class Capturer:
 
     def _spawn(self, rows: list[CaptureRow]) -> int:
         for row in rows:
+            self._downloading += 1
             task = asyncio.create_task(self._keep(row))
             self._running.add(task)
             task.add_done_callback(self._done)
@@ -141,12 +149,23 @@ class Capturer:
     async def _keep(self, row: CaptureRow) -> None:
         ctx = self._ctx
         renewing = asyncio.create_task(self._renew(row.pk))
+        held = True
+
+        def handoff() -> None:
+            """Give this capture's download slot back (once): its download is over."""
+            nonlocal held
+            if held:
+                held = False
+                self._downloading -= 1
+                self._finished.set()
+
         try:
-            outcome = await self._download(row)
+            outcome = await self._download(row, handoff)
         except Exception as exc:  # a bug here must not kill the worker: retry later, say why
             log.exception("capture: %s failed unexpectedly", row.variant)
             outcome = self._retry(row, f"internal error: {type(exc).__name__}")
         finally:
+            handoff()
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
@@ -202,7 +221,7 @@ class Capturer:
                 raise Refused(f"{length} bytes is over RECEIVER_MEDIA_MAX_BYTES ({cap})")
             yield response, body
 
-    async def _download(self, row: CaptureRow) -> CaptureOutcome:
+    async def _download(self, row: CaptureRow, handoff: Callable[[], None]) -> CaptureOutcome:
         ctx = self._ctx
         budget = self.budget()
         cap = budget.cap
@@ -219,7 +238,14 @@ class Capturer:
                         await writer.write(chunk)
                     if length is not None and body.received != length:
                         raise aiohttp.ClientPayloadError(f"got {body.received} of {length} bytes")
-                    await writer.commit()
+                    if body.size > HANDOFF_BYTES:
+                        await writer.commit()
+                    else:
+                        # Stored while the next download runs; the slot is held until this one
+                        # may start, so no more small files wait in memory than are stored.
+                        async with self._storing:
+                            handoff()
+                            await writer.commit()
                 except BaseException:
                     await writer.abort()
                     raise
