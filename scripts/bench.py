@@ -2409,6 +2409,7 @@ async def bench_media(args: argparse.Namespace) -> int:
     provider = FileProvider()
     rows: list[tuple[str, int, int, float, float]] = []
     alone: list[tuple[str, int, int, float, float]] = []
+    others: list[tuple[str, int, int, float, float, float]] = []  # --against: theirs, direct, ours
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         async with s3_server(args.s3_url) as endpoint, serve(provider.app()) as (provider_url, _):
@@ -2444,26 +2445,49 @@ async def bench_media(args: argparse.Namespace) -> int:
                 RECEIVER_POLL_AFTER="3600",  # results come by webhook (FileProvider.complete)
             )
             receiver = await start_receiver(env, scratch)
+            other: Any = None
+            other_url = ""
+            if args.against is not None:
+                other_port = free_port()
+                other_url = f"http://127.0.0.1:{other_port}"
+                other_env = {
+                    **env,
+                    "RECEIVER_PORT": str(other_port),
+                    "RECEIVER_DATABASE_URL": f"sqlite:///{scratch}/against.db",
+                    "RECEIVER_MEDIA_URL": "s3://bench/against",
+                    "PYTHONPATH": str(args.against),  # ahead of the installed project on sys.path
+                }
+                other = await start_receiver(other_env, scratch, "against")
             try:
                 await wait_ready(url, receiver, "/readyz")
                 async with httpx.AsyncClient(timeout=30) as client:
                     await keep_through_receiver(client, url, provider, [MIB], 60)  # warm up
+                    steps = ["through", "direct"]
+                    if other is not None:
+                        await wait_ready(other_url, other, "/readyz")
+                        await keep_through_receiver(client, other_url, provider, [MIB], 60)
+                        steps.append("against")
                     for label, count, size in (("1 MB", args.small_files, MIB), ("100 MB", 1, 100 * MIB)):
                         sizes = [size] * count
                         for round_ in range(args.rounds):
-                            # Alternate which goes first, so a drift of the machine favours neither.
-                            if round_ % 2:
-                                direct = await direct_upload(endpoint, "bench", sizes, provider.block)
-                                await asyncio.to_thread(empty)
-                            through = await keep_through_receiver(client, url, provider, sizes, 300)
-                            await asyncio.to_thread(empty)
-                            if not round_ % 2:
-                                direct = await direct_upload(endpoint, "bench", sizes, provider.block)
+                            # Rotate which goes first, so a drift of the machine favours none.
+                            first = round_ % len(steps)
+                            took: dict[str, float] = {}
+                            for step in steps[first:] + steps[:first]:
+                                if step == "direct":
+                                    took[step] = await direct_upload(endpoint, "bench", sizes, provider.block)
+                                else:
+                                    to = url if step == "through" else other_url
+                                    took[step] = await keep_through_receiver(client, to, provider, sizes, 300)
                                 await asyncio.to_thread(empty)
                             writer = await through_writer(endpoint, "bench", sizes, provider.block)
                             await asyncio.to_thread(empty)
-                            rows.append((label, count, size, through, direct))
-                            alone.append((label, count, size, writer, direct))
+                            rows.append((label, count, size, took["through"], took["direct"]))
+                            alone.append((label, count, size, writer, took["direct"]))
+                            if "against" in took:
+                                others.append(
+                                    (label, count, size, took["against"], took["direct"], took["through"])
+                                )
                     await asyncio.to_thread(empty)
                     # Peak RSS growth while keeping a 1 GB file: the peak is reset just before.
                     Path(f"/proc/{receiver.pid}/clear_refs").write_text("5")
@@ -2471,8 +2495,10 @@ async def bench_media(args: argparse.Namespace) -> int:
                     big = await keep_through_receiver(client, url, provider, [args.big_mib * MIB], 900)
                     peak = rss_peak_kib(receiver.pid)
             finally:
-                receiver.terminate()
-                await receiver.wait()
+                for process in (receiver, other):
+                    if process is not None:
+                        process.terminate()
+                        await process.wait()
     print(f"{'files':>12} {'through the receiver':>22} {'direct (aiobotocore)':>22} {'ratio':>7}")
     ratios = []
     for label, count, size, through, direct in rows:
@@ -2488,6 +2514,21 @@ async def bench_media(args: argparse.Namespace) -> int:
         total = count * size / 1e6
         rates = f"{total / writer:>16.1f} MB/s {total / direct:>16.1f} MB/s"
         print(f"{count:>4} x {label:>6} {rates} {direct / writer:>6.0%}")
+    if others:
+        name = args.against.name
+        print(f"{'files':>12} {'through ' + name:>22} {'direct (aiobotocore)':>22} {'ratio':>7}")
+        for label, count, size, theirs, direct, _ in others:
+            total = count * size / 1e6
+            rates = f"{total / theirs:>16.1f} MB/s {total / direct:>16.1f} MB/s"
+            print(f"{count:>4} x {label:>6} {rates} {direct / theirs:>6.0%}")
+        for label in dict.fromkeys(o[0] for o in others):
+            mine = [o[3] / o[5] for o in others if o[0] == label]
+            theirs_ratio = statistics.median(o[4] / o[3] for o in others if o[0] == label)
+            each = ", ".join(f"{v:.2f}" for v in mine)
+            print(
+                f"{label}: this tree {statistics.median(mine):.2f}x as fast as {name} (rounds: {each});"
+                f" {name} at {theirs_ratio:.0%} of the direct rate"
+            )
     growth = (peak - before) / 1024
     print(
         f"keeping a {args.big_mib} MiB file: {args.big_mib * MIB / 1e6 / big:.1f} MB/s; receiver RSS"
@@ -2601,6 +2642,12 @@ def main(argv: list[str] | None = None) -> int:
     media.add_argument("--rounds", type=int, default=3, help="rounds of each size (the median is judged)")
     media.add_argument("--big-mib", type=int, default=1024, help="size of the file whose RSS is measured")
     media.add_argument("--s3-url", help="an S3-compatible endpoint (default: moto's server, started here)")
+    media.add_argument(
+        "--against",
+        type=Path,
+        help="a checkout of another version (git worktree add DIR COMMIT): each round also keeps the"
+        " same files through a receiver run from it, and this tree's speed against it is printed",
+    )
     media.set_defaults(run=bench_media)
     args = parser.parse_args(argv)
     logging.getLogger("receiver").setLevel(logging.ERROR)  # no start-up warnings between figures
