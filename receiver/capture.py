@@ -29,7 +29,7 @@ LEASE = 15.0  # a claimed capture is due again this long after its last renewal 
 RENEW_EVERY = 5.0  # seconds between lease renewals while a download runs
 RETRY_BASE, RETRY_CAP, MAX_ATTEMPTS = 10.0, 3600.0, 8
 IDLE = 1.0  # seconds between looks for due captures while download slots are free
-CLAIM_SPACING = 0.25  # seconds at least between two claims
+CLAIM_SPACING = 0.25  # seconds a wake-up waits after a look that claimed nothing
 CHUNK = 64 * 1024
 # A file no larger than this is done with its download slot once its last byte is in: the slot
 # takes the next file while this one is stored (at most `concurrency` of these at once, each
@@ -152,7 +152,8 @@ class Capturer:
         held = True
 
         def handoff() -> None:
-            """Give this capture's download slot back (once): its download is over."""
+            """Give this capture's download slot back (once): its download is over. Its record
+            is written after, outside the slot (the claim's lease still covers the row)."""
             nonlocal held
             if held:
                 held = False
@@ -241,8 +242,9 @@ class Capturer:
                     if body.size > HANDOFF_BYTES:
                         await writer.commit()
                     else:
-                        # Stored while the next download runs; the slot is held until this one
-                        # may start, so no more small files wait in memory than are stored.
+                        # Stored while the next download runs. The download slot is held until
+                        # this file may be stored, so no more small files wait in memory than
+                        # there are slots.
                         async with self._storing:
                             handoff()
                             await writer.commit()
