@@ -2244,17 +2244,26 @@ async def direct_upload(endpoint: str, bucket: str, sizes: list[int], block: byt
     """The chosen client on its own: the same files put from memory, as many at once as the
     receiver keeps, the large ones as multipart uploads of the receiver's part size with as many
     parts in flight. Seconds."""
+    from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
     from receiver.media.s3 import PART_SIZE, PARTS_IN_FLIGHT
 
     env = s3_settings(endpoint)
+    # The receiver's own client settings (no optional checksums, path addressing): a baseline
+    # on botocore's defaults would hash every body once more and flatter the receiver.
     async with get_session().create_client(
         "s3",
         endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        config=AioConfig(
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"},
+            max_pool_connections=32,
+        ),
     ) as client:
 
         async def one(n: int, size: int) -> None:
