@@ -526,12 +526,14 @@ def write_requests(
     prefix: str,
     seed: int,
     files_url: str,
+    finish: list[tuple[str, str]] | None = None,
 ) -> list[str]:
     """Unique signed deliveries spread over the tasks: mostly in_progress updates, some terminal,
     5% exact repeats of an earlier one. A completed one names its file at `files_url`, the
     simulator on loopback, so the receiver's capture of it never leaves the machine (the simulator
-    answers 404, its task still running, and the capture is recorded as failed). Returns the
-    webhook-id of every line, in order."""
+    answers 404, its task still running, and the capture is recorded as failed). Each task of
+    `finish` gets one terminal delivery among the first lines (every other one), so it has ended
+    once they are sent. Returns the webhook-id of every line, in order."""
     import random as _random
 
     from receiver.signatures import parse_key, sign_v1
@@ -541,16 +543,18 @@ def write_requests(
     timestamp = str(int(time.time()))
     lines: list[str] = []
     ids: list[str] = []
+    ending = list(finish or [])
     for i in range(count):
-        if lines and rng.random() < 0.05:
+        last = bool(ending) and i % 2 == 0
+        if not last and lines and rng.random() < 0.05:
             j = rng.randrange(len(lines))
             lines.append(lines[j])
             ids.append(ids[j])
             continue
         task = rng.randrange(len(tasks))
-        video_id, token = tasks[task]
+        video_id, token = ending.pop() if last else tasks[task]
         msg = f"{prefix}{i}"
-        if rng.random() < 0.2:
+        if last or rng.random() < 0.2:
             status = "completed" if task % 5 else "failed"
             body = json.dumps(
                 {
@@ -1647,7 +1651,12 @@ async def soak_run(
 
                 async def prepare(chunk: int) -> tuple[Path, list[str]]:
                     """A round's requests. New tasks each round; deliveries go to this round's and the
-                    last round's, so older tasks end and age out as a real workload's do."""
+                    last round's, so older tasks end and age out as a real workload's do: each of the
+                    last round's gets a terminal one early in this round. (Without that, the few
+                    tasks that drew no terminal delivery in their two rounds stayed open for good,
+                    and their delivery rows, spread over every page of the deliveries' indexes on
+                    increasing keys, kept PostgreSQL from freeing those pages: the indexes grew by a
+                    round's worth of pages every round.)"""
                     nonlocal recent
                     gate = asyncio.Semaphore(16)
 
@@ -1661,7 +1670,8 @@ async def soak_run(
                         return video_id, str(simulator.tasks[video_id].callback_url).rsplit("/", 1)[1]
 
                     fresh = list(await asyncio.gather(*(submit(i) for i in range(args.tasks_per_round))))
-                    recent = recent[-args.tasks_per_round :] + fresh
+                    ending = recent[-args.tasks_per_round :]
+                    recent = ending + fresh
                     requests = scratch / f"soak-{label}-{chunk}.txt"
                     ids = await asyncio.to_thread(
                         write_requests,
@@ -1672,6 +1682,7 @@ async def soak_run(
                         f"s{chunk}-",
                         args.seed + chunk,
                         f"{provider_url}/files",
+                        ending,
                     )
                     return requests, ids
 
