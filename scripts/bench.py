@@ -1661,10 +1661,21 @@ async def soak_run(
                     gate = asyncio.Semaphore(16)
 
                     async def submit(i: int) -> tuple[str, str]:
-                        async with gate:
-                            answer = await client.post(
-                                f"{url}/v1/videos", json={"model": "seedance-2.0", "prompt": f"{chunk}-{i}"}
-                            )
+                        # A keep-alive connection the receiver closed as it was reused (idle between
+                        # rounds) is a ReadError: sent again with the same Idempotency-Key, which
+                        # answers the first task if it was made.
+                        for attempt in range(3):
+                            try:
+                                async with gate:
+                                    answer = await client.post(
+                                        f"{url}/v1/videos",
+                                        json={"model": "seedance-2.0", "prompt": f"{chunk}-{i}"},
+                                        headers={"idempotency-key": f"soak-{chunk}-{i}"},
+                                    )
+                                break
+                            except httpx.TransportError:
+                                if attempt == 2:
+                                    raise
                         answer.raise_for_status()
                         video_id = str(answer.json()["id"])
                         return video_id, str(simulator.tasks[video_id].callback_url).rsplit("/", 1)[1]
