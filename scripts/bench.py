@@ -1705,11 +1705,12 @@ async def soak_run(
                     upcoming = asyncio.create_task(prepare(chunk + 1))
                     result = await run_wrk(url, requests, 10, connections, pause_ms)
                     # Each connection's cycle is its pause plus the answer's latency: the pause for
-                    # the next round leaves room for a typical answer (this round's median), so the
-                    # rate is held at most. A round slowed by a stall (another process taking the
-                    # cores) comes out below it and is not made up by a burst in the next: a pause
-                    # set from the mean latency was cut after every slow round, and the rounds
-                    # after reached twice the rate, inflating the store the verdicts compare.
+                    # the next round leaves room for a typical answer (this round's median). A short
+                    # stall (another process taking the cores) moves the median little, so the next
+                    # round is not sped up to make up for it: a pause set from the mean latency was
+                    # cut after every such round, and the rounds after reached twice the rate,
+                    # inflating the store the verdicts compare. A round slow throughout (the median
+                    # up too) still shortens the pause, and the next may run above the rate.
                     pause_ms = max(0.0, connections * 1000 / rate - result["p50_us"] / 1000)
                     # wrk sends the lines in order with at most `connections` outstanding.
                     answered = max(0, min(result["requests"], len(ids)) - connections)
