@@ -112,7 +112,7 @@ def record_events(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> d
             (orjson.dumps(files).decode(),),
         )
     if queued == 0:
-        return {}  # no subscriber wants these events: no read for the counts
+        return {pk: 0 for pk, _ in events}  # no subscriber wants these events: no read for the counts
     if len(events) == 1:
         return {events[0][0]: queued}
     counts = _json_rows(
