@@ -132,6 +132,28 @@ async def test_copies_of_one_delivery_at_two_processes_apply_once(database_url: 
         assert task is not None and (task.deliveries, task.duplicates) == (4, 3)
 
 
+async def test_each_answer_in_a_batch_names_its_own_row(database_url: str) -> None:
+    # New deliveries, copies of them and a copy of one kept earlier, written together: each
+    # answer's id is its delivery's stored row (a copy's, the first one's).
+    now = time.time()
+    async with opened(database_url) as (store,):
+        for n in range(6):
+            await submitted(store, n, now)
+        kept = await store.record_delivery(delivery(0, "msg:kept", "in_progress", now))
+        batch = [delivery(n % 6, f"msg:{n % 12}", "in_progress", now + 1) for n in range(24)]
+        batch.append(delivery(0, "msg:kept", "in_progress", now + 1))
+        results = await asyncio.gather(*(store.record_delivery(d) for d in batch))
+        assert results[-1].id == kept.id and results[-1].duplicate
+        assert [r.duplicate for r in results[:24]] == [False] * 12 + [True] * 12
+        assert [r.id for r in results[:12]] == [r.id for r in results[12:24]]
+        assert len({r.id for r in results[:12]} | {kept.id}) == 13
+        for d, r in zip(batch, results, strict=True):
+            row = await store.get_delivery(r.id)
+            assert row is not None
+            assert (dedupe_base(row.dedupe_key), row.video_id) == (d.dedupe_key, d.video_id)
+            assert row.repeats == 1  # each was sent twice
+
+
 @pytest.mark.parametrize(
     ("fields", "key", "legacy"),
     [

@@ -26,6 +26,25 @@ MAX_DEPTH = 32
 _INT_LOW = -(2**63)
 _INT_HIGH = 2**64 - 1
 
+# What the walk below looks for can only come from a few bytes: U+0000 and lone surrogates from a
+# \u escape (raw, U+0000 is not JSON and encoded surrogates are not UTF-8; \xed is looked for
+# all the same), a number outside 64 bits or not finite from an exponent or 19 digits in a row.
+# Bytes with none of these, and no more brackets than MAX_DEPTH, need no walk: a delivery's body
+# costs a few scans in C instead of a visit of every value (most of the policy's time per
+# delivery on the ack path). Every digit reads as 0 in `_DIGITS`, so one search finds a run.
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_RUN = b"0" * 19
+
+
+def _plain(data: bytes) -> bool:
+    """Whether parsed `data` is sure to pass the walk (False: walk it)."""
+    if data.count(b"{") + data.count(b"[") > MAX_DEPTH:
+        return False
+    if b"\\u" in data or b"\x00" in data or b"\xed" in data:
+        return False
+    digits = data.translate(_DIGITS)
+    return b"0e" not in digits and b"0E" not in digits and _RUN not in digits
+
 
 def loads(data: bytes | str) -> Any:
     """Parse `data` under the policy, or raise JSONPolicyError."""
@@ -33,6 +52,8 @@ def loads(data: bytes | str) -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise JSONPolicyError(_reason(str(exc))) from None
+    if isinstance(data, bytes) and _plain(data):
+        return value
     if _walk(value):
         # orjson reads an integer past 64 bits as a float: tell the two apart on the text.
         _check_big_numbers(data)

@@ -3,8 +3,11 @@ decided together by receiver.rules.decide and written with a handful of set-base
 
 Every statement hands the GIL to the event loop while SQLite works, and waits to get it back:
 one statement per delivery row made the writer thread and the loop take turns thousands of times
-a second. Here a batch costs about seven statements whatever its size (reads come back as one
-JSON row; inserts are one multi-row VALUES)."""
+a second. Here a batch costs one read (the tasks and the kept keys it names, as one row of JSON),
+one multi-row INSERT, an UPDATE per shape of task change, and the events' statements when it
+records results: five or six statements whatever its size. The new rows' ids come from the
+INSERT's last rowid, not a read back, and the events' send counts are read only when several
+events queued sends."""
 
 from __future__ import annotations
 
@@ -87,14 +90,16 @@ def record_events(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> d
         [v for pk, e in events for v in (e.id, pk, e.video_id, e.type, e.created_at, json.dumps(e.data))],
     )
     ids = orjson.dumps([e.id for _, e in events]).decode()
-    conn.execute(
+    # The rows this statement inserted (the count triggers' writes are not counted): every
+    # event's sends together, so the per-event counts are read only when there are several.
+    queued = conn.execute(
         "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at, held)"
         " SELECT e.pk, s.pk, 'pending', e.created_at, e.created_at, s.status = 'paused'"
         " FROM events e JOIN subscriptions s"
         f" ON {SUBSCRIBED}"
         " WHERE e.id IN (SELECT value FROM json_each(?))",
         (ids,),
-    )
+    ).rowcount
     # A completed result's files to keep: durable work written with the result (receiver.workers.capture).
     files = [[pk, e.video_id, v, url, e.created_at] for pk, e in events for v, url in e.files]
     if files:
@@ -106,6 +111,10 @@ def record_events(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> d
             " ON CONFLICT (task_pk, variant) DO NOTHING",
             (orjson.dumps(files).decode(),),
         )
+    if queued == 0:
+        return {pk: 0 for pk, _ in events}  # no subscriber wants these events: no read for the counts
+    if len(events) == 1:
+        return {events[0][0]: queued}
     counts = _json_rows(
         conn,
         "SELECT json_group_array(json_array(e.task_pk, (SELECT count(*) FROM outbox o"
@@ -121,23 +130,22 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
     tokens = orjson.dumps(list({d.token_hash for d in batch if d.token_hash is not None})).decode()
     videos = orjson.dumps(list({d.video_id for d in batch if d.video_id is not None})).decode()
     keys = orjson.dumps(decide.lookup_keys(batch)).decode()
-    found = _json_rows(
-        conn,
-        "SELECT json_group_array(json_array(pk, video_id, status, video, created_at, next_poll_at,"
-        " last_open_poll_at, token_hash)) FROM tasks WHERE token_hash IN (SELECT value FROM json_each(?))"
-        " OR video_id IN (SELECT value FROM json_each(?))",
-        tokens,
-        videos,
-    )
-    stored = _json_rows(
-        conn,
-        "SELECT json_group_array(dedupe_key) FROM deliveries WHERE dedupe_key IN"
-        " (SELECT value FROM json_each(?))",
-        keys,
-    )
-    plan = decide.plan_deliveries(batch, [(r[7], rows.lean_task(r)) for r in found], {str(k) for k in stored})
+    # One statement reads both: the tasks the batch names, and the kept rows it repeats (with
+    # their ids and outcomes, which answer those repeats).
+    found, stored = conn.execute(
+        "SELECT (SELECT json_group_array(json_array(pk, video_id, status, video, created_at,"
+        " next_poll_at, last_open_poll_at, token_hash)) FROM tasks WHERE token_hash IN"
+        " (SELECT value FROM json_each(?1)) OR video_id IN (SELECT value FROM json_each(?2))),"
+        " (SELECT json_group_array(json_array(dedupe_key, pk, outcome)) FROM deliveries"
+        " WHERE dedupe_key IN (SELECT value FROM json_each(?3)))",
+        (tokens, videos, keys),
+    ).fetchone()
+    firsts: dict[str, tuple[int, str]] = {k: (pk, outcome) for k, pk, outcome in orjson.loads(stored)}
+    tasks = [(r[7], rows.lean_task(r)) for r in orjson.loads(found)]
+    plan = decide.plan_deliveries(batch, tasks, set(firsts))
+    inserted: dict[str, int] = {}
     if plan.new:
-        conn.execute(
+        last = conn.execute(
             "INSERT INTO deliveries (dedupe_key, task_pk, video_id, route, verified_by, headers, body,"
             " event_type, status, outcome, received_at, last_seen_at) VALUES "
             + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(plan.new)),
@@ -159,7 +167,10 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
                     d.received_at,
                 )
             ],
-        )
+        ).lastrowid
+        inserted = _inserted_pks(conn, [d.key for d, _, _, _ in plan.new], last)
+        for (d, _, _, outcome), pk in zip(plan.new, inserted.values(), strict=True):
+            firsts[d.key] = (pk, outcome)  # a copy later in the batch answers with this row
     if plan.changes:
         _task_updates(conn, plan.changes)
     sends = record_events(conn, plan.changes)
@@ -170,14 +181,30 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
             " json_extract(value, '$[2]') AS at FROM json_each(?)) AS x WHERE deliveries.dedupe_key = x.k",
             (orjson.dumps([[k, len(v), max(v)] for k, v in plan.repeats.items()]).decode(),),
         )
-    written = _json_rows(
+    return decide.plan_results(plan, inserted, firsts, sends)
+
+
+# Below this rowid, SQLite gives each new row of `deliveries` (INTEGER PRIMARY KEY, no
+# AUTOINCREMENT) one more than the largest rowid in the table: the rows of one multi-row INSERT,
+# made in VALUES order while this transaction holds the write lock, are numbered consecutively up
+# to the statement's last rowid. (Past the largest rowid SQLite picks at random: read them back.)
+_CONSECUTIVE_ROWIDS = 2**62
+
+
+def _inserted_pks(conn: sqlite3.Connection, keys: list[str], last: int | None) -> dict[str, int]:
+    """The pks of the rows just inserted under `keys` (in order), without a read when they are
+    known: a read costs the writer thread two more hand-offs of the GIL with the event loop."""
+    if last is not None and len(keys) <= last < _CONSECUTIVE_ROWIDS:
+        first = last - len(keys) + 1
+        return {k: first + i for i, k in enumerate(keys)}
+    found = _json_rows(
         conn,
-        "SELECT json_group_array(json_array(dedupe_key, pk, outcome)) FROM deliveries"
+        "SELECT json_group_array(json_array(dedupe_key, pk)) FROM deliveries"
         " WHERE dedupe_key IN (SELECT value FROM json_each(?))",
-        keys,
+        orjson.dumps(keys).decode(),
     )
-    ids = {k: (pk, outcome) for k, pk, outcome in written}
-    return decide.plan_results(plan, {k: pk for k, (pk, _) in ids.items()}, ids, sends)
+    pks = {str(k): int(pk) for k, pk in found}
+    return {k: pks[k] for k in keys}
 
 
 class DeliveryBatcher:
