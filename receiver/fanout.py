@@ -38,6 +38,9 @@ __all__ = [
 log = logging.getLogger("receiver.fanout")
 
 LEASE_MARGIN = 10.0  # a claimed send is due again this long after its timeout if it never lands
+# Seconds between claims while due sends wait for subscribers at their cap: a send of ours that
+# ends wakes the dispatcher at once; this bounds the wait for another process's.
+IDLE_POLL = 0.1
 
 
 class GuardedResolver(AbstractResolver):
@@ -149,6 +152,7 @@ class Dispatcher:
         self._keys: dict[str, bytes] = {}  # decoded subscriber secrets, by their stored form
         self._urls: dict[str, str] = {}  # broker URLs with their passwords opened, by stored form
         self._running: set[asyncio.Task[None]] = set()
+        self._settled: list[Attempt] = []  # attempts that ended, recorded with the next claim
         self._finished = asyncio.Event()
         settings = ctx.settings
         self._lease = settings.fanout_timeout + LEASE_MARGIN
@@ -162,44 +166,63 @@ class Dispatcher:
             wakeup.clear()
             self._finished.clear()
             await self._destinations.sweep()
-            room = self._limit - len(self._running)
+            room = max(0, self._limit - len(self._running))
             claimed = 0
-            if room > 0:
-                try:
-                    claimed = self._spawn(await self._claim(room))
-                except StoreError as exc:
-                    self._ctx.writes.failed()
-                    log.warning("dispatcher: store unavailable (%s)", type(exc).__name__)
+            try:
+                claimed = self._spawn(await self._claim(room))
+            except StoreError as exc:
+                self._ctx.writes.failed()
+                # The lease runs out and each send is attempted again: at least once, same webhook-id.
+                log.warning("dispatcher: store unavailable (%s)", type(exc).__name__)
             if room > 0 and claimed == room:
                 continue
             delay = 5.0
-            try:
-                due = await self._ctx.store.next_outbox_due()
-            except StoreError:
-                due = None
-            if due is not None:
-                delay = min(delay, max(0.0, due - self._ctx.clock()))
+            if room > 0:  # else nothing can start before a send ends, and that wakes us
+                try:
+                    due = await self._ctx.store.next_outbox_due()
+                except StoreError:
+                    due = None
+                now = self._ctx.clock()
+                if due is not None:
+                    # Already due yet not taken: its subscriber is at its cap, and one of our
+                    # sends ending wakes us; IDLE_POLL bounds the wait for another process's.
+                    delay = min(delay, due - now if due > now else IDLE_POLL)
             waiters = [asyncio.ensure_future(e.wait()) for e in (wakeup, stop, self._finished)]
             await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
         if self._running:
             await asyncio.wait(self._running)
+        if self._settled:
+            try:
+                await self._claim(0)
+            except StoreError as exc:
+                self._ctx.writes.failed()
+                log.warning("dispatcher: could not record attempts (%s)", type(exc).__name__)
 
     async def run_until_idle(self) -> None:
         """Send until nothing is due and nothing is in flight (tests drive it this way)."""
         while True:
             self._finished.clear()
             claimed = self._spawn(await self._claim(max(1, self._limit - len(self._running))))
-            if not claimed and not self._running:
+            if not claimed and not self._running and not self._settled:
                 return
-            if not claimed:
+            if not claimed and self._running:
                 await self._finished.wait()
 
     async def _claim(self, room: int) -> list[OutboxJob]:
+        """Record the attempts that ended since the last claim and take up to `room` sends, in
+        one transaction: one commit per round however many sends end in it, and the store's
+        count of sends in flight (leases) never includes one that has ended."""
         self.congestion.forget_idle(self._monotonic())
+        settle, self._settled = self._settled, []
         return await self._ctx.store.claim_outbox(
-            self._ctx.clock(), room, self.congestion.caps(), self.congestion.start, self._lease
+            self._ctx.clock(),
+            room,
+            self.congestion.caps(),
+            self.congestion.start,
+            self._lease,
+            settle=settle,
         )
 
     def _spawn(self, jobs: list[OutboxJob]) -> int:
@@ -260,12 +283,9 @@ class Dispatcher:
         latency_ms = (ended - started) * 1000
         attempt = self._judge(job, outcome, latency_ms)
         ctx.metrics.fanout.labels(outcome=attempt.outcome).inc()
-        try:
-            await ctx.store.record_attempt(attempt)
-        except StoreError as exc:
-            ctx.writes.failed()
-            # The lease runs out and the send is attempted again: at least once, same webhook-id.
-            log.warning("dispatcher: could not record an attempt (%s)", type(exc).__name__)
+        # Recorded with the dispatcher's next claim (one transaction for every attempt that ended
+        # meanwhile). Until it commits the send stays leased: a crash before then sends it again.
+        self._settled.append(attempt)
 
     def _judge(self, job: OutboxJob, outcome: Outcome, latency_ms: float) -> Attempt:
         now = self._ctx.clock()

@@ -233,6 +233,17 @@ async def test_each_event_published_signed_once_per_attempt(
             return {m.id for m in await broker.messages()} == ids
 
         await wait_until(all_published, timeout=20, what="every event in the broker")
+
+        async def all_recorded() -> bool:
+            # The broker holds a message before it confirms it: the record follows the publish.
+            for event_id in ids:
+                detail = (await stack.client.get(f"{stack.url}/v1/events/{event_id}")).json()
+                mine = [s["status"] for s in detail["sends"] if s["subscription_id"] == sub["id"]]
+                if mine != ["delivered"]:
+                    return False
+            return True
+
+        await wait_until(all_recorded, timeout=20, what="every publish recorded as delivered")
         got = await broker.messages()
         assert len(got) == 3  # once each: every attempt was confirmed at the first try
         hook = Webhook(SECRET)
@@ -265,6 +276,8 @@ async def test_replay_publishes_again_under_the_same_id(make_stack: StackFactory
             return [s["status"] for s in detail["sends"]] == ["delivered", "delivered"]
 
         await wait_until(both_delivered, timeout=20, what="the replayed publish to be confirmed")
+        replay = (await stack.client.get(f"{stack.url}/v1/replays/{answer.json()['id']}")).json()
+        assert replay["done"] and replay["last_error"] is None  # a confirm is no failure
         got = await broker.messages()
         if broker.name == "nats":
             # JetStream drops a repeat of a Nats-Msg-Id inside its duplicate window, and acks it.
