@@ -19,7 +19,7 @@ from aiohttp.resolver import ThreadedResolver
 
 from receiver.congestion import Congestion, Signal
 from receiver.context import Context
-from receiver.destinations import Destinations, Message, Outcome
+from receiver.destinations import BROKER_SCHEMES, Destinations, Message, Outcome
 from receiver.destinations.base import BlockedAddress
 from receiver.outbound import Network, OutboundURLError, address_allowed, host_address, in_allow
 from receiver.redact import strip_callbacks
@@ -41,6 +41,7 @@ LEASE_MARGIN = 10.0  # a claimed send is due again this long after its timeout i
 # Seconds between claims while due sends wait for subscribers at their cap: a send of ours that
 # ends wakes the dispatcher at once; this bounds the wait for another process's.
 IDLE_POLL = 0.1
+UNSIGNED = Outcome(False, error="RECEIVER_CALLBACK_SECRET is unset: cannot sign", reached=False)
 
 
 class GuardedResolver(AbstractResolver):
@@ -150,7 +151,9 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._monotonic = monotonic
         self._keys: dict[str, bytes] = {}  # decoded subscriber secrets, by their stored form
-        self._urls: dict[str, str] = {}  # broker URLs with their passwords opened, by stored form
+        # URLs with their passwords opened (and whether each names a broker), by stored form
+        self._urls: dict[str, tuple[str, bool]] = {}
+        self._in_flight = 0  # sends under way in this process (a broker's window counts each)
         self._running: set[asyncio.Task[None]] = set()
         self._settled: list[Attempt] = []  # attempts that ended, recorded with the next claim
         self._finished = asyncio.Event()
@@ -166,7 +169,7 @@ class Dispatcher:
             wakeup.clear()
             self._finished.clear()
             await self._destinations.sweep()
-            room = max(0, self._limit - len(self._running))
+            room = max(0, self._limit - self._in_flight)
             claimed = 0
             try:
                 claimed = self._spawn(await self._claim(room))
@@ -204,7 +207,7 @@ class Dispatcher:
         """Send until nothing is due and nothing is in flight (tests drive it this way)."""
         while True:
             self._finished.clear()
-            claimed = self._spawn(await self._claim(max(1, self._limit - len(self._running))))
+            claimed = self._spawn(await self._claim(max(1, self._limit - self._in_flight)))
             if not claimed and not self._running and not self._settled:
                 return
             if not claimed and self._running:
@@ -226,17 +229,30 @@ class Dispatcher:
         )
 
     def _spawn(self, jobs: list[OutboxJob]) -> int:
+        """Start the claimed sends: each HTTP one on its own; a broker's together, published as
+        one window whose confirms are awaited together (one task, one round of the client)."""
+        windows: dict[int, list[OutboxJob]] = {}
         for job in jobs:
-            key = job.subscription.pk
-            self._sending[key] = self._sending.get(key, 0) + 1
-            sending = asyncio.create_task(self._deliver(job))
-            self._running.add(sending)
-            sending.add_done_callback(functools.partial(self._done, key=key))
+            if self._url(job)[1]:
+                windows.setdefault(job.subscription.pk, []).append(job)
+            else:
+                self._start([job])
+        for window in windows.values():
+            self._start(window)
         return len(jobs)
 
-    def _done(self, task: asyncio.Task[None], key: int) -> None:
+    def _start(self, jobs: list[OutboxJob]) -> None:
+        key = jobs[0].subscription.pk
+        self._sending[key] = self._sending.get(key, 0) + len(jobs)
+        self._in_flight += len(jobs)
+        sending = asyncio.create_task(self._deliver(jobs))
+        self._running.add(sending)
+        sending.add_done_callback(functools.partial(self._done, key=key, sends=len(jobs)))
+
+    def _done(self, task: asyncio.Task[None], key: int, sends: int) -> None:
         self._running.discard(task)
-        self._sending[key] -= 1
+        self._in_flight -= sends
+        self._sending[key] -= sends
         if not self._sending[key]:
             del self._sending[key]
         self._finished.set()
@@ -250,42 +266,56 @@ class Dispatcher:
             key = self._keys[secret] = parse_key(self._ctx.secrets.open_secret(secret)).material
         return key
 
-    def _url(self, job: OutboxJob) -> str:
+    def _url(self, job: OutboxJob) -> tuple[str, bool]:
+        """The subscription's URL with its password opened, and whether it names a broker."""
         stored = job.subscription.url
-        url = self._urls.get(stored)
-        if url is None:
-            url = self._urls[stored] = self._ctx.secrets.open_url(stored)
-        return url
+        found = self._urls.get(stored)
+        if found is None:
+            url = self._ctx.secrets.open_url(stored)
+            found = self._urls[stored] = (url, urlsplit(url).scheme in BROKER_SCHEMES)
+        return found
 
-    async def _deliver(self, job: OutboxJob) -> None:
+    async def _deliver(self, jobs: list[OutboxJob]) -> None:
+        """Publish the jobs (one subscription's) and keep their attempts for the next claim."""
         ctx = self._ctx
-        key = self._signing_key(job)
         started = self._monotonic()
-        if key is None:
-            outcome = Outcome(False, error="RECEIVER_CALLBACK_SECRET is unset: cannot sign", reached=False)
-        else:
-            body = event_body(job.event)
-            timestamp = str(int(ctx.clock()))
-            message = Message(
-                job.event.id, job.event.type, body, timestamp, sign_v1(key, job.event.id, timestamp, body)
+        timestamp = str(int(ctx.clock()))
+        outcomes: list[Outcome | None] = []
+        messages: list[Message] = []
+        for job in jobs:
+            key = self._signing_key(job)
+            if key is None:
+                outcomes.append(UNSIGNED)
+                continue
+            event = job.event
+            body = event_body(event)
+            messages.append(
+                Message(event.id, event.type, body, timestamp, sign_v1(key, event.id, timestamp, body))
             )
-            outcome = await self._destinations.publish(self._url(job), message)
+            outcomes.append(None)
+        if messages:
+            published = iter(await self._destinations.publish_many(self._url(jobs[0])[0], messages))
+            outcomes = [outcome or next(published) for outcome in outcomes]
         ended = self._monotonic()
-        if outcome.reached:
-            self.congestion.record(
-                job.subscription.pk,
-                signal_of(outcome),
-                started=started,
-                now=ended,
-                latency=ended - started,
-                in_flight=self._sending.get(job.subscription.pk, 1),
-            )
         latency_ms = (ended - started) * 1000
-        attempt = self._judge(job, outcome, latency_ms)
-        ctx.metrics.fanout.labels(outcome=attempt.outcome).inc()
-        # Recorded with the dispatcher's next claim (one transaction for every attempt that ended
-        # meanwhile). Until it commits the send stays leased: a crash before then sends it again.
-        self._settled.append(attempt)
+        fanout = ctx.metrics.fanout
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            assert outcome is not None
+            if outcome.reached:
+                self.congestion.record(
+                    job.subscription.pk,
+                    signal_of(outcome),
+                    started=started,
+                    now=ended,
+                    latency=ended - started,
+                    in_flight=self._sending.get(job.subscription.pk, 1),
+                )
+            attempt = self._judge(job, outcome, latency_ms)
+            fanout.labels(outcome=attempt.outcome).inc()
+            # Recorded with the dispatcher's next claim (one transaction for every attempt that
+            # ended meanwhile). Until it commits the send stays leased: a crash before then sends
+            # it again (at least once, under the same webhook-id).
+            self._settled.append(attempt)
 
     def _judge(self, job: OutboxJob, outcome: Outcome, latency_ms: float) -> Attempt:
         now = self._ctx.clock()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -17,6 +18,9 @@ from receiver.destinations.base import BlockedAddress, Message, Outcome, scrub, 
 from receiver.outbound import Network
 
 __all__ = ["NatsDestination", "nats_subject"]
+
+CONFIRMED = Outcome(True)
+_ANSWERED = (nats.errors.NoRespondersError,)  # an answer, not a broken connection
 
 
 def nats_subject(url: str) -> str:
@@ -78,26 +82,52 @@ class NatsDestination:
                 await asyncio.wait_for(client.close(), timeout=2)
 
     async def publish(self, message: Message) -> Outcome:
-        headers = {**message.headers(), "Nats-Msg-Id": message.id, "content-type": "application/json"}
+        (outcome,) = await self.publish_many([message])
+        return outcome
+
+    async def publish_many(self, messages: list[Message]) -> list[Outcome]:
+        """Every message published before any acknowledgement is awaited (the client sends
+        them together; the stream acknowledges each by its own reply)."""
         try:
             async with asyncio.timeout(self._deadline):
                 client = await self._ready()
-                await client.jetstream().publish(
-                    self._subject, message.body, timeout=self._deadline, headers=headers
+                acks = await asyncio.gather(
+                    *(self._publish(client, m) for m in messages), return_exceptions=True
                 )
         except BlockedAddress as exc:
-            return Outcome(False, error=str(exc), reached=False)
-        except nats.errors.NoRespondersError:
-            return Outcome(False, error=f"no stream takes subject {self._subject!r}")
-        except nats.js.errors.APIError as exc:
-            return Outcome(False, error=scrub(f"the stream refused it: {exc}", self._parts))
+            return [Outcome(False, error=str(exc), reached=False)] * len(messages)
         except TimeoutError:
             await self._drop()
-            return Outcome(False, error="timed out")
+            return [Outcome(False, error="timed out")] * len(messages)
         except Exception as exc:
             await self._drop()
-            return Outcome(False, error=scrub(f"{type(exc).__name__}: {exc}", self._parts))
-        return Outcome(True)
+            return [Outcome(False, error=scrub(f"{type(exc).__name__}: {exc}", self._parts))] * len(messages)
+        outcomes = [self._outcome(ack) for ack in acks]
+        if any(isinstance(a, Exception) and not isinstance(a, _ANSWERED) for a in acks):
+            await self._drop()  # the connection failed: made again on next use
+        return outcomes
+
+    async def _publish(self, client: Client, message: Message) -> bytes:
+        headers = {**message.headers(), "Nats-Msg-Id": message.id, "content-type": "application/json"}
+        # JetStream's publish is this request; its answer is read here without building a PubAck.
+        answer = await client.request(self._subject, message.body, timeout=self._deadline, headers=headers)
+        return answer.data
+
+    def _outcome(self, ack: bytes | BaseException) -> Outcome:
+        if isinstance(ack, bytes):
+            if b'"error"' not in ack:
+                return CONFIRMED
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                error = json.loads(ack)["error"]
+                return Outcome(
+                    False, error=scrub(f"the stream refused it: {error.get('description')}", self._parts)
+                )
+            return Outcome(False, error="the stream refused it")
+        if isinstance(ack, nats.errors.NoRespondersError):
+            return Outcome(False, error=f"no stream takes subject {self._subject!r}")
+        if isinstance(ack, nats.errors.TimeoutError | TimeoutError):
+            return Outcome(False, error="timed out")
+        return Outcome(False, error=scrub(f"{type(ack).__name__}: {ack}", self._parts))
 
     async def _drop(self) -> None:
         async with self._lock:
