@@ -209,7 +209,7 @@ async def polling_workload(
                         if state != last:
                             health.append((time.monotonic() - start, state))
                             last = state
-                        await asyncio.sleep(0.25)
+                        await asyncio.sleep(0.5)
 
                 watcher = asyncio.create_task(watch())
                 await asyncio.gather(switch(), *(submit(i) for i in range(tasks)))
@@ -927,7 +927,7 @@ async def replay_rate(client: httpx.AsyncClient, url: str, sub_url: str, db: Pat
     """Subscribe `sub_url`, replay every stored event to it, wait until settled (at most 600 s):
     (delivered, seconds, the subscription's secret). The seconds are the store's own: from the
     replay's queueing to its last send settling. The status is only polled to know it is over, a
-    few times a second: each poll counts the replay's sends, work the receiver would do for the
+    twice a second: each poll counts the replay's sends, work the receiver would do for the
     bench and not for the fan-out."""
     subscription = (await client.post(f"{url}/v1/subscriptions", json={"url": sub_url})).json()
     started = time.monotonic()
@@ -939,13 +939,22 @@ async def replay_rate(client: httpx.AsyncClient, url: str, sub_url: str, db: Pat
         status = (await client.get(f"{url}/v1/replays/{replay['id']}")).json()
         if status["done"] or time.monotonic() > deadline:
             break
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.5)
     await client.post(f"{url}/v1/subscriptions/{subscription['id']}/pause")
     with sqlite3.connect(db) as conn:
         queued, settled = conn.execute(
             "SELECT min(created_at), max(settled_at) FROM outbox WHERE replay_id = ?", (replay["id"],)
         ).fetchone()
     return status["by_status"].get("delivered", 0), settled - queued, subscription["secret"]
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system, every thread) a process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / __import__("os").sysconf("SC_CLK_TCK")
 
 
 def signed(bodies: list[bytes], secret: str) -> list[tuple[str, dict[str, str], bytes]]:
@@ -1084,7 +1093,8 @@ async def bench_fanout(args: argparse.Namespace) -> int:
     kinds = ["http", *(k for k in args.brokers.split(",") if k)]
     # kind -> one (delivered, rate, baseline) per round; each round measures every kind in turn,
     # the receiver then the baseline, so that both see the machine as it is at that moment.
-    results: dict[str, list[tuple[int, float, float]]] = {kind: [] for kind in kinds}
+    # (and the CPU microseconds per event of each, receiver then baseline)
+    results: dict[str, list[tuple[int, float, float, float, float]]] = {kind: [] for kind in kinds}
     try:
         await wait_ready(url, server)
         await wait_ready(f"http://127.0.0.1:{sink_port}", sink, "/")
@@ -1096,20 +1106,31 @@ async def bench_fanout(args: argparse.Namespace) -> int:
         async with httpx.AsyncClient(timeout=60) as client:
             for _ in range(args.rounds):
                 for kind in kinds:
+                    # CPU time per event too (the receiver's process, all its threads; this one's
+                    # for the baseline): steadier than rates on a machine shared with other work.
+                    spent = process_cpu(server.pid)
                     if kind == "http":
                         delivered, elapsed, secret = await replay_rate(client, url, sink_url, db)
+                        spent = process_cpu(server.pid) - spent
+                        started = time.process_time()
                         baseline = await aiohttp_baseline(sink_url, bodies, secret, args.concurrency)
                     else:
                         broker = BenchBroker(kind)  # fresh names each round (JetStream dedupes ids)
                         try:
                             broker_url = await broker.setup()
                             delivered, elapsed, secret = await replay_rate(client, url, broker_url, db)
-                            baseline = await broker.baseline(signed(bodies, secret), args.concurrency)
+                            spent = process_cpu(server.pid) - spent
+                            messages = signed(bodies, secret)
+                            started = time.process_time()
+                            baseline = await broker.baseline(messages, args.concurrency)
                         finally:
                             await broker.close()
-                    results[kind].append((delivered, delivered / elapsed, baseline))
-                    rate = delivered / elapsed
-                    print(f"  round {len(results[kind])} {kind}: {rate:,.0f}/s against {baseline:,.0f}/s")
+                    cpu = (spent / delivered * 1e6, (time.process_time() - started) / len(bodies) * 1e6)
+                    results[kind].append((delivered, delivered / elapsed, baseline, *cpu))
+                    print(
+                        f"  round {len(results[kind])} {kind}: {delivered / elapsed:,.0f}/s against"
+                        f" {baseline:,.0f}/s; CPU per event {cpu[0]:,.0f} us against {cpu[1]:,.0f} us"
+                    )
     finally:
         for process in (server, sink):
             process.terminate()
@@ -1129,15 +1150,17 @@ async def bench_fanout(args: argparse.Namespace) -> int:
     }
     for kind, rounds in results.items():
         target = 0.25 if kind == "http" else 0.5
-        ratios = [rate / baseline for _, rate, baseline in rounds]
+        ratios = [r[1] / r[2] for r in rounds]
         ratio = statistics.median(ratios)
-        delivered = min(d for d, _, _ in rounds)
+        delivered = min(r[0] for r in rounds)
         passed = delivered == args.events and ratio >= target
         ok = ok and passed
-        rate = statistics.median(r for _, r, _ in rounds)
-        baseline = statistics.median(b for _, _, b in rounds)
-        print(f"  {kind}: receiver, fewest confirmed and recorded in a round {delivered:,}: {rate:,.0f}/s")
-        print(f"  {kind}: {names[kind]}: {baseline:,.0f}/s (median)")
+        rate, baseline, cpu, baseline_cpu = (statistics.median(r[i] for r in rounds) for i in range(1, 5))
+        print(
+            f"  {kind}: receiver, fewest confirmed and recorded in a round {delivered:,}: {rate:,.0f}/s"
+            f" (median), {cpu:,.0f} us of CPU per event"
+        )
+        print(f"  {kind}: {names[kind]}: {baseline:,.0f}/s (median), {baseline_cpu:,.0f} us of CPU per event")
         print(
             f"  {kind}: ratio {ratio:.1%} (rounds: {', '.join(f'{r:.1%}' for r in ratios)}) "
             f"(target >= {target:.0%}) {'PASS' if passed else 'FAIL'}"
