@@ -310,7 +310,7 @@ class Dispatcher:
             outcomes = [outcome or next(published) for outcome in outcomes]
         ended = self._monotonic()
         latency_ms = (ended - started) * 1000
-        fanout = ctx.metrics.fanout
+        counted: dict[str, int] = {}
         for job, outcome in zip(jobs, outcomes, strict=True):
             assert outcome is not None
             if outcome.reached:
@@ -323,11 +323,13 @@ class Dispatcher:
                     in_flight=self._sending.get(job.subscription.pk, 1),
                 )
             attempt = self._judge(job, outcome, latency_ms)
-            fanout.labels(outcome=attempt.outcome).inc()
+            counted[attempt.outcome] = counted.get(attempt.outcome, 0) + 1
             # Recorded with the dispatcher's next claim (one transaction for every attempt that
             # ended meanwhile). Until it commits the send stays leased: a crash before then sends
             # it again (at least once, under the same webhook-id).
             self._settled.append(attempt)
+        for name, count in counted.items():
+            ctx.metrics.fanout.labels(outcome=name).inc(count)
 
     def _judge(self, job: OutboxJob, outcome: Outcome, latency_ms: float) -> Attempt:
         now = self._ctx.clock()

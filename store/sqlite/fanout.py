@@ -203,7 +203,8 @@ class FanoutStore(SQLiteBase):
 
         if not settle and limit <= 0:
             return []
-        return await self._write(unit)
+        # Not durable: lost to a crash of the machine, a claim or an attempt only sends again.
+        return await self._write(unit, durable=False)
 
     async def record_attempt(self, attempt: Attempt) -> None:
         await self._write(lambda conn: _record(conn, (attempt,)))
