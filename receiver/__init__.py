@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __all__ = ["Settings", "SettingsError", "__version__", "create_app"]
-__version__ = "0.1.0"
+__version__ = "0.3.0.dev0"
 
 if TYPE_CHECKING:
     from receiver.app import create_app

@@ -21,26 +21,27 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from receiver import api, dashboard, events, ingest
-from receiver.capture import Capturer, capture_session
 from receiver.context import Context
-from receiver.destinations import Destinations
 from receiver.errors import ApiError, ReceiverError, to_api_error
-from receiver.fanout import Dispatcher, outbound_session
-from receiver.guard import CrossSiteGuard
-from receiver.http import json_response
 from receiver.media import media_store
-from receiver.openapi import Operation, openapi_json, operation
-from receiver.poller import Poller
-from receiver.provider import Provider
-from receiver.pruner import Pruner
-from receiver.schedule import Scheduler
-from receiver.schemas import Health
+from receiver.outbound.destinations import Destinations
+from receiver.outbound.provider import Provider
+from receiver.outbound.session import outbound_session
+from receiver.routes import dashboard, deliveries, events, stats, stream, subscriptions, videos, webhooks
+from receiver.routes.guard import CrossSiteGuard
+from receiver.routes.http import json_response
+from receiver.routes.openapi import Operation, openapi_json, operation
+from receiver.routes.schemas import Health
+from receiver.rules.signatures import parse_key
 from receiver.secrets_at_rest import SecretBox, seal_store
 from receiver.settings import Settings
-from receiver.signatures import parse_key
-from receiver.simulator import SimConfig, Simulator, dev_secret
-from receiver.sweeper import Sweeper
+from receiver.simulator.provider import SimConfig, Simulator, dev_secret
+from receiver.workers.capture import Capturer, capture_session
+from receiver.workers.dispatcher import Dispatcher
+from receiver.workers.poller import Poller
+from receiver.workers.pruner import Pruner
+from receiver.workers.schedule import Scheduler
+from receiver.workers.sweeper import Sweeper
 from store import Store, open_store
 
 __all__ = ["Receiver", "create_app"]
@@ -268,7 +269,11 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
-        *api.routes(),
+        *videos.routes(),
+        *deliveries.routes(),
+        *stats.routes(),
+        *subscriptions.routes(),
+        *stream.routes(),
         *events.routes(),
         *dashboard.routes(),
     ]
@@ -306,14 +311,14 @@ def create_app(
     )
     # A redirect to the slash-less path would copy the request's Host into Location: a 404 it is.
     starlette.router.redirect_slashes = False
-    return Receiver(starlette, ingest.IngestApp(lambda: starlette.state.ctx))
+    return Receiver(starlette, webhooks.IngestApp(lambda: starlette.state.ctx))
 
 
 class Receiver:
     """The ASGI app: /webhooks goes straight to the ingest app, everything else to Starlette
     (which also runs the lifespan)."""
 
-    def __init__(self, app: Starlette, webhooks: ingest.IngestApp) -> None:
+    def __init__(self, app: Starlette, webhooks: webhooks.IngestApp) -> None:
         self.app = app
         self._webhooks = webhooks
 

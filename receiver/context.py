@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 from receiver.logsummary import LogSummary
 from receiver.metrics import Metrics
-from receiver.provider import Provider
-from receiver.schedule import Scheduler
+from receiver.outbound.provider import Provider
+from receiver.rules.signatures import Key
 from receiver.secrets_at_rest import SecretBox
 from receiver.settings import Settings
-from receiver.signatures import Key
+from receiver.workers.schedule import Scheduler
 from store import Store
 
 __all__ = ["Context", "WriteHealth"]
@@ -59,21 +59,25 @@ class Context:
     writes: WriteHealth = field(default_factory=WriteHealth, repr=False)
     # One line per cause (an error code) per 10 s, however many deliveries an outage refuses.
     refused: LogSummary = field(
-        default_factory=lambda: LogSummary(logging.getLogger("receiver.ingest"), "deliveries refused"),
+        default_factory=lambda: LogSummary(
+            logging.getLogger("receiver.routes.webhooks"), "deliveries refused"
+        ),
         repr=False,
     )
     unavailable: LogSummary = field(
-        default_factory=lambda: LogSummary(logging.getLogger("receiver.api"), "requests answered 503"),
+        default_factory=lambda: LogSummary(
+            logging.getLogger("receiver.routes.videos"), "requests answered 503"
+        ),
         repr=False,
     )
     poll_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     fanout_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    # A result was recorded: its files may be due for keeping now (receiver.capture).
+    # A result was recorded: its files may be due for keeping now (receiver.workers.capture).
     capture_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # Replaced on every new event: stream readers wait on the one they saw (a broadcast).
     new_events: asyncio.Event = field(default_factory=asyncio.Event)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
-    # Event streams this process holds open now (capped in receiver.events).
+    # Event streams this process holds open now (capped in receiver.routes.events).
     open_streams: int = 0
 
     def wake_poller(self) -> None:

@@ -22,7 +22,7 @@ ReceiverError
  │    └── OverLimit             -> 400: a write would pass its cap (the route names the code)
  ├── ProviderError          the provider gave no usable video object (the submit route maps its
  │                          status: 4xx refusals, 429, 502, 504, or submit_unconfirmed)
- ├── CallError              an outbound call broke its budget (receiver.call) -> 502 (504: too long)
+ ├── CallError              an outbound call broke its budget (receiver.outbound.call) -> 502 (504: too long)
  │    ├── CallTimeout           too long (also a TimeoutError)
  │    │    ├── DeadlineExceeded     its total deadline passed
  │    │    └── Stalled              no byte for the stall interval

@@ -9,8 +9,9 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from receiver.health import ARRIVING, STOPPED, Health
-from store import OutboxStats, PruneRun, Store, TaskStats
+from receiver.rules.health import ARRIVING, STOPPED, Health
+from receiver.rules.records import OutboxStats, PruneRun, TaskStats
+from store import Store
 
 HEALTH_VALUES = {ARRIVING: 1.0, STOPPED: 0.0}  # anything else (unknown): -1
 

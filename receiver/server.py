@@ -9,7 +9,7 @@ closes), and a cap on open connections. At the cap a new connection makes room b
 this order: one stuck in a head or a body (the longest stuck first), else the longest idle one;
 only when every connection is busy with a request the app is handling is the new one refused. So
 no number of clients trickling heads or bodies, or sitting idle, keeps a real delivery out; the
-app caps what it holds open itself (event streams, receiver.events). Idle keep-alive connections
+app caps what it holds open itself (event streams, receiver.routes.events). Idle keep-alive connections
 close after `keepalive_timeout` (uvicorn's own timer).
 
 This subclasses uvicorn's private HttpToolsProtocol, so uvicorn is pinned to the minor version
@@ -334,7 +334,11 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server that says where it listens once its sockets are bound."""
+    """uvicorn's server that says where it listens once its sockets accept connections (with
+    port 0, the port the system chose)."""
+
+    name = "receiver"
+    log = log
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -344,7 +348,7 @@ class Server(uvicorn.Server):
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
                 shown = f"[{host}]" if ":" in host else host
-                log.info("receiver listening on http://%s:%d", shown, port)
+                self.log.info("%s listening on http://%s:%d", self.name, shown, port)
 
 
 def make_server(app: Any, settings: Settings, **config: Any) -> Server:

@@ -12,10 +12,10 @@ from urllib.parse import unquote, urlsplit
 from cryptography.fernet import Fernet
 
 from receiver.errors import SettingsError
-from receiver.guard import origin_of
-from receiver.media import KEY_SEGMENT, S3Location
-from receiver.outbound import Network
-from receiver.signatures import Key, SecretFormatError, parse_key
+from receiver.media.base import KEY_SEGMENT, S3Location
+from receiver.outbound.addresses import Network
+from receiver.routes.guard import origin_of
+from receiver.rules.signatures import Key, SecretFormatError, parse_key
 
 __all__ = ["Network", "Settings", "SettingsError"]
 
@@ -187,7 +187,7 @@ class Settings:
     provider_timeout: int = 30
     submit_confirm_window: int = 3600  # seconds an unconfirmed submit waits for its delivery
     fanout_concurrency: int = 64
-    fanout_per_subscriber: int = 4  # where a subscriber's adaptive window starts (receiver.congestion)
+    fanout_per_subscriber: int = 4  # where a subscriber's adaptive window starts (receiver.rules.congestion)
     callback_secret: str | None = field(default=None, repr=False)
     # Work one request may cause: sends a replay may queue, subscriptions a client may hold.
     replay_max_sends: int = 10_000
@@ -199,9 +199,9 @@ class Settings:
     keepalive_timeout: float = 5.0
     max_connections: int = 1000
     body_timeout: float = 30.0
-    # Event streams open at once (receiver.events); never more than half of max_connections.
+    # Event streams open at once (receiver.routes.events); never more than half of max_connections.
     max_streams: int = 100
-    # Cross-site rules (see receiver/guard.py).
+    # Cross-site rules (see receiver/routes/guard.py).
     cors_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
 
@@ -211,7 +211,7 @@ class Settings:
     media_timeout: int = 900  # seconds one download may take in all
     # Library-only (no variable): seconds without a byte before a download is abandoned and retried.
     media_stall: float = 30.0
-    # Retention (receiver.pruner): seconds after a task ends that its bodies, events and sends
+    # Retention (receiver.workers.pruner): seconds after a task ends that its bodies, events and sends
     # go, and its row and dedupe keys (0 keeps them); seconds a kept file is kept (0: forever).
     retention: int = 2_592_000
     task_retention: int = 31_536_000

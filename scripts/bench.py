@@ -41,9 +41,9 @@ import httpx
 import uvicorn
 
 from receiver.app import create_app
+from receiver.rules.records import dedupe_base
 from receiver.settings import Settings
-from receiver.simulator import SimConfig, Simulator, dev_secret
-from store.records import dedupe_base
+from receiver.simulator.provider import SimConfig, Simulator, dev_secret
 
 # -- shared machinery -----------------------------------------------------------------------------
 
@@ -533,7 +533,7 @@ def write_requests(
     webhook-id of every line, in order."""
     import random as _random
 
-    from receiver.signatures import parse_key, sign_v1
+    from receiver.rules.signatures import parse_key, sign_v1
 
     key = parse_key(secret).material
     rng = _random.Random(seed)
@@ -895,7 +895,7 @@ async def aiohttp_baseline(url: str, bodies: list[bytes], secret: str, concurren
     """The same signed POSTs from one bare aiohttp session: sends per second."""
     import aiohttp
 
-    from receiver.signatures import parse_key, sign_v1
+    from receiver.rules.signatures import parse_key, sign_v1
 
     key = parse_key(secret).material
     queue = list(reversed(bodies))
@@ -959,7 +959,7 @@ def process_cpu(pid: int) -> float:
 
 def signed(bodies: list[bytes], secret: str) -> list[tuple[str, dict[str, str], bytes]]:
     """The messages as the receiver sends them: (event id, Standard Webhooks headers, body)."""
-    from receiver.signatures import parse_key, sign_v1
+    from receiver.rules.signatures import parse_key, sign_v1
 
     key = parse_key(secret).material
     out = []
@@ -1066,8 +1066,8 @@ class BenchBroker:
 
 
 async def bench_fanout(args: argparse.Namespace) -> int:
-    from receiver.fanout import event_body
-    from store import EventRow
+    from receiver.rules.records import EventRow
+    from receiver.workers.dispatcher import event_body
 
     print(f"machine: {machine()}")
     scratch = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
@@ -1842,7 +1842,7 @@ async def _store_path_run(
 def _path_deliveries(count: int, tasks: int, now: float, prefix: str) -> list[Any]:
     import random as _random
 
-    from store import NewDelivery
+    from receiver.rules.records import NewDelivery
 
     rng = _random.Random(1)
     out = []
@@ -1872,7 +1872,7 @@ def _path_deliveries(count: int, tasks: int, now: float, prefix: str) -> list[An
 
 
 async def _seed_tasks(store: Any, tasks: int, now: float) -> None:
-    from store import NewTask
+    from receiver.rules.records import NewTask
 
     gate = asyncio.Semaphore(32)
 
@@ -1891,8 +1891,9 @@ async def bench_storepath(args: argparse.Namespace) -> int:
     stores against one transaction per delivery on the same server, and pool sizes."""
     import asyncpg
 
-    from receiver import core
-    from store import open_store, rows
+    from receiver.rules import decide
+    from receiver.rules.records import rows
+    from store import open_store
     from store.postgres.changes import write_change
 
     print(f"machine: {machine()}")
@@ -1948,13 +1949,13 @@ async def bench_storepath(args: argparse.Namespace) -> int:
         connections = await asyncpg.create_pool(url, min_size=16, max_size=16)
 
         async def one_transaction(d: Any) -> None:
-            # The same rules (receiver.core), one transaction and four round trips per delivery.
+            # The same rules (receiver.rules.decide), one transaction and four round trips per delivery.
             async with connections.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(
                     f"SELECT {rows.LEAN} FROM tasks WHERE token_hash = $1 FOR UPDATE", d.token_hash
                 )
                 task = rows.lean_task(row)
-                outcome, change = core.on_delivery(task, d, video_free=False)
+                outcome, change = decide.on_delivery(task, d, video_free=False)
                 pk = await conn.fetchval(
                     "INSERT INTO deliveries (dedupe_key, task_pk, video_id, route, verified_by, headers,"
                     " body, status, outcome, received_at, last_seen_at)"
@@ -2036,7 +2037,7 @@ def _driver_batches(batches: int, tasks: int, now: float, prefix: str) -> list[l
 
 
 def _driver_columns(batch: list[tuple[Any, ...]], pks: dict[str, int], now: float) -> list[list[Any]]:
-    """_DRIVER_INSERT's arrays for a batch, task_pk from the read (as receiver.core plans it)."""
+    """_DRIVER_INSERT's arrays for a batch, task_pk from the read (as receiver.rules.decide plans it)."""
     n = len(batch)
     return [
         [d[0] for d in batch],
@@ -2228,9 +2229,7 @@ class FileProvider:
                     left -= len(piece)
                     yield piece
 
-            return StreamingResponse(
-                chunks(), media_type="video/mp4", headers={"content-length": str(size)}
-            )
+            return StreamingResponse(chunks(), media_type="video/mp4", headers={"content-length": str(size)})
 
         return Starlette(
             routes=[
@@ -2277,7 +2276,7 @@ def s3_settings(endpoint: str) -> dict[str, str]:
     }
 
 
-CAPTURE_CONCURRENCY = 4  # receiver.capture.Capturer's downloads at once
+CAPTURE_CONCURRENCY = 4  # receiver.workers.capture.Capturer's downloads at once
 
 
 async def direct_upload(endpoint: str, bucket: str, sizes: list[int], block: bytes) -> float:
@@ -2286,7 +2285,7 @@ async def direct_upload(endpoint: str, bucket: str, sizes: list[int], block: byt
     parts in flight. Seconds."""
     from aiobotocore.session import get_session
 
-    from receiver.media_s3 import PART_SIZE, PARTS_IN_FLIGHT
+    from receiver.media.s3 import PART_SIZE, PARTS_IN_FLIGHT
 
     env = s3_settings(endpoint)
     async with get_session().create_client(
@@ -2336,10 +2335,10 @@ async def direct_upload(endpoint: str, bucket: str, sizes: list[int], block: byt
 
 
 async def through_writer(endpoint: str, bucket: str, sizes: list[int], block: bytes) -> float:
-    """The receiver's media writer alone (receiver.media_s3), fed 1 MiB at a time as a download
+    """The receiver's media writer alone (receiver.media.s3), fed 1 MiB at a time as a download
     feeds it, as many files at once as the receiver keeps. Seconds."""
-    from receiver.media import S3Location
-    from receiver.media_s3 import S3Media
+    from receiver.media.base import S3Location
+    from receiver.media.s3 import S3Media
 
     keys = s3_settings(endpoint)
     media = S3Media(

@@ -1,70 +1,15 @@
-"""Persistence behind one interface: the Store protocol, its records and errors, and open_store(url).
+"""Persistence behind one interface: the Store protocol and open_store(url).
 
-The store keeps rows; receiver.core decides what each write does. One package per backend:
+The store keeps rows in the records of receiver.rules.records and raises the StoreError branch
+of receiver.errors; receiver.rules.decide decides what each write does. One package per backend:
 store.sqlite (the embedded default, one process) and store.postgres (N processes, one database).
 """
 
 from __future__ import annotations
 
-from store.errors import OverLimit, StoreError, StoreUnavailable, UnknownCursor, UnknownToken, WrongVideo
 from store.protocol import Store
-from store.records import (
-    Attempt,
-    AttemptRow,
-    CaptureOutcome,
-    CaptureRow,
-    CreateResult,
-    DeliveryResult,
-    DeliveryRow,
-    EventRow,
-    HistoryRow,
-    NewDelivery,
-    NewEvent,
-    NewTask,
-    OutboxJob,
-    OutboxRow,
-    OutboxStats,
-    Page,
-    PruneRun,
-    ReplayFilter,
-    SubscriptionRow,
-    TaskChange,
-    TaskRow,
-    TaskStats,
-)
 
-__all__ = [
-    "Attempt",
-    "AttemptRow",
-    "CaptureOutcome",
-    "CaptureRow",
-    "CreateResult",
-    "DeliveryResult",
-    "DeliveryRow",
-    "EventRow",
-    "HistoryRow",
-    "NewDelivery",
-    "NewEvent",
-    "NewTask",
-    "OutboxJob",
-    "OutboxRow",
-    "OutboxStats",
-    "OverLimit",
-    "Page",
-    "PruneRun",
-    "ReplayFilter",
-    "Store",
-    "StoreError",
-    "StoreUnavailable",
-    "SubscriptionRow",
-    "TaskChange",
-    "TaskRow",
-    "TaskStats",
-    "UnknownCursor",
-    "UnknownToken",
-    "WrongVideo",
-    "open_store",
-]
+__all__ = ["Store", "open_store"]
 
 
 def open_store(url: str) -> Store:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from store.records import (
+from receiver.rules.records import (
     Attempt,
     CaptureOutcome,
     CaptureRow,
@@ -50,7 +50,7 @@ class Store(Protocol):
     ) -> TaskRow: ...
     async def abandon_submit(self, pk: int) -> bool: ...
     async def unconfirm_submit(self, pk: int, now: float) -> TaskRow | None:
-        """Our submit's outcome is unknown: keep the task as "unconfirmed" (core.on_submit_unknown).
+        """Our submit's outcome is unknown: keep the task as "unconfirmed" (decide.on_submit_unknown).
         The task as it now reads (a delivery may have adopted it already); None if it is gone."""
 
     async def sweep_submits(self, orphan_before: float, expire_before: float, limit: int) -> tuple[int, int]:
@@ -181,7 +181,7 @@ class Store(Protocol):
     async def captures_of(self, task_pks: list[int]) -> dict[int, list[CaptureRow]]: ...
     async def capture_stats(self) -> dict[str, int]: ...
 
-    # -- retention (receiver.pruner decides the cut-offs; these run one short batch each) -------
+    # -- retention (receiver.workers.pruner decides the cut-offs; these run one short batch each) -------
     async def take_lease(self, name: str, holder: str, now: float, until: float) -> bool:
         """Hold the lease `name` until `until` if it is free, expired, or `holder`'s already."""
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import orjson
 
-from store.records import (
+from receiver.rules.records import (
     AttemptRow,
+    CaptureRow,
     DeliveryRow,
     EventRow,
     OutboxJob,
@@ -25,12 +26,14 @@ __all__ = [
     "LEAN",
     "OUTBOX_SELECT",
     "TASKS",
+    "capture",
     "counted",
     "delivery",
     "event",
     "lean_task",
     "outbox",
     "outbox_job",
+    "stored",
     "subscription",
     "task",
 ]
@@ -180,3 +183,29 @@ def counted(rows: list[Row]) -> dict[tuple[str, str | None], int]:
     """Kept counts (status, resolved_by, n) by (status, resolved_by): '' is kept for "resolved by
     nothing" (a key column cannot be NULL), and a count back at 0 is left out, as a GROUP BY would."""
     return {(r["status"], r["resolved_by"] or None): int(r["n"]) for r in rows if r["n"]}
+
+
+def capture(row: Row) -> CaptureRow:
+    """A captures row, from either backend."""
+    return CaptureRow(
+        pk=row["pk"],
+        task_pk=row["task_pk"],
+        video_id=row["video_id"],
+        variant=row["variant"],
+        url=row["url"],
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        created_at=row["created_at"],
+        settled_at=row["settled_at"],
+        size=row["size"],
+        sha256=row["sha256"],
+        content_type=row["content_type"],
+        key=row["key"],
+        error=row["error"],
+    )
+
+
+def stored(column: str, value: Any) -> Any:
+    """A change's value as its tasks column keeps it: the video as JSON text, the rest as is."""
+    return orjson.dumps(value).decode() if column == "video" else value

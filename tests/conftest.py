@@ -24,10 +24,10 @@ import pytest
 import uvicorn
 
 from receiver.app import create_app
+from receiver.rules.signatures import parse_key, sign_v1
 from receiver.server import ConnectionLimits, guarded_protocol
 from receiver.settings import Settings
-from receiver.signatures import parse_key, sign_v1
-from receiver.simulator import SimConfig, Simulator
+from receiver.simulator.provider import SimConfig, Simulator
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

@@ -1,18 +1,24 @@
 """Helpers several test modules share that are not fixtures: store rows to write, a child
-receiver process, a browser page. (Fixtures and the servers they run are in conftest.py.)"""
+receiver process, a browser page, a subscription made through the API, events seeded in a
+store file. (Fixtures and the servers they run are in conftest.py.)"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from store import NewDelivery, NewTask, Store, open_store
+from receiver.rules.records import NewDelivery, NewTask
+from receiver.simulator.provider import SimConfig
+from store import Store, open_store
 from tests.conftest import SECRET, ReceiverProcess, free_socket
 
 # -- store rows (the contract suite and the backends' own tests) ------------------------------
@@ -155,3 +161,45 @@ async def browser_page(
             await context.close()
         finally:
             await browser.close()
+
+
+DAY = 86_400.0
+
+
+async def a_finished_task(store: Store, n: int, ended: float, *, copies: int = 1) -> str:
+    """A task that completed at `ended` by delivery `msg:n` (plus copies of it); its video id."""
+    await submitted(store, n, ended - 100)
+    for copy in range(copies):
+        await store.record_delivery(delivery(n, f"msg:{n}", "completed", ended + copy))
+    return f"vid{n}"
+
+
+async def subscribe(stack: Any, url: str, **body: Any) -> dict[str, Any]:
+    answer = await stack.client.post(f"{stack.url}/v1/subscriptions", json={"url": url, **body})
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def seed_events(db: Path, count: int) -> None:
+    """Write `count` terminal tasks and their events straight into a fresh store file."""
+    now = time.time()
+    with sqlite3.connect(db) as conn:
+        conn.executemany(
+            "INSERT INTO tasks (pk, video_id, token_hash, status, model, video, request, created_at,"
+            " updated_at, terminal_at, resolved_by) VALUES (?, ?, ?, 'completed', 'm', '{}', '{}', ?, ?, ?,"
+            " 'webhook')",
+            [(i, f"video_{i}", f"t{i}", now, now, now) for i in range(1, count + 1)],
+        )
+        conn.executemany(
+            "INSERT INTO events (id, task_pk, video_id, type, created_at, data) VALUES (?, ?, ?,"
+            " 'video.completed', ?, ?)",
+            [
+                (f"evt_{i:08d}", i, f"video_{i}", now, json.dumps({"id": f"video_{i}"}))
+                for i in range(1, count + 1)
+            ],
+        )
+
+
+# Tasks that end in well under a second, about a third of them failed.
+FAST = SimConfig(secret=SECRET, duration_median=0.2, duration_sigma=0.2, fail_rate=0.3, seed=5)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import StackFactory, Subscriber, serve, wait_until
-from tests.test_fanout import FAST, seed_events, subscribe
+from tests.helpers import FAST, seed_events, subscribe
 
 pytestmark = pytest.mark.anyio
 

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.capture import LEASE
-from receiver.simulator import SimConfig, Simulator
+from receiver.simulator.provider import SimConfig, Simulator
+from receiver.workers.capture import LEASE
 from tests.conftest import SECRET, ReceiverProcess, Stack, StackFactory, free_socket, serve, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -174,7 +174,7 @@ async def test_an_unsatisfiable_range_is_416(make_stack: StackFactory) -> None:
     ],
 )
 def test_result_files(content: Any, expected: Any) -> None:
-    from receiver.core import MAX_FILES, result_files
+    from receiver.rules.decide import MAX_FILES, result_files
 
     found = result_files({"content": content})
     if expected == "16 at most":

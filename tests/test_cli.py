@@ -15,7 +15,7 @@ from importlib.metadata import version
 import httpx
 import pytest
 
-from receiver.__main__ import main, parser
+from receiver.cli.main import main, parser
 from tests.conftest import free_socket
 
 pytestmark = pytest.mark.anyio

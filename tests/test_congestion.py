@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.congestion import Congestion, Signal
+from receiver.rules.congestion import Congestion, Signal
 
 FAST = 0.01  # seconds: a subscriber's usual answer
 OK, BUSY, GONE = Signal.ANSWERED, Signal.OVERLOADED, Signal.UNREACHABLE

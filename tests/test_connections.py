@@ -20,7 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from receiver.server import ConnectionLimits, guarded_protocol
 from receiver.settings import Settings, SettingsError
-from receiver.simulator import SimConfig
+from receiver.simulator.provider import SimConfig
 from tests.conftest import SECRET, Stack, StackFactory, serve, sign_headers, wait_until
 
 pytestmark = pytest.mark.anyio

@@ -1,4 +1,4 @@
-"""The rules, one table each: every public function of receiver.core (and the schedule's pure
+"""The rules, one table each: every public function of receiver.rules.decide (and the schedule's pure
 helpers) with its cases side by side, so a rule and its exceptions can be read together."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from receiver import core
-from receiver.schedule import MIN_SAMPLES, History, eager_first
-from receiver.tasks import is_terminal
-from store.errors import StoreError, UnknownToken, WrongVideo
-from store.records import DeliveryResult, DeliveryRow, NewDelivery, NewEvent, TaskChange, TaskRow
+from receiver.errors import StoreError, UnknownToken, WrongVideo
+from receiver.rules import decide
+from receiver.rules.records import DeliveryResult, DeliveryRow, NewDelivery, NewEvent, TaskChange, TaskRow
+from receiver.rules.tasks import is_terminal
+from receiver.workers.schedule import MIN_SAMPLES, History, eager_first
 
 NOW = 1_000_000.0
 CREATED = NOW - 100.0  # every task here was submitted 100 s before NOW
@@ -118,7 +118,7 @@ RETRY = {"orphan_after": 45.0, "confirm_window": 3600.0}
 def test_on_submit_retry(
     stored_hash: str | None, status: str, age: float, request_hash: str | None, verdict: str
 ) -> None:
-    assert core.on_submit_retry(stored_hash, status, NOW - age, request_hash, NOW, **RETRY) == verdict
+    assert decide.on_submit_retry(stored_hash, status, NOW - age, request_hash, NOW, **RETRY) == verdict
 
 
 @pytest.mark.parametrize(
@@ -131,7 +131,7 @@ def test_on_submit_retry(
     ],
 )
 def test_on_submit_unknown(status: str, sets: dict[str, Any]) -> None:
-    change = core.on_submit_unknown(task(status, video_id=None), NOW)
+    change = decide.on_submit_unknown(task(status, video_id=None), NOW)
     assert (change.sets, change.adds, change.event) == (sets, {}, None)
 
 
@@ -144,7 +144,7 @@ def test_on_submit_unknown(status: str, sets: dict[str, Any]) -> None:
     ],
 )
 def test_submit_sweep(orphan_after: float, confirm_window: float, cutoffs: tuple[float, float]) -> None:
-    assert core.submit_sweep(NOW, orphan_after, confirm_window) == cutoffs
+    assert decide.submit_sweep(NOW, orphan_after, confirm_window) == cutoffs
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def test_submit_sweep(orphan_after: float, confirm_window: float, cutoffs: tuple
     ],
 )
 def test_claims_video(known: str | None, named: str | None, claims: bool) -> None:
-    assert core.claims_video(task(video_id=known), named) is claims
+    assert decide.claims_video(task(video_id=known), named) is claims
 
 
 ANSWER = {"id": "vid1", "status": "queued", "prompt": "a fox", "parameters": {"seed": 1}}
@@ -201,7 +201,7 @@ ANSWER = {"id": "vid1", "status": "queued", "prompt": "a fox", "parameters": {"s
 def test_on_submit_answer(
     before: TaskRow, answer_status: str, sets: dict[str, Any], event: str | None
 ) -> None:
-    change = core.on_submit_answer(
+    change = decide.on_submit_answer(
         before, "vid1", answer_status, {**ANSWER, "status": answer_status}, NOW, NOW + 60
     )
     assert without_video(change) == sets
@@ -214,7 +214,7 @@ def test_on_submit_answer(
 
 def test_on_submit_answer_naming_another_video_is_refused() -> None:
     with pytest.raises(WrongVideo):
-        core.on_submit_answer(task("completed", video_id="vid2"), "vid1", "queued", ANSWER, NOW, NOW + 60)
+        decide.on_submit_answer(task("completed", video_id="vid2"), "vid1", "queued", ANSWER, NOW, NOW + 60)
 
 
 # -- deliveries ----------------------------------------------------------------------------------
@@ -384,7 +384,7 @@ def test_on_delivery(
     adds: dict[str, int],
     event: str | None,
 ) -> None:
-    got, change = core.on_delivery(before, delivery, video_free=video_free)
+    got, change = decide.on_delivery(before, delivery, video_free=video_free)
     assert got == outcome
     assert without_video(change) == sets
     assert change.adds == adds
@@ -460,7 +460,9 @@ def test_on_replay(
     stored_outcome: str | None,
 ) -> None:
     video = None if status is None else {"id": "vid1", "status": status}
-    got, change, keep = core.on_replay(before, row, status, video, needs_confirm, NOW, video_free=video_free)
+    got, change, keep = decide.on_replay(
+        before, row, status, video, needs_confirm, NOW, video_free=video_free
+    )
     assert (got, without_video(change), keep) == (outcome, sets, stored_outcome)
 
 
@@ -530,7 +532,7 @@ def test_on_poll(
     before: TaskRow, status: str | None, options: dict[str, Any], sets: dict[str, Any], adds: dict[str, int]
 ) -> None:
     video = None if status is None else {"id": "vid1", "status": status}
-    change = core.on_poll(before, status, video, NOW, NOW + 30, **options)
+    change = decide.on_poll(before, status, video, NOW, NOW + 30, **options)
     assert without_video(change) == sets
     assert change.adds == adds
     terminal = "terminal_at" in sets
@@ -559,7 +561,7 @@ EVENT_B = NewEvent("evt_b", "video.failed", "vid1", NOW, {})
     ],
 )
 def test_merge(first: TaskChange, second: TaskChange, folded: TaskChange) -> None:
-    core.merge(first, second)
+    decide.merge(first, second)
     assert first == folded
 
 
@@ -578,7 +580,7 @@ def test_merge(first: TaskChange, second: TaskChange, folded: TaskChange) -> Non
 )
 def test_apply_change(change: TaskChange, expected: dict[str, Any]) -> None:
     before = task("queued")
-    after = core.apply_change(before, change)
+    after = decide.apply_change(before, change)
     assert {
         k: v for k, v in dataclasses.asdict(after).items() if dataclasses.asdict(before)[k] != v
     } == expected
@@ -611,7 +613,7 @@ def test_pick_sends(
     limit: int,
     taken: list[int],
 ) -> None:
-    assert core.pick_sends(due, in_flight, caps, default_cap, limit) == taken
+    assert decide.pick_sends(due, in_flight, caps, default_cap, limit) == taken
 
 
 # -- a batch of deliveries -----------------------------------------------------------------------
@@ -672,7 +674,7 @@ def test_plan_deliveries(
     outcomes: list[str],
     recorded: dict[int, int],
 ) -> None:
-    plan = core.plan_deliveries(batch, tasks, already)
+    plan = decide.plan_deliveries(batch, tasks, already)
     kinds = [f"error:{type(v).__name__}" if kind == "error" else kind for kind, v in plan.steps]
     assert kinds == steps
     assert [outcome for _, _, _, outcome in plan.new] == outcomes
@@ -686,7 +688,7 @@ def test_plan_deliveries_adopts_once_and_later_ones_find_the_task_by_its_new_id(
         update("in_progress", dedupe_key="a"),  # on the task's URL: brings the id
         update("completed", dedupe_key="b", token_hash=None),  # on the shared URL: found by that id
     ]
-    plan = core.plan_deliveries(batch, [("tok1", adopted)], set())
+    plan = decide.plan_deliveries(batch, [("tok1", adopted)], set())
     assert [outcome for _, _, _, outcome in plan.new] == ["applied", "applied"]
     assert [task_pk for _, task_pk, _, _ in plan.new] == [1, 1]
     assert plan.changes[1].sets["video_id"] == "vid1" and plan.changes[1].sets["status"] == "completed"
@@ -727,9 +729,9 @@ def test_plan_results(
     sends: dict[int, int],
     answers: list[DeliveryResult | StoreError],
 ) -> None:
-    plan = core.DeliveryPlan(steps=steps, new=new, recorded=recorded)
+    plan = decide.DeliveryPlan(steps=steps, new=new, recorded=recorded)
     key = update(None).key  # msg:1 as the store keeps it: scoped to its task
-    assert core.plan_results(plan, {key: 5}, {"msg:1": (3, "applied")}, sends) == answers
+    assert decide.plan_results(plan, {key: 5}, {"msg:1": (3, "applied")}, sends) == answers
 
 
 # -- the poll schedule's pure helpers --------------------------------------------------------------

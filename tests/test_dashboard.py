@@ -21,7 +21,7 @@ import pytest
 
 from receiver.app import create_app
 from receiver.settings import Settings
-from receiver.simulator import SimConfig, Simulator
+from receiver.simulator.provider import SimConfig, Simulator
 from tests.conftest import SECRET, Subscriber, free_socket, serve, wait_until
 
 # browser_page stays importable from here too: tests written against this module keep working.
@@ -457,7 +457,7 @@ async def test_the_last_prune_and_a_pruned_delivery_show(tmp_path: Path) -> None
     _chromium()
     from playwright.async_api import expect
 
-    from tests.test_retention import DAY, a_finished_task, opened
+    from tests.helpers import DAY, a_finished_task, opened
 
     # A task that ended 40 days ago is in the store before serve starts: its first pass prunes it.
     async with opened(f"sqlite:///{tmp_path}/receiver.db") as (store,):

@@ -1,4 +1,4 @@
-"""store.records.Deadline: the one timer that bounds how long a delivery waits for its batch."""
+"""store.batching.Deadline: the one timer that bounds how long a delivery waits for its batch."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from store.errors import StoreUnavailable
-from store.records import Deadline, settle
+from receiver.errors import StoreUnavailable
+from store.batching import Deadline, settle
 
 pytestmark = pytest.mark.anyio
 

@@ -15,22 +15,14 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from receiver.simulator import SimConfig, Simulator
+from receiver.simulator.provider import SimConfig, Simulator
 from tests.conftest import SECRET, StackFactory, Subscriber, serve, wait_until
-from tests.helpers import child_receiver
+from tests.helpers import FAST, child_receiver, seed_events, subscribe
 
 pytestmark = pytest.mark.anyio
 
-FAST = SimConfig(secret=SECRET, duration_median=0.2, duration_sigma=0.2, fail_rate=0.3, seed=5)
 TASKS = 12
 FANOUT = {"fanout_retry_schedule": (0.3, 0.3, 0.3), "fanout_timeout": 2}
-
-
-async def subscribe(stack: Any, url: str, **body: Any) -> dict[str, Any]:
-    answer = await stack.client.post(f"{stack.url}/v1/subscriptions", json={"url": url, **body})
-    assert answer.status_code == 200, answer.text
-    result: dict[str, Any] = answer.json()
-    return result
 
 
 async def subscription_pk(stack: Any, subscription: dict[str, Any]) -> int:
@@ -333,26 +325,6 @@ async def test_event_stream_with_resume(make_stack: StackFactory) -> None:
         assert json.loads(frames[0]["data"])["id"] != first_id
         bad = await stack.client.get(f"{stack.url}/v1/events/stream", headers={"last-event-id": "evt_nope"})
         assert bad.status_code == 400
-
-
-def seed_events(db: Path, count: int) -> None:
-    """Write `count` terminal tasks and their events straight into a fresh store file."""
-    now = time.time()
-    with sqlite3.connect(db) as conn:
-        conn.executemany(
-            "INSERT INTO tasks (pk, video_id, token_hash, status, model, video, request, created_at,"
-            " updated_at, terminal_at, resolved_by) VALUES (?, ?, ?, 'completed', 'm', '{}', '{}', ?, ?, ?,"
-            " 'webhook')",
-            [(i, f"video_{i}", f"t{i}", now, now, now) for i in range(1, count + 1)],
-        )
-        conn.executemany(
-            "INSERT INTO events (id, task_pk, video_id, type, created_at, data) VALUES (?, ?, ?,"
-            " 'video.completed', ?, ?)",
-            [
-                (f"evt_{i:08d}", i, f"video_{i}", now, json.dumps({"id": f"video_{i}"}))
-                for i in range(1, count + 1)
-            ],
-        )
 
 
 @pytest.mark.slow

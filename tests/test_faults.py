@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.simulator import SimConfig, Simulator
-from receiver.tasks import RANK
-from store.records import dedupe_base
+from receiver.rules.records import dedupe_base
+from receiver.rules.tasks import RANK
+from receiver.simulator.provider import SimConfig, Simulator
 from tests.conftest import SECRET, StackFactory, serve, wait_until
 from tests.helpers import child_receiver
 

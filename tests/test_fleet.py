@@ -21,8 +21,8 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from receiver.simulator import SimConfig, Simulator
-from store.records import dedupe_base
+from receiver.rules.records import dedupe_base
+from receiver.simulator.provider import SimConfig, Simulator
 from tests.conftest import SECRET, ReceiverProcess, Subscriber, free_socket, serve, wait_until
 
 pytestmark = pytest.mark.anyio

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from receiver.health import ARRIVING, STOPPED, UNKNOWN, Health, Observation, evidence, judge
-from store import HistoryRow
+from receiver.rules.health import ARRIVING, STOPPED, UNKNOWN, Health, Observation, evidence, judge
+from receiver.rules.records import HistoryRow
 
 NOW = 10_000.0
 LAG = 2.0

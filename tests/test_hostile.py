@@ -25,10 +25,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.app import create_app
-from receiver.jsonpolicy import MAX_DEPTH
+from receiver.errors import StoreUnavailable
+from receiver.rules.jsonpolicy import MAX_DEPTH
 from receiver.settings import Settings
-from receiver.simulator import SimConfig
-from store import StoreUnavailable
+from receiver.simulator.provider import SimConfig
 from store.sqlite import SQLiteStore
 from tests.conftest import (
     SECRET,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from receiver.simulator import SimConfig
+from receiver.simulator.provider import SimConfig
 from tests.conftest import SECRET, StackFactory, Subscriber, serve, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -150,7 +150,7 @@ def test_the_page_learns_which_optional_routes_exist() -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from receiver.dashboard import _features
+    from receiver.routes.dashboard import _features
 
     async def endpoint(request: Request) -> Response:
         return Response()

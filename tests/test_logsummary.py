@@ -51,7 +51,7 @@ async def test_close_logs_what_was_counted(caplog: pytest.LogCaptureFixture) -> 
 async def test_a_flood_of_refused_deliveries_is_one_line_per_cause(
     make_stack: StackFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "receiver.ingest")
+    caplog.set_level(logging.WARNING, "receiver.routes.webhooks")
     async with make_stack() as stack:
         body = json.dumps({"id": "video_x", "object": "video", "status": "completed"}).encode()
         bad = {**sign_headers(body), "webhook-signature": "v1,AAAA"}
@@ -62,7 +62,7 @@ async def test_a_flood_of_refused_deliveries_is_one_line_per_cause(
         assert [a.json()["error"]["code"] for a in answers] == ["invalid_signature"] * 50 + [
             "missing_signature"
         ] * 20
-        logged = lines(caplog, "receiver.ingest")
+        logged = lines(caplog, "receiver.routes.webhooks")
         assert logged == [
             "deliveries refused: 1 invalid_signature",
             "deliveries refused: 1 missing_signature",

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from receiver.simulator import SimConfig, Simulator, result_file
+from receiver.simulator.provider import SimConfig, Simulator, result_file
 from tests.conftest import SECRET, ReceiverProcess, free_socket, s3_client, s3_env, serve, wait_until
 
 pytestmark = pytest.mark.anyio

@@ -20,9 +20,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver.content import RangeErrorsAsJson
-from receiver.media import LocalMedia, MediaStore, S3Location
-from receiver.media_s3 import S3Media
+from receiver.media.base import MediaStore, S3Location
+from receiver.media.directory import LocalMedia
+from receiver.media.s3 import S3Media
+from receiver.routes.content import RangeErrorsAsJson
 from tests.conftest import s3_client, s3_env, serve
 
 pytestmark = pytest.mark.anyio

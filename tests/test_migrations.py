@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from store import NewDelivery, NewTask
+from receiver.rules.records import NewDelivery, NewTask
+from store import Store
 from store.sqlite import SQLiteStore
 from store.sqlite.migrations import steps
 from tests.conftest import wait_until
@@ -290,8 +291,13 @@ async def test_a_postgres_database_of_every_earlier_step_opens_and_works(postgre
             assert (await store.task_stats()).by_state == {("completed", "webhook"): 1}, done
             task = await store.task_by_video("video_old")
             assert task is not None and (task.status, task.deliveries) == ("completed", 2), done
-            page = await store.list_deliveries("video_old", 10, None)
-            assert [r.dedupe_key for r in page.rows] == ["msg:new", "msg:old"], done
+
+            async def both_listed(store: Store = store) -> bool:
+                # Lists read behind the visibility horizon: a row just written may show a moment later.
+                page = await store.list_deliveries("video_old", 10, None)
+                return [r.dedupe_key for r in page.rows] == ["msg:new", "msg:old"]
+
+            await wait_until(both_listed, timeout=10, what=f"both deliveries listed after step {done}")
         finally:
             await store.close()
         conn = await asyncpg.connect(postgres_url)

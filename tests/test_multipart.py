@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from receiver.errors import InvalidRequest
-from receiver.forms import nest
-from receiver.simulator import SimConfig
+from receiver.routes.forms import nest
+from receiver.simulator.provider import SimConfig
 from tests.conftest import SECRET, StackFactory
 
 pytestmark = pytest.mark.anyio

@@ -10,7 +10,7 @@ from typing import Any
 import openai
 import pytest
 
-from receiver.simulator import SimConfig
+from receiver.simulator.provider import SimConfig
 from tests.conftest import SECRET, Stack, StackFactory, Subscriber, serve, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::DeprecationWarning")]

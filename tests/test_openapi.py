@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from starlette.routing import Mount
 
-from receiver import schemas
 from receiver.app import SIMULATOR_PATH
 from receiver.errors import InvalidRequest
-from receiver.openapi import WEBHOOK_OPERATIONS, operations
+from receiver.routes import schemas
+from receiver.routes.openapi import WEBHOOK_OPERATIONS, operations
 from tests.conftest import StackFactory
 
 pytestmark = pytest.mark.anyio

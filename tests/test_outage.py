@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from receiver.simulator import SimConfig
+from receiver.simulator.provider import SimConfig
 from tests.conftest import SECRET, StackFactory, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +37,7 @@ async def settle_all(stack: Any, ids: list[str]) -> list[dict[str, Any]]:
 async def test_outage_noticed_polled_through_and_recovery_noticed(
     make_stack: StackFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="receiver.schedule")
+    caplog.set_level(logging.INFO, logger="receiver.workers.schedule")
     async with make_stack(QUICK, poll_after=1) as stack:
         await settle_all(stack, await submit_all(stack, 25))
 

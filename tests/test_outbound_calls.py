@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.call import BadEncoding, Budget, TooLarge
-from receiver.provider import Provider, ProviderError
+from receiver.outbound.call import BadEncoding, Budget, TooLarge
+from receiver.outbound.provider import Provider, ProviderError
 from receiver.settings import Settings, SettingsError
-from receiver.simulator import SimConfig
+from receiver.simulator.provider import SimConfig
 from tests.conftest import SECRET, Stack, StackFactory, sign_headers, wait_until
 
 pytestmark = pytest.mark.anyio

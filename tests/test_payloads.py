@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from receiver.payloads import PayloadError, normalise, normalise_status
+from receiver.rules.payloads import PayloadError, normalise, normalise_status
 
 VIDEO = {
     "id": "video_1",

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from receiver.simulator import SimConfig
+from receiver.simulator.provider import SimConfig
 from tests.conftest import SECRET, StackFactory
 
 pytestmark = pytest.mark.anyio

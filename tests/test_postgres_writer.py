@@ -12,8 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from store import UnknownToken
-from store.errors import StoreUnavailable
+from receiver.errors import StoreUnavailable, UnknownToken
 from store.postgres import PostgresStore
 from store.postgres import writer as writer_module
 from tests.helpers import delivery, new_task, opened, submitted

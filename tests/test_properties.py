@@ -14,14 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from receiver import jsonpolicy
 from receiver.errors import InvalidRequest
-from receiver.ids import KINDS, parse_id
-from receiver.outbound import OutboundURLError, address_allowed, check_url, host_address
-from receiver.payloads import PayloadError, normalise, normalise_status
-from receiver.redact import find_token, is_secret_header, redact_headers, strip_callbacks
+from receiver.outbound.addresses import OutboundURLError, address_allowed, check_url, host_address
+from receiver.rules import jsonpolicy
+from receiver.rules.ids import KINDS, new_id, parse_id
+from receiver.rules.payloads import PayloadError, normalise, normalise_status
+from receiver.rules.redact import find_token, is_secret_header, redact_headers, strip_callbacks
+from receiver.rules.signatures import SecretFormatError, SignatureError, parse_key, verify
 from receiver.settings import Settings, SettingsError
-from receiver.signatures import SecretFormatError, SignatureError, parse_key, verify
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NOW = 1_700_000_000
@@ -244,6 +244,15 @@ def test_malformed_ids(value: str) -> None:
     kind = {"dlv": "delivery", "evt": "event", "sub": "subscription"}[value[:3]]
     with pytest.raises(InvalidRequest):
         parse_id(kind, value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "prefix"), [("event", "evt_"), ("subscription", "sub_"), ("replay", "rpl_")]
+)
+def test_minted_ids_are_ids_parse_id_accepts(kind: str, prefix: str) -> None:
+    minted = {new_id(kind) for _ in range(50)}
+    assert len(minted) == 50  # random: never the same twice in practice
+    assert all(m.startswith(prefix) and parse_id(kind, m) == m for m in minted)
 
 
 # -- outbound URLs --------------------------------------------------------------------------

@@ -16,31 +16,23 @@ from typing import Any
 
 import pytest
 
-from receiver.media import LocalMedia
-from receiver.pruner import Pruner
+from receiver.media.directory import LocalMedia
+from receiver.rules.records import Attempt, CaptureOutcome
 from receiver.settings import Settings
-from receiver.simulator import SimConfig
-from store import Attempt, CaptureOutcome, Store
+from receiver.simulator.provider import SimConfig
+from receiver.workers.pruner import Pruner
+from store import Store
 from tests.conftest import SECRET, StackFactory, sign_headers, wait_until
-from tests.test_store_contract import delivery, opened, submitted
+from tests.helpers import DAY, a_finished_task, delivery, opened, submitted
 
 pytestmark = pytest.mark.anyio
 
-DAY = 86_400.0
 T = 1_900_000_000.0  # "now" of the pruner's clock in these cases
 
 
 def pruner(store: Store, media_root: Path, now: float = T, batch: int = 3, **settings: Any) -> Pruner:
     chosen = dataclasses.replace(Settings(), **settings)
     return Pruner(store, chosen, LocalMedia(media_root), clock=lambda: now, batch=batch)
-
-
-async def a_finished_task(store: Store, n: int, ended: float, *, copies: int = 1) -> str:
-    """A task that completed at `ended` by delivery `msg:n` (plus copies of it); its video id."""
-    await submitted(store, n, ended - 100)
-    for copy in range(copies):
-        await store.record_delivery(delivery(n, f"msg:{n}", "completed", ended + copy))
-    return f"vid{n}"
 
 
 async def deliveries_of(store: Store, video_id: str | None, count: int = 1) -> list[Any]:

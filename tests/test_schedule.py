@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from receiver.health import ARRIVING, STOPPED, UNKNOWN, Evidence, Health
-from receiver.schedule import History, plan
+from receiver.rules.health import ARRIVING, STOPPED, UNKNOWN, Evidence, Health
 from receiver.settings import Settings
+from receiver.workers.schedule import History, plan
 
 SETTINGS = Settings.from_env({"RECEIVER_POLL_AFTER": "60"})
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.simulator import SimConfig
+from receiver.simulator.provider import SimConfig
 from tests.conftest import SECRET, StackFactory
 
 pytestmark = pytest.mark.anyio

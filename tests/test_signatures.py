@@ -9,7 +9,7 @@ import hmac
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from receiver.signatures import (
+from receiver.rules.signatures import (
     Key,
     NoSignature,
     SecretFormatError,

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver.simulator import SimConfig, Simulator
+from receiver.simulator.provider import SimConfig, Simulator
 from tests.conftest import SECRET, serve, wait_until
 
 pytestmark = pytest.mark.anyio

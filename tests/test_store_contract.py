@@ -15,18 +15,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from store import (
+from receiver.errors import OverLimit, UnknownCursor, UnknownToken, WrongVideo
+from receiver.rules.records import (
     Attempt,
     CaptureOutcome,
     NewDelivery,
     OutboxStats,
-    OverLimit,
     ReplayFilter,
-    UnknownCursor,
-    UnknownToken,
-    WrongVideo,
+    dedupe_base,
 )
-from store.records import dedupe_base
 from tests.helpers import delivery, new_task, opened, submitted
 
 pytestmark = pytest.mark.anyio
@@ -411,6 +408,32 @@ async def test_a_completed_result_queues_its_files_claimed_like_polls(database_u
         assert (by_pk[retry.pk].status, by_pk[retry.pk].error) == ("pending", "boom")
         assert by_pk[retry.pk].next_attempt_at == pytest.approx(now + 500)
         assert (by_pk[failed.pk].status, by_pk[failed.pk].error) == ("failed", "too large")
+
+
+async def test_a_long_transaction_in_another_database_does_not_hold_lists_back(
+    postgres_url: str, postgres_server: str
+) -> None:
+    """Lists show rows once every transaction that could still sort before them has ended: the
+    ones in this database. One open elsewhere on the server (a report, a dump) must not stall
+    them; one open here must."""
+    now = time.time()
+    elsewhere = await asyncpg.connect(postgres_server)
+    here = await asyncpg.connect(postgres_url)
+    try:
+        async with opened(postgres_url) as (store,), elsewhere.transaction():
+            await elsewhere.fetchval("SELECT pg_current_xact_id()")  # it holds an id now
+            await submitted(store, 1, now)
+            assert [t.video_id for t in (await store.list_tasks(None, 10, None)).rows] == ["vid1"]
+            async with here.transaction():
+                await here.fetchval("SELECT pg_current_xact_id()")
+                await submitted(store, 2, now)
+                held = await store.list_tasks(None, 10, None)
+                assert [t.video_id for t in held.rows] == ["vid1"]
+            shown = await store.list_tasks(None, 10, None)
+            assert [t.video_id for t in shown.rows] == ["vid2", "vid1"]
+    finally:
+        await elsewhere.close()
+        await here.close()
 
 
 async def test_the_task_list_follows_the_order_tasks_got_their_video_ids(database_url: str) -> None:

@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver.simulator import SimConfig, Simulator
-from store import NewTask
+from receiver.rules.records import NewTask
+from receiver.simulator.provider import SimConfig, Simulator
 from tests.conftest import SECRET, ReceiverProcess, StackFactory, free_socket, serve, sign_headers, wait_until
 
 pytestmark = pytest.mark.anyio

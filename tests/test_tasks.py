@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.tasks import transition
+from receiver.rules.tasks import transition
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from store.errors import StoreUnavailable
+from receiver.errors import StoreUnavailable
 from store.postgres import tasks as pg_tasks
 from store.postgres import writer as pg_writer
 from store.sqlite import SQLiteStore
@@ -21,7 +21,7 @@ from store.sqlite import deliveries as sqlite_deliveries
 from store.sqlite import writer as sqlite_writer
 from store.sqlite.writer import Writer
 from tests.conftest import wait_until
-from tests.test_store_contract import delivery, opened, submitted
+from tests.helpers import delivery, opened, submitted
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import asyncpg
 
-from store.errors import StoreUnavailable, UnknownCursor
-from store.records import Page
+from receiver.errors import StoreUnavailable, UnknownCursor
+from receiver.rules.records import Page
 
 __all__ = ["CHANNEL", "PostgresBase", "guard", "keep_session", "migrate"]
 
@@ -242,6 +242,16 @@ class PostgresBase:
         return int(found[0]["tx"]), int(found[0]["pk"])
 
 
-# Rows a reader may show: written by transactions older than every one still running, so none
-# that commits later can sort before them.
-VISIBLE = "{tx} < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+# Rows a reader may show: written by transactions older than every one still running that could
+# write them, so none that commits later can sort before them. Transactions of other databases
+# cannot write our tables, so they do not hold lists back: a long one there (a report, a dump)
+# would otherwise stall every list and event stream here until it ends. They are recognised by
+# their 32-bit id in pg_stat_activity; one not found there (it ended meanwhile, or is not shown to
+# this user) still counts, so the horizon errs only on the late side.
+HORIZON = (
+    "(SELECT coalesce((SELECT min(x::text::bigint) FROM pg_snapshot_xip(snap.s) AS x"
+    " WHERE x::text::bigint % 4294967296 NOT IN (SELECT backend_xid::text::bigint FROM pg_stat_activity"
+    " WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database())),"
+    " pg_snapshot_xmax(snap.s)::text::bigint) FROM (SELECT pg_current_snapshot() AS s) AS snap)"
+)
+VISIBLE = "{tx} < " + HORIZON

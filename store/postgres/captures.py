@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from receiver.rules.records import CaptureOutcome, CaptureRow
 from store import rows
 from store.postgres.base import PostgresBase
-from store.records import CaptureOutcome, CaptureRow
-from store.sqlite.captures import capture
 
 __all__ = ["CaptureStore"]
 
@@ -23,7 +22,7 @@ class CaptureStore(PostgresBase):
                 limit,
                 now + lease,
             )
-        return [capture(r) for r in found]
+        return [rows.capture(r) for r in found]
 
     async def renew_capture(self, pk: int, until: float) -> None:
         async with self._tx() as conn:
@@ -61,7 +60,7 @@ class CaptureStore(PostgresBase):
                 "SELECT * FROM captures WHERE task_pk = ANY($1::bigint[]) ORDER BY task_pk, variant", task_pks
             )
             for row in found:
-                result[row["task_pk"]].append(capture(row))
+                result[row["task_pk"]].append(rows.capture(row))
         return result
 
     async def capture_stats(self) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""PostgreSQL: writing receiver.core's change set for one task (the ack path's batches: writer)."""
+"""PostgreSQL: writing receiver.rules.decide's change set for one task (the ack path's batches: writer)."""
 
 from __future__ import annotations
 
@@ -6,25 +6,19 @@ import json
 from typing import Any
 
 import asyncpg
-import orjson
 
-from store.records import NewEvent, TaskChange
+from receiver.rules.records import NewEvent, TaskChange
+from store import rows
+from store.sql import subscribed
 
 __all__ = ["LISTED", "SUBSCRIBED", "record_events", "write_change"]
 
 # A task joins the task list when it gets its video id: at the place of the transaction that
 # gave it (cursors read in commit order).
 LISTED = "listed_tx = pg_current_xact_id()::text::bigint"
-# Which subscriptions `s` an event `e` (with task_pk and type) is sent to: the transactional
-# outbox's one rule, for the one-task path here and the ack path's batch statement.
-SUBSCRIBED = (
-    "s.status IN ('active', 'paused') AND (s.task_pk = e.task_pk"
-    " OR (s.task_pk IS NULL AND (s.events IS NULL OR s.events ? e.type)))"
-)
-
-
-def _value(column: str, value: Any) -> Any:
-    return orjson.dumps(value).decode() if column == "video" else value
+# Which subscriptions `s` an event `e` is sent to (store.sql): for the one-task path here, the
+# ack path's batch statement and replays.
+SUBSCRIBED = subscribed("s.events ? e.type")
 
 
 def _statement(change: TaskChange) -> str:
@@ -38,7 +32,7 @@ def _statement(change: TaskChange) -> str:
 
 
 def _args(task_pk: int, change: TaskChange) -> tuple[Any, ...]:
-    return (task_pk, *(_value(c, v) for c, v in change.sets.items()), *change.adds.values())
+    return (task_pk, *(rows.stored(c, v) for c, v in change.sets.items()), *change.adds.values())
 
 
 async def write_change(conn: asyncpg.Connection, task_pk: int, change: TaskChange) -> int | None:

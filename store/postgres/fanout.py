@@ -7,16 +7,13 @@ in flight are counted in the database, under one advisory lock that orders claim
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from receiver import core
-from store import rows
-from store.errors import OverLimit, UnknownCursor
-from store.postgres.base import CHANNEL, VISIBLE, PostgresBase
-from store.postgres.changes import SUBSCRIBED
-from store.records import (
+from receiver.errors import OverLimit, UnknownCursor
+from receiver.rules import decide
+from receiver.rules.ids import new_id
+from receiver.rules.records import (
     Attempt,
     AttemptRow,
     EventRow,
@@ -27,6 +24,10 @@ from store.records import (
     ReplayFilter,
     SubscriptionRow,
 )
+from store import rows
+from store.postgres.base import CHANNEL, VISIBLE, PostgresBase
+from store.postgres.changes import SUBSCRIBED
+from store.sql import OWN_OR_GLOBAL
 
 __all__ = ["DUE_SENDS", "NEXT_DUE", "FanoutStore"]
 
@@ -72,7 +73,7 @@ class FanoutStore(PostgresBase):
             row = await conn.fetchrow(
                 "INSERT INTO subscriptions (id, url, events, secret, status, created_at, updated_at)"
                 " VALUES ($1, $2, $3::jsonb, $4, 'active', $5, $5) RETURNING *",
-                "sub_" + secrets.token_hex(12),
+                new_id("subscription"),
                 url,
                 json.dumps(events) if events is not None else None,
                 secret,
@@ -183,7 +184,7 @@ class FanoutStore(PostgresBase):
             full = [pk for pk, n in in_flight.items() if n >= caps.get(pk, default_cap)]
             found = await conn.fetch(DUE_SENDS, now, full, limit * 4)
             due = [(r["opk"], r["spk"]) for r in found]
-            taken = core.pick_sends(due, in_flight, caps, default_cap, limit)
+            taken = decide.pick_sends(due, in_flight, caps, default_cap, limit)
             if not taken:
                 return []
             joined = await conn.fetch(
@@ -233,7 +234,7 @@ class FanoutStore(PostgresBase):
         clause = selecting(3)
         if sel.subscription_id is not None:
             args.append(sel.subscription_id)
-            match = f"s.id = ${len(args)} AND (s.task_pk IS NULL OR s.task_pk = e.task_pk)"
+            match = f"s.id = ${len(args)} AND {OWN_OR_GLOBAL}"
         else:
             match = SUBSCRIBED  # every subscription the event matches now
         # One statement, one snapshot: the pairs counted are the pairs written, so a subscription

@@ -8,10 +8,10 @@ import json
 
 import asyncpg
 
+from receiver.rules.records import CaptureRow, PruneRun
+from store import rows
 from store.postgres.base import PostgresBase
 from store.preview import preview_counts
-from store.records import CaptureRow, PruneRun
-from store.sqlite.captures import capture
 
 __all__ = ["RetentionStore"]
 
@@ -171,7 +171,7 @@ class RetentionStore(PostgresBase):
                 ended_before,
                 limit - len(found),
             )
-        unique = {r["pk"]: capture(r) for r in found}
+        unique = {r["pk"]: rows.capture(r) for r in found}
         return list(unique.values())
 
     async def expire_files(self, pks: list[int]) -> int:

@@ -1,21 +1,17 @@
 """PostgreSQL: tasks, inbound deliveries and polls. Each write locks its task row, asks
-receiver.core, and writes the change set it returns."""
+receiver.rules.decide, and writes the change set it returns."""
 
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any
 
 import asyncpg
 
-from receiver import core
-from store import rows
-from store.errors import StoreUnavailable, UnknownCursor, WrongVideo
-from store.postgres.base import COMMAND_TIMEOUT, VISIBLE, PostgresBase, keep_session
-from store.postgres.changes import write_change
-from store.postgres.writer import LOCK_TIMEOUT, DeliveryWriter
-from store.records import (
+from receiver.errors import StoreUnavailable, UnknownCursor, WrongVideo
+from receiver.rules import decide
+from receiver.rules.ids import new_id
+from receiver.rules.records import (
     CreateResult,
     DeliveryResult,
     DeliveryRow,
@@ -27,6 +23,10 @@ from store.records import (
     TaskStats,
     delivery_pk,
 )
+from store import rows
+from store.postgres.base import COMMAND_TIMEOUT, VISIBLE, PostgresBase, keep_session
+from store.postgres.changes import write_change
+from store.postgres.writer import LOCK_TIMEOUT, DeliveryWriter
 
 __all__ = ["TaskStore"]
 
@@ -205,7 +205,7 @@ class TaskStore(PostgresBase):
                     new.idem_key,
                 )
                 if row is not None:
-                    verdict = core.on_submit_retry(
+                    verdict = decide.on_submit_retry(
                         row["request_hash"],
                         row["status"],
                         row["created_at"],
@@ -242,7 +242,7 @@ class TaskStore(PostgresBase):
                 await conn.execute(
                     "INSERT INTO subscriptions (id, url, events, secret, status, task_pk, created_at,"
                     " updated_at) VALUES ($1, $2, NULL, '', 'active', $3, $4, $4)",
-                    "sub_" + secrets.token_hex(12),
+                    new_id("subscription"),
                     new.callback_url,
                     pk,
                     new.created_at,
@@ -263,7 +263,7 @@ class TaskStore(PostgresBase):
             owner = await conn.fetchval("SELECT pk FROM tasks WHERE video_id = $1", video_id)
             if owner is not None and owner != pk:
                 raise WrongVideo(video_id)
-            change = core.on_submit_answer(task, video_id, status, video, now, next_poll_at)
+            change = decide.on_submit_answer(task, video_id, status, video, now, next_poll_at)
             recorded = await write_change(conn, pk, change) is not None
             answer = await _full_task(conn, pk)
         if recorded:
@@ -283,7 +283,7 @@ class TaskStore(PostgresBase):
             row = await conn.fetchrow("SELECT * FROM tasks WHERE pk = $1 FOR UPDATE", pk)
             if row is None:
                 return None
-            await write_change(conn, pk, core.on_submit_unknown(rows.task(row), now))
+            await write_change(conn, pk, decide.on_submit_unknown(rows.task(row), now))
             return await _full_task(conn, pk)
 
     async def sweep_submits(self, orphan_before: float, expire_before: float, limit: int) -> tuple[int, int]:
@@ -336,8 +336,8 @@ class TaskStore(PostgresBase):
             if task_pk is None:
                 return DeliveryResult(delivery.id, False, delivery.outcome, None)
             task = await _locked_task(conn, task_pk)
-            free = core.claims_video(task, delivery.video_id) and await _video_free(conn, delivery.video_id)
-            outcome, change, stored = core.on_replay(
+            free = decide.claims_video(task, delivery.video_id) and await _video_free(conn, delivery.video_id)
+            outcome, change, stored = decide.on_replay(
                 task, delivery, status, video, needs_confirm, now, video_free=free
             )
             sends = await write_change(conn, task.pk, change)
@@ -365,7 +365,7 @@ class TaskStore(PostgresBase):
     ) -> TaskRow:
         async with self._tx() as conn:
             task = await _locked_task(conn, pk)
-            change = core.on_poll(
+            change = decide.on_poll(
                 task, status, video, now, next_poll_at, resolved_by=resolved_by, failed=failed
             )
             recorded = await write_change(conn, pk, change) is not None

@@ -15,12 +15,13 @@ from typing import Any
 import asyncpg
 import orjson
 
-from receiver import core
+from receiver.errors import StoreError, StoreUnavailable
+from receiver.rules import decide
+from receiver.rules.records import DeliveryResult, NewDelivery, NewEvent, TaskChange
 from store import rows
-from store.errors import StoreError, StoreUnavailable
+from store.batching import Deadline, settle
 from store.postgres.base import guard
 from store.postgres.changes import LISTED, SUBSCRIBED
-from store.records import Deadline, DeliveryResult, NewDelivery, NewEvent, TaskChange, settle
 
 __all__ = ["DeliveryWriter"]
 
@@ -256,7 +257,7 @@ def _changed(task: _Task, change: TaskChange, version: str) -> _Task:
     for column, value in change.sets.items():
         i = _LEAN_INDEX.get(column)
         if i is not None:
-            values[i] = orjson.dumps(value).decode() if column == "video" else value
+            values[i] = rows.stored(column, value)
     values[8] = version
     return tuple(values)
 
@@ -325,7 +326,7 @@ async def _store(
     conn: asyncpg.Connection, batch: list[NewDelivery], known: _Known
 ) -> tuple[list[DeliveryResult | StoreError], str | None]:
     """Decide and write a batch in two round trips (one when `known` has every task it names)
-    and no explicit transaction: read the tasks and kept keys, let receiver.core decide the
+    and no explicit transaction: read the tasks and kept keys, let receiver.rules.decide decide the
     whole batch in arrival order, then write every table in one statement (its own transaction,
     committed before it answers). That statement first locks the tasks it was decided on, in pk
     order, and raises a serialization failure when any of them changed since they were read (or
@@ -337,7 +338,7 @@ async def _store(
             _READ,
             list({d.token_hash for d in batch if d.token_hash is not None}),
             list({d.video_id for d in batch if d.video_id is not None}),
-            core.lookup_keys(batch),
+            decide.lookup_keys(batch),
         )
         # One per task; each as (LEAN..., token_hash, version), without the stored keys.
         tasks = list({r["pk"]: tuple(r)[:9] for r in found if r["pk"] is not None}.values())
@@ -345,7 +346,7 @@ async def _store(
         known.learn(tasks, stored)
     else:
         tasks, stored = cached
-    plan = core.plan_deliveries(batch, [(r[7], rows.lean_task(r)) for r in tasks], stored)
+    plan = decide.plan_deliveries(batch, [(r[7], rows.lean_task(r)) for r in tasks], stored)
     # Copies of a delivery new in this batch are counted on the row the batch inserts: the
     # statement's other parts cannot see that row (they all read the snapshot it started with).
     copies = {k: v for k, v in plan.repeats.items() if k not in stored}
@@ -418,7 +419,7 @@ async def _store(
         if cached is not None:  # refused on what we knew: read to be sure
             known.forget(batch)
             return await _store(conn, batch, known)
-        return core.plan_results(plan, {}, {}, {}), None  # every delivery was refused
+        return decide.plan_results(plan, {}, {}, {}), None  # every delivery was refused
     answers = [f"receiver_check({' AND '.join(checks) or 'true'}) AS ok"]
     if new:
         answers.append("(SELECT json_agg(json_build_array(dedupe_key, pk)) FROM ins) AS ins")
@@ -452,10 +453,10 @@ async def _store(
     topics = ["events"] if events else []
     if any(sends.values()):
         topics.append("outbox")
-    if any(o == core.PENDING_CONFIRM for *_, o in new):
+    if any(o == decide.PENDING_CONFIRM for *_, o in new):
         topics.append("tasks")
     topic = ",".join(topics) or None
-    return core.plan_results(plan, inserted, firsts, sends), topic
+    return decide.plan_results(plan, inserted, firsts, sends), topic
 
 
 def _task_updates(st: _Statement, changes: dict[int, TaskChange], checks: list[str]) -> list[str]:
@@ -471,9 +472,7 @@ def _task_updates(st: _Statement, changes: dict[int, TaskChange], checks: list[s
         names = ["pk"]
         assign = []
         for i, column in enumerate(sets):
-            values = [c.sets[column] for _, c in members]
-            if column == "video":
-                values = [orjson.dumps(v).decode() for v in values]
+            values = [rows.stored(column, c.sets[column]) for _, c in members]
             columns.append((values, _TYPES[column]))
             names.append(f"s{i}")
             assign.append(f"{column} = x.s{i}")

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from store.errors import StoreUnavailable, UnknownCursor
-from store.records import Page
+from receiver.errors import StoreUnavailable, UnknownCursor
+from receiver.rules.records import Page
 from store.sqlite.migrations import migrate
 from store.sqlite.writer import Writer
 

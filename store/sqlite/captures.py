@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
 
+from receiver.rules.records import CaptureOutcome, CaptureRow
 from store import rows
-from store.records import CaptureOutcome, CaptureRow
 from store.sqlite.base import SQLiteBase
 
 __all__ = ["CaptureStore"]
-
-
-def capture(row: Any) -> CaptureRow:
-    return CaptureRow(
-        pk=row["pk"],
-        task_pk=row["task_pk"],
-        video_id=row["video_id"],
-        variant=row["variant"],
-        url=row["url"],
-        status=row["status"],
-        attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"],
-        created_at=row["created_at"],
-        settled_at=row["settled_at"],
-        size=row["size"],
-        sha256=row["sha256"],
-        content_type=row["content_type"],
-        key=row["key"],
-        error=row["error"],
-    )
 
 
 class CaptureStore(SQLiteBase):
@@ -47,7 +26,7 @@ class CaptureStore(SQLiteBase):
                 "UPDATE captures SET next_attempt_at = ? WHERE pk = ?",
                 [(now + lease, r["pk"]) for r in found],
             )
-            return [capture(r) for r in found]
+            return [rows.capture(r) for r in found]
 
         return await self._write(unit)
 
@@ -96,7 +75,7 @@ class CaptureStore(SQLiteBase):
             f"SELECT * FROM captures WHERE task_pk IN ({marks}) ORDER BY task_pk, variant", tuple(task_pks)
         )
         for row in found:
-            result[row["task_pk"]].append(capture(row))
+            result[row["task_pk"]].append(rows.capture(row))
         return result
 
     async def capture_stats(self) -> dict[str, int]:

@@ -1,5 +1,5 @@
 """SQLite group commit for the ack path: the deliveries that queue while the writer is busy are
-decided together by receiver.core and written with a handful of set-based statements.
+decided together by receiver.rules.decide and written with a handful of set-based statements.
 
 Every statement hands the GIL to the event loop while SQLite works, and waits to get it back:
 one statement per delivery row made the writer thread and the loop take turns thousands of times
@@ -18,13 +18,15 @@ from typing import Any
 
 import orjson
 
-from receiver import core
+from receiver.errors import StoreError, StoreUnavailable
+from receiver.rules import decide
+from receiver.rules.records import DeliveryResult, NewDelivery, TaskChange
 from store import rows
-from store.errors import StoreError, StoreUnavailable
-from store.records import Deadline, DeliveryResult, NewDelivery, TaskChange, settle
+from store.batching import Deadline, settle
+from store.sql import subscribed
 from store.sqlite.writer import WRITE_TIMEOUT, Late, Writer
 
-__all__ = ["LISTED", "DeliveryBatcher"]
+__all__ = ["LISTED", "SUBSCRIBED", "DeliveryBatcher", "record_events", "stored"]
 
 log = logging.getLogger("receiver.store")
 
@@ -41,6 +43,13 @@ def _json_rows(conn: sqlite3.Connection, sql: str, *params: Any) -> list[list[An
 # a time (BEGIN IMMEDIATE), so the largest place so far is final when this transaction reads it.
 # (The WHERE matches the tasks_listed index: the largest place is one index read, not a scan.)
 LISTED = "listed_seq = (SELECT coalesce(max(listed_seq), 0) + 1 FROM tasks WHERE video_id IS NOT NULL)"
+# Which subscriptions `s` an event `e` is sent to (store.sql), for every statement that queues sends.
+SUBSCRIBED = subscribed("EXISTS (SELECT 1 FROM json_each(s.events) WHERE value = e.type)")
+
+
+def stored(column: str, value: Any) -> Any:
+    """A change's value as SQLite keeps it (store.rows.stored; a flag as 0 or 1)."""
+    return int(value) if isinstance(value, bool) else rows.stored(column, value)
 
 
 def _task_updates(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> None:
@@ -50,10 +59,7 @@ def _task_updates(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> N
         change = changes[pk]
         if not (change.sets or change.adds):
             continue
-        values = [
-            orjson.dumps(v).decode() if c == "video" else (int(v) if isinstance(v, bool) else v)
-            for c, v in change.sets.items()
-        ]
+        values = [stored(c, v) for c, v in change.sets.items()]
         shapes[(tuple(change.sets), tuple(change.adds))].append([pk, *values, *change.adds.values()])
     for (sets, adds), items in shapes.items():
         columns = [*sets, *adds]
@@ -69,7 +75,7 @@ def _task_updates(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> N
         )
 
 
-def _record_events(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> dict[int, int]:
+def record_events(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> dict[int, int]:
     """The batch's events, their sends (the transactional outbox) and their result files to keep.
     Sends queued per task."""
     events = [(pk, c.event) for pk, c in changes.items() if c.event is not None]
@@ -85,12 +91,11 @@ def _record_events(conn: sqlite3.Connection, changes: dict[int, TaskChange]) -> 
         "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at, held)"
         " SELECT e.pk, s.pk, 'pending', e.created_at, e.created_at, s.status = 'paused'"
         " FROM events e JOIN subscriptions s"
-        " ON s.status IN ('active', 'paused') AND (s.task_pk = e.task_pk OR (s.task_pk IS NULL AND"
-        " (s.events IS NULL OR EXISTS (SELECT 1 FROM json_each(s.events) WHERE value = e.type))))"
+        f" ON {SUBSCRIBED}"
         " WHERE e.id IN (SELECT value FROM json_each(?))",
         (ids,),
     )
-    # A completed result's files to keep: durable work written with the result (receiver.capture).
+    # A completed result's files to keep: durable work written with the result (receiver.workers.capture).
     files = [[pk, e.video_id, v, url, e.created_at] for pk, e in events for v, url in e.files]
     if files:
         conn.execute(
@@ -115,7 +120,7 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
     what these reads see stays true until the commit)."""
     tokens = orjson.dumps(list({d.token_hash for d in batch if d.token_hash is not None})).decode()
     videos = orjson.dumps(list({d.video_id for d in batch if d.video_id is not None})).decode()
-    keys = orjson.dumps(core.lookup_keys(batch)).decode()
+    keys = orjson.dumps(decide.lookup_keys(batch)).decode()
     found = _json_rows(
         conn,
         "SELECT json_group_array(json_array(pk, video_id, status, video, created_at, next_poll_at,"
@@ -130,7 +135,7 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
         " (SELECT value FROM json_each(?))",
         keys,
     )
-    plan = core.plan_deliveries(batch, [(r[7], rows.lean_task(r)) for r in found], {str(k) for k in stored})
+    plan = decide.plan_deliveries(batch, [(r[7], rows.lean_task(r)) for r in found], {str(k) for k in stored})
     if plan.new:
         conn.execute(
             "INSERT INTO deliveries (dedupe_key, task_pk, video_id, route, verified_by, headers, body,"
@@ -157,7 +162,7 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
         )
     if plan.changes:
         _task_updates(conn, plan.changes)
-    sends = _record_events(conn, plan.changes)
+    sends = record_events(conn, plan.changes)
     if plan.repeats:
         conn.execute(
             "UPDATE deliveries SET repeats = repeats + x.n, last_seen_at = max(last_seen_at, x.at)"
@@ -172,7 +177,7 @@ def store_batch(conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[Deli
         keys,
     )
     ids = {k: (pk, outcome) for k, pk, outcome in written}
-    return core.plan_results(plan, {k: pk for k, (pk, _) in ids.items()}, ids, sends)
+    return decide.plan_results(plan, {k: pk for k, (pk, _) in ids.items()}, ids, sends)
 
 
 class DeliveryBatcher:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from receiver import core
-from store import rows
-from store.errors import OverLimit, UnknownCursor
-from store.records import (
+from receiver.errors import OverLimit, UnknownCursor
+from receiver.rules import decide
+from receiver.rules.ids import new_id
+from receiver.rules.records import (
     Attempt,
     AttemptRow,
     EventRow,
@@ -22,7 +21,10 @@ from store.records import (
     ReplayFilter,
     SubscriptionRow,
 )
+from store import rows
+from store.sql import OWN_OR_GLOBAL
 from store.sqlite.base import SQLiteBase
+from store.sqlite.deliveries import SUBSCRIBED
 
 __all__ = ["DUE_SENDS", "NEXT_DUE", "FanoutStore"]
 
@@ -65,7 +67,7 @@ class FanoutStore(SQLiteBase):
                 "INSERT INTO subscriptions (id, url, events, secret, status, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, 'active', ?, ?)",
                 (
-                    "sub_" + secrets.token_hex(12),
+                    new_id("subscription"),
                     url,
                     json.dumps(events) if events is not None else None,
                     secret,
@@ -184,7 +186,7 @@ class FanoutStore(SQLiteBase):
                 DUE_SENDS.format(full=",".join("?" * len(full))), (now, *full, limit * 4)
             ).fetchall()
             due = [(row["opk"], row["spk"]) for row in found]
-            taken = core.pick_sends(due, in_flight, caps, default_cap, limit)
+            taken = decide.pick_sends(due, in_flight, caps, default_cap, limit)
             if not taken:
                 return []
             marks = ",".join("?" * len(taken))
@@ -238,13 +240,10 @@ class FanoutStore(SQLiteBase):
                 params.extend(sel.event_ids)
             clause = " AND ".join(where) or "1"
             if sel.subscription_id is not None:
-                match = "s.id = ? AND (s.task_pk IS NULL OR s.task_pk = e.task_pk)"
+                match = f"s.id = ? AND {OWN_OR_GLOBAL}"
                 match_params: list[Any] = [sel.subscription_id]
             else:
-                match = (
-                    "(s.task_pk = e.task_pk OR (s.task_pk IS NULL AND (s.events IS NULL OR EXISTS"
-                    " (SELECT 1 FROM json_each(s.events) WHERE value = e.type))))"
-                )
+                match = SUBSCRIBED  # every subscription the event matches now
                 match_params = []
             pairs = (
                 f"FROM events e JOIN subscriptions s ON {match}"

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from receiver.rules.records import CaptureRow, PruneRun
+from store import rows
 from store.preview import preview_counts
-from store.records import CaptureRow, PruneRun
 from store.sqlite.base import SQLiteBase
-from store.sqlite.captures import capture
 
 __all__ = ["RetentionStore"]
 
@@ -167,7 +167,7 @@ class RetentionStore(SQLiteBase):
                 " WHERE t.terminal_at < ? AND c.status = 'kept' ORDER BY t.terminal_at LIMIT ?",
                 (ended_before, limit - len(found)),
             )
-        unique = {r["pk"]: capture(r) for r in found}
+        unique = {r["pk"]: rows.capture(r) for r in found}
         return list(unique.values())
 
     async def expire_files(self, pks: list[int]) -> int:

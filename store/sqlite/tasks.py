@@ -1,25 +1,21 @@
-"""SQLite: tasks, inbound deliveries and polls. Each write reads its rows, asks receiver.core,
+"""SQLite: tasks, inbound deliveries and polls. Each write reads its rows, asks receiver.rules.decide,
 and writes the change set it returns."""
 
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 from typing import Any
 
-import orjson
-
-from receiver import core
-from store import rows
-from store.errors import UnknownCursor, WrongVideo
-from store.records import (
+from receiver.errors import UnknownCursor, WrongVideo
+from receiver.rules import decide
+from receiver.rules.ids import new_id
+from receiver.rules.records import (
     CreateResult,
     DeliveryResult,
     DeliveryRow,
     HistoryRow,
     NewDelivery,
-    NewEvent,
     NewTask,
     Page,
     TaskChange,
@@ -27,25 +23,18 @@ from store.records import (
     TaskStats,
     delivery_pk,
 )
+from store import rows
 from store.sqlite.base import SQLiteBase
-from store.sqlite.deliveries import LISTED, DeliveryBatcher
+from store.sqlite.deliveries import LISTED, DeliveryBatcher, record_events, stored
 
 __all__ = ["TaskStore", "write_change"]
-
-
-def _value(column: str, value: Any) -> Any:
-    if column == "video":
-        return orjson.dumps(value).decode()
-    if isinstance(value, bool):
-        return int(value)
-    return value
 
 
 def write_change(conn: sqlite3.Connection, task_pk: int, change: TaskChange) -> int | None:
     """Write a change set: one UPDATE (none when nothing changes), and for a terminal result its
     event and sends. Returns the number of sends queued when it recorded an event, else None."""
     sets = [f"{column} = ?" for column in change.sets]
-    params = [_value(column, value) for column, value in change.sets.items()]
+    params = [stored(column, value) for column, value in change.sets.items()]
     sets += [f"{column} = {column} + ?" for column in change.adds]
     params += list(change.adds.values())
     if "video_id" in change.sets:
@@ -54,30 +43,7 @@ def write_change(conn: sqlite3.Connection, task_pk: int, change: TaskChange) -> 
         conn.execute(f"UPDATE tasks SET {', '.join(sets)} WHERE pk = ?", (*params, task_pk))
     if change.event is None:
         return None
-    return _record_event(conn, task_pk, change.event)
-
-
-def _record_event(conn: sqlite3.Connection, task_pk: int, event: NewEvent) -> int:
-    """The result's one event, and its sends (the transactional outbox), in this transaction:
-    "recorded but never queued" cannot happen."""
-    cursor = conn.execute(
-        "INSERT INTO events (id, task_pk, video_id, type, created_at, data) VALUES (?, ?, ?, ?, ?, ?)",
-        (event.id, task_pk, event.video_id, event.type, event.created_at, json.dumps(event.data)),
-    )
-    sends = conn.execute(
-        "INSERT INTO outbox (event_pk, subscription_pk, status, next_attempt_at, created_at, held)"
-        " SELECT ?, pk, 'pending', ?, ?, status = 'paused' FROM subscriptions"
-        " WHERE status IN ('active', 'paused') AND (task_pk = ? OR (task_pk IS NULL AND"
-        " (events IS NULL OR EXISTS (SELECT 1 FROM json_each(subscriptions.events)"
-        " WHERE value = ?))))",
-        (cursor.lastrowid, event.created_at, event.created_at, task_pk, event.type),
-    )
-    conn.executemany(
-        "INSERT INTO captures (task_pk, video_id, variant, url, status, next_attempt_at, created_at)"
-        " VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (task_pk, variant) DO NOTHING",
-        [(task_pk, event.video_id, v, url, event.created_at, event.created_at) for v, url in event.files],
-    )
-    return sends.rowcount
+    return record_events(conn, {task_pk: TaskChange(event=change.event)})[task_pk]
 
 
 def _video_free(conn: sqlite3.Connection, video_id: str | None) -> bool:
@@ -214,7 +180,7 @@ class TaskStore(SQLiteBase):
                     (new.idem_scope, new.idem_key),
                 ).fetchone()
                 if row is not None:
-                    verdict = core.on_submit_retry(
+                    verdict = decide.on_submit_retry(
                         row["request_hash"],
                         row["status"],
                         row["created_at"],
@@ -255,7 +221,7 @@ class TaskStore(SQLiteBase):
                     "INSERT INTO subscriptions (id, url, events, secret, status, task_pk, created_at,"
                     " updated_at) VALUES (?, ?, NULL, '', 'active', ?, ?, ?)",
                     (
-                        "sub_" + secrets.token_hex(12),
+                        new_id("subscription"),
                         new.callback_url,
                         cursor.lastrowid,
                         new.created_at,
@@ -280,7 +246,7 @@ class TaskStore(SQLiteBase):
             owner = conn.execute("SELECT pk FROM tasks WHERE video_id = ?", (video_id,)).fetchone()
             if owner is not None and owner["pk"] != pk:
                 raise WrongVideo(video_id)
-            write_change(conn, pk, core.on_submit_answer(task, video_id, status, video, now, next_poll_at))
+            write_change(conn, pk, decide.on_submit_answer(task, video_id, status, video, now, next_poll_at))
             return _full_task(conn, pk)
 
         return await self._write(unit)
@@ -301,7 +267,7 @@ class TaskStore(SQLiteBase):
             row = conn.execute("SELECT * FROM tasks WHERE pk = ?", (pk,)).fetchone()
             if row is None:
                 return None
-            write_change(conn, pk, core.on_submit_unknown(rows.task(row), now))
+            write_change(conn, pk, decide.on_submit_unknown(rows.task(row), now))
             return _full_task(conn, pk)
 
         return await self._write(unit)
@@ -350,8 +316,8 @@ class TaskStore(SQLiteBase):
             if task_row is None:
                 return DeliveryResult(delivery.id, False, delivery.outcome, None)
             task = rows.task(task_row)
-            free = core.claims_video(task, delivery.video_id) and _video_free(conn, delivery.video_id)
-            outcome, change, stored = core.on_replay(
+            free = decide.claims_video(task, delivery.video_id) and _video_free(conn, delivery.video_id)
+            outcome, change, stored = decide.on_replay(
                 task, delivery, status, video, needs_confirm, now, video_free=free
             )
             sends = write_change(conn, task.pk, change)
@@ -377,7 +343,7 @@ class TaskStore(SQLiteBase):
     ) -> TaskRow:
         def unit(conn: sqlite3.Connection) -> TaskRow:
             task = _full_task(conn, pk)
-            change = core.on_poll(
+            change = decide.on_poll(
                 task, status, video, now, next_poll_at, resolved_by=resolved_by, failed=failed
             )
             write_change(conn, pk, change)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from store.errors import StoreError, StoreUnavailable
+from receiver.errors import StoreError, StoreUnavailable
 
 __all__ = ["Late", "Unit", "Writer"]
 

@@ -1,0 +1,1 @@
+"""The command line: `receiver --help` lists the commands (receiver.cli.main)."""

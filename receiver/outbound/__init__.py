@@ -1,0 +1,1 @@
+"""Calls we make: the budgeted call, the provider client, where we may send, and event destinations."""

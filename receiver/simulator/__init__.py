@@ -1,0 +1,1 @@
+"""A simulated provider for development and tests: `receiver simulate` (receiver.simulator.provider)."""
