@@ -212,3 +212,8 @@ class Store(Protocol):
         self, bodies_before: float, tasks_before: float | None, files_before: float | None
     ) -> dict[str, int]:
         """What a pass would delete now, by table (rows counted, nothing written)."""
+
+    async def reclaim(self, table: str) -> None:
+        """Make the space of the rows a pass deleted from `table` (a table a pass deletes from or
+        rewrites, or count_changes) reusable by the next writes, without blocking them: PostgreSQL
+        VACUUMs it; SQLite takes freed pages from its freelist by itself, so nothing is done."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from receiver.media.base import MediaStore, MediaWriter
 from receiver.simulator.provider import SimConfig, Simulator
 from receiver.workers.capture import LEASE
 from tests.conftest import SECRET, ReceiverProcess, Stack, StackFactory, free_socket, serve, wait_until
@@ -145,6 +148,66 @@ async def test_a_capture_killed_mid_download_starts_over_and_matches(tmp_path: P
             assert not list(media.rglob("*.partial"))  # the crashed attempt's partial file is gone
         finally:
             receiver.stop()
+
+
+class HeldMedia:
+    """A media store whose writers hold every commit until `release` is set."""
+
+    def __init__(self, inner: MediaStore) -> None:
+        self.inner = inner
+        self.release = asyncio.Event()
+        self.held = 0  # commits waiting for the release
+
+    def writer(self, key: str) -> MediaWriter:
+        return _HeldWriter(self, self.inner.writer(key))
+
+
+class _HeldWriter:
+    def __init__(self, media: HeldMedia, inner: MediaWriter) -> None:
+        self.media = media
+        self.inner = inner
+
+    async def write(self, chunk: bytes) -> None:
+        await self.inner.write(chunk)
+
+    async def commit(self) -> None:
+        self.media.held += 1
+        await self.media.release.wait()
+        await self.inner.commit()
+
+    async def abort(self) -> None:
+        await self.inner.abort()
+
+
+async def test_a_small_file_gives_its_download_slot_to_the_next_while_it_is_stored(
+    make_stack: StackFactory,
+) -> None:
+    from tests.test_outbound_calls import SLOW, completed_with, file_server, files_of
+
+    served = {f"/f{i}.mp4": (secrets.token_bytes(20_000), {"content_type": "video/mp4"}) for i in range(6)}
+    files = file_server(served)
+    async with files.running() as url, make_stack(SLOW) as stack:
+        capturer = stack.app.state.capturer
+        media = HeldMedia(capturer._media)
+        capturer._media = media
+        videos = [await completed_with(stack, {"video_url": f"{url}/f{i}.mp4"}) for i in range(6)]
+        # Four slots, six files: with four files held while being stored, the other two are
+        # downloaded all the same (and wait, holding their slots, for their turn to be stored).
+        await wait_until(
+            lambda: media.held == 4 and len(files.exchanges) == 6, timeout=10, what="six downloads"
+        )
+        media.release.set()
+
+        async def all_kept() -> bool:
+            statuses = [(await files_of(stack, v))["video"]["status"] for v in videos]
+            return statuses == ["kept"] * len(videos)
+
+        await wait_until(all_kept, timeout=10, what="every file to be kept")
+        for i, video_id in enumerate(videos):
+            kept = (await files_of(stack, video_id))["video"]
+            assert kept["sha256"] == hashlib.sha256(served[f"/f{i}.mp4"][0]).hexdigest()
+            answer = await stack.client.get(f"{stack.url}/v1/videos/{video_id}/content")
+            assert answer.content == served[f"/f{i}.mp4"][0]
 
 
 async def test_an_unsatisfiable_range_is_416(make_stack: StackFactory) -> None:

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
@@ -30,8 +30,13 @@ LEASE = 15.0  # a claimed capture is due again this long after its last renewal 
 RENEW_EVERY = 5.0  # seconds between lease renewals while a download runs
 RETRY_BASE, RETRY_CAP, MAX_ATTEMPTS = 10.0, 3600.0, 8
 IDLE = 1.0  # seconds between looks for due captures while download slots are free
-CLAIM_SPACING = 0.25  # seconds at least between two claims
+CLAIM_SPACING = 0.25  # seconds a wake-up waits after a look that claimed nothing
 CHUNK = 64 * 1024
+# A file no larger than this is done with its download slot once its last byte is in: the slot
+# takes the next file while this one is stored (at most `concurrency` of these at once, each
+# holding at most this much). A larger one holds its slot until it is stored, as its parts are
+# sent while it downloads anyway: memory stays about `concurrency` large files' worth.
+HANDOFF_BYTES = 8 * 1024 * 1024
 # A download must bring at least this much in every stall interval (30 s): about 2 KiB/s. Less
 # (a byte now and then) holds one of the few download slots for nothing; it is retried later.
 STALL_BYTES = 64 * 1024
@@ -74,55 +79,65 @@ class Capturer:
         self._media = media
         self._trusted = trusted_origin  # the built-in simulator's own URL, under `serve` alone
         self._limit = concurrency
+        self._downloading = 0  # download slots taken
+        self._storing = asyncio.Semaphore(concurrency)  # small files being stored, slots given back
         self._rng = rng or random.Random()
         self._running: set[asyncio.Task[None]] = set()
         self._finished = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim due captures whenever a download slot is free: at once when a result is
-        recorded (a client may download the moment its task completes), else looking every IDLE
-        seconds, and never more than one claim per CLAIM_SPACING."""
+        recorded (a client may download the moment its task completes) or when a slot frees
+        after a claim that filled them all, else looking every IDLE seconds or when a retry
+        falls due. A look that claimed nothing is not repeated for a wake-up within
+        CLAIM_SPACING: a burst of results without files (or of downloads failing at once) must
+        not crowd the store, which the acknowledgement path shares. Every other look claims at
+        least one file, whose download ends in a write of its own anyway."""
         wakeup = self._ctx.capture_wakeup
+        loop = asyncio.get_running_loop()
+        quiet_until = 0.0  # loop time: a wake-up before it waits for it (the last look was idle)
+        full = False  # the last claim filled every free slot, so more may be due
         while not stop.is_set():
             self._finished.clear()
-            wakeup.clear()
-            room = self._limit - len(self._running)
-            delay = IDLE
+            room = self._limit - self._downloading
+            delay: float | None = IDLE
             if room > 0:
+                wakeup.clear()  # before looking, so a result recorded meanwhile is not missed
+                taken = 0
                 try:
                     due = await self._ctx.store.next_capture_due()
                     now = self._ctx.clock()
                     if due is not None and due <= now:
                         taken = self._spawn(await self._ctx.store.claim_captures(now, room, LEASE))
-                        # A claim that filled every slot waits for one to free (each download ends
-                        # in a write of its own anyway). Otherwise at most one claim per
-                        # CLAIM_SPACING: a burst of completed results (or of downloads failing at
-                        # once) must not crowd the store's one writer, which the ack path shares.
-                        delay = IDLE if taken == room else CLAIM_SPACING
                     elif due is not None:
                         delay = min(IDLE, due - now)
                 except StoreError as exc:
                     log.warning("capture: store unavailable (%s)", type(exc).__name__)
-            waiters = [asyncio.ensure_future(e.wait()) for e in (stop, self._finished, wakeup)]
-            if delay == CLAIM_SPACING:
-                await asyncio.wait(waiters[:1], timeout=delay)  # only a stop cuts the spacing short
+                full = taken == room
+                quiet_until = 0.0 if taken else loop.time() + CLAIM_SPACING
+            if full or room <= 0:
+                # Every slot is busy: look again when one frees. A wake-up meanwhile stays set,
+                # and that look sees whatever it announced.
+                events, delay = (stop, self._finished), None
             else:
-                await asyncio.wait(
-                    waiters, timeout=delay if room > 0 else None, return_when=asyncio.FIRST_COMPLETED
-                )
+                events = (stop, wakeup)
+            waiters = [asyncio.ensure_future(e.wait()) for e in events]
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
-            if wakeup.is_set() and not stop.is_set():
-                # Results come in bursts: one look per CLAIM_SPACING serves them all, and keeps
-                # these reads off the acknowledgement path's back.
+            pause = quiet_until - loop.time()
+            if wakeup.is_set() and pause > 0 and not stop.is_set():
+                # Results come in bursts: one look per CLAIM_SPACING serves them all while
+                # there is nothing to claim. Only a stop cuts the spacing short.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=CLAIM_SPACING)
+                    await asyncio.wait_for(stop.wait(), timeout=pause)
         for task in self._running:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
 
     def _spawn(self, rows: list[CaptureRow]) -> int:
         for row in rows:
+            self._downloading += 1
             task = asyncio.create_task(self._keep(row))
             self._running.add(task)
             task.add_done_callback(self._done)
@@ -135,12 +150,24 @@ class Capturer:
     async def _keep(self, row: CaptureRow) -> None:
         ctx = self._ctx
         renewing = asyncio.create_task(self._renew(row.pk))
+        held = True
+
+        def handoff() -> None:
+            """Give this capture's download slot back (once): its download is over. Its record
+            is written after, outside the slot (the claim's lease still covers the row)."""
+            nonlocal held
+            if held:
+                held = False
+                self._downloading -= 1
+                self._finished.set()
+
         try:
-            outcome = await self._download(row)
+            outcome = await self._download(row, handoff)
         except Exception as exc:  # a bug here must not kill the worker: retry later, say why
             log.exception("capture: %s failed unexpectedly", row.variant)
             outcome = self._retry(row, f"internal error: {type(exc).__name__}")
         finally:
+            handoff()
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
@@ -196,7 +223,7 @@ class Capturer:
                 raise Refused(f"{length} bytes is over RECEIVER_MEDIA_MAX_BYTES ({cap})")
             yield response, body
 
-    async def _download(self, row: CaptureRow) -> CaptureOutcome:
+    async def _download(self, row: CaptureRow, handoff: Callable[[], None]) -> CaptureOutcome:
         ctx = self._ctx
         budget = self.budget()
         cap = budget.cap
@@ -213,7 +240,15 @@ class Capturer:
                         await writer.write(chunk)
                     if length is not None and body.received != length:
                         raise aiohttp.ClientPayloadError(f"got {body.received} of {length} bytes")
-                    await writer.commit()
+                    if body.size > HANDOFF_BYTES:
+                        await writer.commit()
+                    else:
+                        # Stored while the next download runs. The download slot is held until
+                        # this file may be stored, so no more small files wait in memory than
+                        # there are slots.
+                        async with self._storing:
+                            handoff()
+                            await writer.commit()
                 except BaseException:
                     await writer.abort()
                     raise

@@ -26,7 +26,7 @@ from receiver.rules.records import PruneRun
 from receiver.settings import Settings
 from store import Store
 
-__all__ = ["Pruner", "add_parser"]
+__all__ = ["RECLAIMED", "Pruner", "add_parser"]
 
 log = logging.getLogger("receiver.workers.pruner")
 
@@ -42,6 +42,30 @@ BATCH = 200
 MAX_BATCHES = 10_000
 
 Batch = Callable[[], Awaitable[tuple[dict[str, int], bool]]]
+# The tables whose rows each count of a pass deleted or rewrote (delivery_bodies: emptied
+# deliveries, their tasks marked pruned; files: capture rows marked expired), and count_changes
+# where the counting triggers appended a change. Biggest first.
+RECLAIMED = (
+    "deliveries",
+    "tasks",
+    "events",
+    "outbox",
+    "attempts",
+    "captures",
+    "subscriptions",
+    "count_changes",
+)
+_TABLES = {
+    "delivery_bodies": ("deliveries", "tasks"),
+    "deliveries": ("deliveries",),
+    "events": ("events", "tasks"),
+    "outbox": ("outbox", "count_changes"),
+    "attempts": ("attempts",),
+    "files": ("captures", "count_changes"),
+    "captures": ("captures", "count_changes"),
+    "subscriptions": ("subscriptions",),
+    "tasks": ("tasks", "count_changes"),
+}
 
 
 class Pruner:
@@ -97,6 +121,8 @@ class Pruner:
         complete = False
         try:
             complete = await self._pass(self.cutoffs(), counts, stop)
+            if counts and not (stop is not None and stop.is_set()):
+                await self._reclaim(counts)
         except StoreError as exc:
             log.warning("pruner: store unavailable (%s); the pass goes on later", type(exc).__name__)
         finally:
@@ -147,6 +173,19 @@ class Pruner:
             # A turn of the loop between batches: whatever queued meanwhile (on SQLite, the
             # acknowledgements waiting for the writer) goes before the next batch.
             await asyncio.sleep(0)
+
+    async def _reclaim(self, counts: dict[str, int]) -> None:
+        """After a pass that deleted rows: the store makes their space reusable (on PostgreSQL a
+        VACUUM of each table touched, which no write waits on), still under the lease, so one
+        process of a fleet does it. The lease is renewed before each table."""
+        touched = {table for key in counts for table in _TABLES.get(key, ())}
+        for table in (t for t in RECLAIMED if t in touched):
+            now = self._clock()
+            if not await self._store.take_lease(LEASE_NAME, self._holder, now, now + LEASE):
+                return
+            started = self._monotonic()
+            await self._store.reclaim(table)
+            log.debug("pruner: reclaimed %s in %.3f s", table, self._monotonic() - started)
 
     async def _expire_files(self, c: decide.PruneCutoffs) -> tuple[dict[str, int], bool]:
         due = await self._store.expiring_files(c.files_before, c.tasks_before, self._batch)

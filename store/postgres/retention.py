@@ -10,12 +10,17 @@ import asyncpg
 
 from receiver.rules.records import CaptureRow, PruneRun
 from store import rows
-from store.postgres.base import PostgresBase
+from store.postgres.base import ACQUIRE_TIMEOUT, PostgresBase, guard
 from store.preview import preview_counts
 
 __all__ = ["RetentionStore"]
 
 _EVENTS_OF = "SELECT pk FROM events WHERE task_pk = ANY($1::bigint[])"
+# The tables reclaim() vacuums: those a pass deletes from or rewrites, and the appended count
+# changes its deletes make (folded away by the sweeper).
+_RECLAIMED = frozenset(
+    ("attempts", "outbox", "events", "deliveries", "captures", "subscriptions", "tasks", "count_changes")
+)
 
 
 async def _fan_out_of(conn: asyncpg.Connection, pks: list[int]) -> dict[str, int]:
@@ -184,6 +189,22 @@ class RetentionStore(PostgresBase):
                 pks,
             )
         return _count(status)
+
+    async def reclaim(self, table: str) -> None:
+        """A plain VACUUM of `table`, so the next writes reuse the space of the rows a pass deleted
+        even where the server's autovacuum is off or behind (migration 7's per-table thresholds
+        only matter where it runs). Its lock (SHARE UPDATE EXCLUSIVE) lets every read and write
+        go on; it runs on a connection of its own (VACUUM cannot run in a transaction, and it must
+        not hold one of the pool's, which the ack path uses), with no statement timeout: a large
+        table's vacuum may take longer than any one query should."""
+        if table not in _RECLAIMED:
+            raise ValueError(f"not a table a pass prunes: {table!r}")
+        async with guard():
+            conn = await asyncpg.connect(self._url, timeout=ACQUIRE_TIMEOUT)
+            try:
+                await conn.execute(f"VACUUM {table}")
+            finally:
+                await conn.close()
 
     async def prune_preview(
         self, bodies_before: float, tasks_before: float | None, files_before: float | None

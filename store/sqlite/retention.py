@@ -185,6 +185,10 @@ class RetentionStore(SQLiteBase):
             )
         )
 
+    async def reclaim(self, table: str) -> None:
+        """Nothing to do: the pages a pass freed are on the freelist, and the next writes take
+        them (see this module's notes)."""
+
     async def prune_preview(
         self, bodies_before: float, tasks_before: float | None, files_before: float | None
     ) -> dict[str, int]:
