@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from receiver.rules.records import (
@@ -126,10 +126,19 @@ class Store(Protocol):
         self, subscription_id: str, status: str, now: float, reason: str | None = None
     ) -> SubscriptionRow | None: ...
     async def claim_outbox(
-        self, now: float, limit: int, caps: Mapping[int, int], default_cap: int, lease: float
+        self,
+        now: float,
+        limit: int,
+        caps: Mapping[int, int],
+        default_cap: int,
+        lease: float,
+        *,
+        settle: Sequence[Attempt] = (),
     ) -> list[OutboxJob]:
         """Due sends, leased until now + lease, at most `caps[subscription pk]` (`default_cap`
-        for one not in `caps`) in flight per subscriber counting every process's leases."""
+        for one not in `caps`) in flight per subscriber counting every process's leases. The
+        attempts in `settle` are recorded first, in the same transaction (as record_attempt
+        does each), so that one commit both settles the sends that ended and takes the next."""
 
     async def record_attempt(self, attempt: Attempt) -> None: ...
     async def next_outbox_due(self) -> float | None: ...

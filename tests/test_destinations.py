@@ -273,6 +273,8 @@ async def test_replay_publishes_again_under_the_same_id(make_stack: StackFactory
             return [s["status"] for s in detail["sends"]] == ["delivered", "delivered"]
 
         await wait_until(both_delivered, timeout=20, what="the replayed publish to be confirmed")
+        replay = (await stack.client.get(f"{stack.url}/v1/replays/{answer.json()['id']}")).json()
+        assert replay["done"] and replay["last_error"] is None  # a confirm is no failure
         got = await broker.messages()
         if broker.name == "nats":
             # JetStream drops a repeat of a Nats-Msg-Id inside its duplicate window, and acks it.

@@ -7,7 +7,7 @@ in flight are counted in the database, under one advisory lock that orders claim
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from receiver.errors import OverLimit, UnknownCursor
@@ -152,12 +152,27 @@ class FanoutStore(PostgresBase):
         return rows.subscription(row)
 
     async def claim_outbox(
-        self, now: float, limit: int, caps: Mapping[int, int], default_cap: int, lease: float
+        self,
+        now: float,
+        limit: int,
+        caps: Mapping[int, int],
+        default_cap: int,
+        lease: float,
+        *,
+        settle: Sequence[Attempt] = (),
     ) -> list[OutboxJob]:
         """Take due sends, at most its cap (`caps`, else `default_cap`) in flight per subscriber across every
-        process: the database counts them (leased_until)."""
+        process: the database counts them (leased_until). The attempts in `settle` are recorded
+        first, in the same transaction, under the claims' lock: a send whose lease ran out and
+        that another process claims again is then never locked by both in opposite orders."""
+        if not settle and limit <= 0:
+            return []
         async with self._tx() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _CLAIM_LOCK)
+            if limit > 0:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _CLAIM_LOCK)
+            await _record(conn, settle)
+            if limit <= 0:
+                return []
             in_flight = {
                 r["spk"]: r["n"]
                 for r in await conn.fetch(
@@ -185,42 +200,8 @@ class FanoutStore(PostgresBase):
         return [rows.outbox_job(r) for r in joined]
 
     async def record_attempt(self, attempt: Attempt) -> None:
-        a = attempt
-        status = {"retry": "pending"}.get(a.outcome, a.outcome)
         async with self._tx() as conn:
-            await conn.execute(
-                "INSERT INTO attempts (outbox_pk, at, status, latency_ms, error) VALUES ($1, $2, $3, $4, $5)",
-                a.outbox_pk,
-                a.at,
-                a.status,
-                a.latency_ms,
-                a.error,
-            )
-            subscription_pk = await conn.fetchval(
-                "UPDATE outbox SET attempts = attempts + 1, status = $1, next_attempt_at = $2,"
-                " leased_until = NULL, settled_at = $3, last_status = $4, last_error = $5"
-                " WHERE pk = $6 AND status = 'pending' RETURNING subscription_pk",
-                status,
-                a.next_attempt_at if status == "pending" else None,
-                None if status == "pending" else a.at,
-                a.status,
-                a.error,
-                a.outbox_pk,
-            )
-            if a.disable_subscription and subscription_pk is not None:
-                await conn.execute(
-                    "UPDATE subscriptions SET status = 'disabled', disabled_reason = $1, updated_at = $2"
-                    " WHERE pk = $3",
-                    "the subscriber answered 410 Gone",
-                    a.at,
-                    subscription_pk,
-                )
-                await conn.execute(
-                    "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, leased_until = NULL,"
-                    " settled_at = $1 WHERE subscription_pk = $2 AND status = 'pending'",
-                    a.at,
-                    subscription_pk,
-                )
+            await _record(conn, (attempt,))
 
     async def next_outbox_due(self) -> float | None:
         found = await self._fetch(NEXT_DUE)
@@ -295,7 +276,7 @@ class FanoutStore(PostgresBase):
         )
         latest = await self._fetch(
             "SELECT a.status, a.error FROM attempts a JOIN outbox o ON o.pk = a.outbox_pk"
-            " WHERE o.replay_id = $1 AND (a.status IS NULL OR a.status < 200 OR a.status > 299)"
+            " WHERE o.replay_id = $1 AND (a.error IS NOT NULL OR a.status < 200 OR a.status > 299)"
             " ORDER BY a.at DESC LIMIT 1",
             replay_id,
         )
@@ -402,3 +383,52 @@ class FanoutStore(PostgresBase):
     async def outbox_stats(self) -> OutboxStats:
         found = await self._counts("outbox")
         return OutboxStats({status: n for (status, _), n in rows.counted(found).items()})
+
+
+async def _record(conn: Any, attempts: Sequence[Attempt]) -> None:
+    """Record attempts, in two statements however many: each one's row, and its send's new state
+    (a send no longer pending, say cancelled meanwhile, keeps its state); a 410 disables its
+    subscriber and cancels the rest of its sends."""
+    if not attempts:
+        return
+    await conn.execute(
+        "INSERT INTO attempts (outbox_pk, at, status, latency_ms, error)"
+        " SELECT * FROM unnest($1::bigint[], $2::float8[], $3::integer[], $4::float8[], $5::text[])",
+        [a.outbox_pk for a in attempts],
+        [a.at for a in attempts],
+        [a.status for a in attempts],
+        [a.latency_ms for a in attempts],
+        [a.error for a in attempts],
+    )
+    states = [{"retry": "pending"}.get(a.outcome, a.outcome) for a in attempts]
+    updated = await conn.fetch(
+        "UPDATE outbox o SET attempts = o.attempts + 1, status = u.status, next_attempt_at = u.next,"
+        " leased_until = NULL, settled_at = u.settled, last_status = u.last_status, last_error = u.last_error"
+        " FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::float8[], $5::integer[], $6::text[])"
+        " AS u(pk, status, next, settled, last_status, last_error)"
+        " WHERE o.pk = u.pk AND o.status = 'pending' RETURNING o.pk, o.subscription_pk",
+        [a.outbox_pk for a in attempts],
+        states,
+        [a.next_attempt_at if s == "pending" else None for a, s in zip(attempts, states, strict=True)],
+        [None if s == "pending" else a.at for a, s in zip(attempts, states, strict=True)],
+        [a.status for a in attempts],
+        [a.error for a in attempts],
+    )
+    subscriber = {r["pk"]: r["subscription_pk"] for r in updated}
+    for a in attempts:
+        subscription_pk = subscriber.get(a.outbox_pk)
+        if not a.disable_subscription or subscription_pk is None:
+            continue
+        await conn.execute(
+            "UPDATE subscriptions SET status = 'disabled', disabled_reason = $1, updated_at = $2"
+            " WHERE pk = $3",
+            "the subscriber answered 410 Gone",
+            a.at,
+            subscription_pk,
+        )
+        await conn.execute(
+            "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, leased_until = NULL,"
+            " settled_at = $1 WHERE subscription_pk = $2 AND status = 'pending'",
+            a.at,
+            subscription_pk,
+        )

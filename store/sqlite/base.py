@@ -64,8 +64,8 @@ class SQLiteBase:
     def on_change(self, listener: Callable[[str], None]) -> None:
         """One process owns the file: every change is made here, so there is nothing to hear."""
 
-    async def _write(self, unit: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._writer.run(unit)
+    async def _write(self, unit: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        return await self._writer.run(unit, durable=durable)
 
     async def _fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
         if self._reader is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from receiver.errors import OverLimit, UnknownCursor
@@ -154,13 +154,23 @@ class FanoutStore(SQLiteBase):
         return await self._write(unit)
 
     async def claim_outbox(
-        self, now: float, limit: int, caps: Mapping[int, int], default_cap: int, lease: float
+        self,
+        now: float,
+        limit: int,
+        caps: Mapping[int, int],
+        default_cap: int,
+        lease: float,
+        *,
+        settle: Sequence[Attempt] = (),
     ) -> list[OutboxJob]:
         """Take due sends, at most its cap (`caps`, else `default_cap`) in flight per subscriber,
         counted in the store (leased_until), so that one slow or dead subscriber never holds the
-        others' places."""
+        others' places. The attempts in `settle` are recorded first, in the same transaction."""
 
         def unit(conn: sqlite3.Connection) -> list[OutboxJob]:
+            _record(conn, settle)
+            if limit <= 0:
+                return []
             in_flight = {
                 r["spk"]: r["n"]
                 for r in conn.execute(
@@ -193,48 +203,13 @@ class FanoutStore(SQLiteBase):
             ).fetchall()
             return [rows.outbox_job(r) for r in joined]
 
-        return await self._write(unit)
+        if not settle and limit <= 0:
+            return []
+        # Not durable: lost to a crash of the machine, a claim or an attempt only sends again.
+        return await self._write(unit, durable=False)
 
     async def record_attempt(self, attempt: Attempt) -> None:
-        a = attempt
-
-        def unit(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO attempts (outbox_pk, at, status, latency_ms, error) VALUES (?, ?, ?, ?, ?)",
-                (a.outbox_pk, a.at, a.status, a.latency_ms, a.error),
-            )
-            status = {"retry": "pending"}.get(a.outcome, a.outcome)
-            conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, status = ?, next_attempt_at = ?,"
-                " leased_until = NULL, settled_at = CASE WHEN ? = 'pending' THEN NULL ELSE ? END,"
-                " last_status = ?, last_error = ? WHERE pk = ? AND status = 'pending'",
-                (
-                    status,
-                    a.next_attempt_at if status == "pending" else None,
-                    status,
-                    a.at,
-                    a.status,
-                    a.error,
-                    a.outbox_pk,
-                ),
-            )
-            if a.disable_subscription:
-                row = conn.execute(
-                    "SELECT subscription_pk FROM outbox WHERE pk = ?", (a.outbox_pk,)
-                ).fetchone()
-                conn.execute(
-                    "UPDATE subscriptions SET status = 'disabled', disabled_reason = ?, updated_at = ?"
-                    " WHERE pk = ?",
-                    ("the subscriber answered 410 Gone", a.at, row["subscription_pk"]),
-                )
-                conn.execute(
-                    "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, leased_until = NULL,"
-                    " settled_at = ?"
-                    " WHERE subscription_pk = ? AND status = 'pending'",
-                    (a.at, row["subscription_pk"]),
-                )
-
-        await self._write(unit)
+        await self._write(lambda conn: _record(conn, (attempt,)))
 
     async def next_outbox_due(self) -> float | None:
         found = await self._fetchall(NEXT_DUE)
@@ -308,7 +283,7 @@ class FanoutStore(SQLiteBase):
         )
         latest = await self._fetchall(
             "SELECT a.status, a.error FROM attempts a JOIN outbox o ON o.pk = a.outbox_pk"
-            " WHERE o.replay_id = ? AND (a.status IS NULL OR a.status < 200 OR a.status > 299)"
+            " WHERE o.replay_id = ? AND (a.error IS NOT NULL OR a.status < 200 OR a.status > 299)"
             " ORDER BY a.at DESC LIMIT 1",
             (replay_id,),
         )
@@ -417,3 +392,48 @@ class FanoutStore(SQLiteBase):
     async def outbox_stats(self) -> OutboxStats:
         found = await self._counts("outbox")
         return OutboxStats({status: n for (status, _), n in rows.counted(found).items()})
+
+
+def _record(conn: sqlite3.Connection, attempts: Sequence[Attempt]) -> None:
+    """Record attempts: each one's row, and its send's new state (a send no longer pending, say
+    cancelled meanwhile, keeps its state); a 410 disables its subscriber and cancels the rest."""
+    if not attempts:
+        return
+    conn.executemany(
+        "INSERT INTO attempts (outbox_pk, at, status, latency_ms, error) VALUES (?, ?, ?, ?, ?)",
+        [(a.outbox_pk, a.at, a.status, a.latency_ms, a.error) for a in attempts],
+    )
+    settled = []
+    for a in attempts:
+        status = {"retry": "pending"}.get(a.outcome, a.outcome)
+        pending = status == "pending"
+        settled.append(
+            (
+                status,
+                a.next_attempt_at if pending else None,
+                None if pending else a.at,
+                a.status,
+                a.error,
+                a.outbox_pk,
+            )
+        )
+    conn.executemany(
+        "UPDATE outbox SET attempts = attempts + 1, status = ?, next_attempt_at = ?,"
+        " leased_until = NULL, settled_at = ?, last_status = ?, last_error = ?"
+        " WHERE pk = ? AND status = 'pending'",
+        settled,
+    )
+    for a in attempts:
+        if not a.disable_subscription:
+            continue
+        row = conn.execute("SELECT subscription_pk FROM outbox WHERE pk = ?", (a.outbox_pk,)).fetchone()
+        conn.execute(
+            "UPDATE subscriptions SET status = 'disabled', disabled_reason = ?, updated_at = ? WHERE pk = ?",
+            ("the subscriber answered 410 Gone", a.at, row["subscription_pk"]),
+        )
+        conn.execute(
+            "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, leased_until = NULL,"
+            " settled_at = ?"
+            " WHERE subscription_pk = ? AND status = 'pending'",
+            (a.at, row["subscription_pk"]),
+        )

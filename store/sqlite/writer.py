@@ -34,11 +34,12 @@ _QUEUED, _STARTED, _ABANDONED = 0, 1, 2
 
 
 class _Job:
-    __slots__ = ("_lock", "_state", "future", "unit")
+    __slots__ = ("_lock", "_state", "durable", "future", "unit")
 
-    def __init__(self, unit: Unit, future: asyncio.Future[Any]) -> None:
+    def __init__(self, unit: Unit, future: asyncio.Future[Any], durable: bool) -> None:
         self.unit = unit
         self.future = future
+        self.durable = durable
         # Started (on the writer thread) and abandoned (on the loop, by a caller whose deadline
         # passed) exclude each other: a caller answered 503 leaves nothing behind, and a unit
         # that began is waited for, since its batch may commit.
@@ -75,6 +76,7 @@ class Writer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._conn: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._durable = True  # the connection's synchronous setting: FULL (True) or NORMAL
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -102,8 +104,15 @@ class Writer:
             self._conn = None
         self._executor.shutdown(wait=True)
 
-    async def run(self, unit: Callable[[sqlite3.Connection], T], *, deadline: float | None = None) -> T:
+    async def run(
+        self, unit: Callable[[sqlite3.Connection], T], *, deadline: float | None = None, durable: bool = True
+    ) -> T:
         """Run `unit` in the next batch's transaction and return what it returned once committed.
+
+        A batch commits with an fsync (synchronous=FULL) when any of its units is `durable`.
+        One that is not (the fan-out's own bookkeeping, whose loss only means sending again)
+        may commit without one (NORMAL): a crash of the process keeps it, a crash of the
+        machine may not. A later durable commit's fsync covers it (the WAL is written in order).
 
         A unit not begun by `deadline` (loop time; WRITE_TIMEOUT from now by default) is never
         run: Late, nothing written. One that has begun is waited for, however long it takes: its
@@ -115,7 +124,7 @@ class Writer:
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + WRITE_TIMEOUT
-        job = _Job(unit, loop.create_future())
+        job = _Job(unit, loop.create_future(), durable)
         self._queue.put_nowait(job)
         try:
             result: T = await asyncio.wait_for(asyncio.shield(job.future), max(0.0, deadline - loop.time()))
@@ -162,6 +171,10 @@ class Writer:
         conn = self._conn
         assert conn is not None
         failed: dict[int, Exception] = {}
+        durable = any(job.durable for job in batch)
+        if durable != self._durable:
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
         while True:
             results: list[tuple[bool, Any]] = []
             conn.execute("BEGIN IMMEDIATE")

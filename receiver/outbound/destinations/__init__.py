@@ -88,18 +88,26 @@ class Destinations:
         return HttpDestination(url, self._http, self._allow, self._deadline)
 
     async def publish(self, url: str, message: Message) -> Outcome:
+        (outcome,) = await self.publish_many(url, [message])
+        return outcome
+
+    async def publish_many(self, url: str, messages: list[Message]) -> list[Outcome]:
+        """Publish the messages to `url`: a broker's as one window (see Destination)."""
         if urlsplit(url).scheme not in BROKER_SCHEMES:
-            return await self._make(url).publish(message)
+            destination = self._make(url)
+            if len(messages) == 1:
+                return [await destination.publish(messages[0])]
+            return await destination.publish_many(messages)
         entry = self._brokers.get(url)
         if entry is None:
             try:
                 destination = self._make(url)
             except ValueError as exc:
-                return Outcome(False, error=str(exc), reached=False)
+                return [Outcome(False, error=str(exc), reached=False)] * len(messages)
             entry = self._brokers[url] = _Entry(destination, self._monotonic())
         entry.in_flight += 1
         try:
-            return await entry.destination.publish(message)
+            return await entry.destination.publish_many(messages)
         finally:
             entry.in_flight -= 1
             entry.used = self._monotonic()

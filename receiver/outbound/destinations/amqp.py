@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiormq
 import aiormq.abc
+from aiormq.exceptions import PublishError
 from pamqp.commands import Basic
 from yarl import URL
 
@@ -16,6 +17,8 @@ from receiver.outbound.addresses import Network
 from receiver.outbound.destinations.base import BlockedAddress, Message, Outcome, scrub, vet_host
 
 __all__ = ["AmqpDestination", "amqp_target"]
+
+CONFIRMED = Outcome(True)
 
 
 def amqp_target(url: str) -> tuple[str, str]:
@@ -72,6 +75,32 @@ class AmqpDestination:
                 await asyncio.wait_for(connection.close(), timeout=2)
 
     async def publish(self, message: Message) -> Outcome:
+        (outcome,) = await self.publish_many([message])
+        return outcome
+
+    async def publish_many(self, messages: list[Message]) -> list[Outcome]:
+        """Every message published on the confirming channel before any confirm is awaited (the
+        broker confirms them as it takes them): a window in one round trip, not one per message."""
+        try:
+            async with asyncio.timeout(self._deadline):
+                channel = await self._ready()
+                confirms = await asyncio.gather(
+                    *(self._publish(channel, m) for m in messages), return_exceptions=True
+                )
+        except BlockedAddress as exc:
+            return [Outcome(False, error=str(exc), reached=False)] * len(messages)
+        except TimeoutError:
+            await self._drop()
+            return [Outcome(False, error="timed out")] * len(messages)
+        except Exception as exc:
+            await self._drop()
+            return [Outcome(False, error=scrub(f"{type(exc).__name__}: {exc}", self._parts))] * len(messages)
+        outcomes = [self._outcome(confirm) for confirm in confirms]
+        if any(isinstance(c, BaseException) and not isinstance(c, PublishError) for c in confirms):
+            await self._drop()  # the channel or the connection failed: made again on next use
+        return outcomes
+
+    async def _publish(self, channel: aiormq.abc.AbstractChannel, message: Message) -> Any:
         properties = Basic.Properties(
             content_type="application/json",
             delivery_mode=2,
@@ -79,29 +108,24 @@ class AmqpDestination:
             message_type=message.type,
             headers=dict[str, Any](message.headers()),
         )
-        try:
-            async with asyncio.timeout(self._deadline):
-                channel = await self._ready()
-                # mandatory: a message no queue takes comes back (PublishError), never "delivered".
-                confirm = await channel.basic_publish(
-                    message.body,
-                    exchange=self._exchange,
-                    routing_key=self._routing_key,
-                    properties=properties,
-                    mandatory=True,
-                )
-        except BlockedAddress as exc:
-            return Outcome(False, error=str(exc), reached=False)
-        except TimeoutError:
-            await self._drop()
-            return Outcome(False, error="timed out")
-        except aiormq.exceptions.PublishError:
-            return Outcome(False, error="the broker routed it to no queue (returned)")
-        except Exception as exc:
-            await self._drop()
-            return Outcome(False, error=scrub(f"{type(exc).__name__}: {exc}", self._parts))
+        # mandatory: a message no queue takes comes back (PublishError), never "delivered".
+        # wait=False: the confirm is what is awaited, not the write of each message's frames.
+        return await cast(aiormq.Channel, channel).basic_publish(
+            message.body,
+            exchange=self._exchange,
+            routing_key=self._routing_key,
+            properties=properties,
+            mandatory=True,
+            wait=False,
+        )
+
+    def _outcome(self, confirm: Any) -> Outcome:
         if isinstance(confirm, Basic.Ack):
-            return Outcome(True)
+            return CONFIRMED
+        if isinstance(confirm, PublishError):
+            return Outcome(False, error="the broker routed it to no queue (returned)")
+        if isinstance(confirm, BaseException):
+            return Outcome(False, error=scrub(f"{type(confirm).__name__}: {confirm}", self._parts))
         return Outcome(False, error=f"the broker did not confirm it ({type(confirm).__name__})")
 
     async def _drop(self) -> None:

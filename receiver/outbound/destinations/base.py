@@ -50,6 +50,11 @@ class Destination(Protocol):
         """Send once under the destination's deadline; never raises for a failed attempt."""
         ...
 
+    async def publish_many(self, messages: list[Message]) -> list[Outcome]:
+        """Send each once, all under one deadline, their confirms awaited together: one outcome
+        per message, in order; never raises for a failed attempt."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 
 from receiver.outbound.addresses import Network
@@ -50,6 +52,9 @@ class HttpDestination:
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return Outcome(False, error=f"{type(exc).__name__}: {exc}"[:300])
         return Outcome(200 <= status < 300, status=status, retry_after=retry_after)
+
+    async def publish_many(self, messages: list[Message]) -> list[Outcome]:
+        return list(await asyncio.gather(*(self.publish(m) for m in messages)))
 
     async def close(self) -> None:
         """The session is shared and closed by its owner."""

@@ -17,6 +17,12 @@ from receiver.outbound.destinations.base import BlockedAddress, Message, Outcome
 
 __all__ = ["RedisDestination", "redis_stream"]
 
+CONFIRMED = Outcome(True)
+
+
+def _fields(message: Message) -> dict[Any, Any]:
+    return {"id": message.id, "type": message.type, "body": message.body, **message.headers()}
+
 
 def redis_stream(url: str) -> tuple[str, int]:
     """(stream, db) from the URL; ValueError when it names no stream or a bad db."""
@@ -70,23 +76,38 @@ class RedisDestination:
             return self._client
 
     async def publish(self, message: Message) -> Outcome:
-        fields: dict[Any, Any] = {"id": message.id, "type": message.type, "body": message.body}
-        fields.update(message.headers())
+        (outcome,) = await self.publish_many([message])
+        return outcome
+
+    async def publish_many(self, messages: list[Message]) -> list[Outcome]:
+        """The XADDs in one pipeline (one write, one round trip, no transaction): each entry
+        is confirmed by its own reply, an entry id, or refused by its own error."""
         try:
             async with asyncio.timeout(self._deadline):
                 client = await self._ready()
-                await client.xadd(self._stream, fields)
+                if len(messages) == 1:
+                    replies: list[Any] = [await client.xadd(self._stream, _fields(messages[0]))]
+                else:
+                    async with client.pipeline(transaction=False) as pipe:
+                        for message in messages:
+                            pipe.xadd(self._stream, _fields(message))
+                        replies = await pipe.execute(raise_on_error=False)
         except BlockedAddress as exc:
-            return Outcome(False, error=str(exc), reached=False)
+            return [Outcome(False, error=str(exc), reached=False)] * len(messages)
         except TimeoutError:
             await self._drop()
-            return Outcome(False, error="timed out")
+            return [Outcome(False, error="timed out")] * len(messages)
         except redis.exceptions.ResponseError as exc:
-            return Outcome(False, error=scrub(f"the server refused it: {exc}", self._parts))
+            return [Outcome(False, error=scrub(f"the server refused it: {exc}", self._parts))] * len(messages)
         except Exception as exc:
             await self._drop()
-            return Outcome(False, error=scrub(f"{type(exc).__name__}: {exc}", self._parts))
-        return Outcome(True)
+            return [Outcome(False, error=scrub(f"{type(exc).__name__}: {exc}", self._parts))] * len(messages)
+        return [
+            Outcome(False, error=scrub(f"the server refused it: {reply}", self._parts))
+            if isinstance(reply, Exception)
+            else CONFIRMED
+            for reply in replies
+        ]
 
     async def _drop(self) -> None:
         async with self._lock:
