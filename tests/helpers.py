@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import sqlite3
 import time
@@ -19,7 +20,7 @@ import pytest
 from receiver.rules.records import NewDelivery, NewTask
 from receiver.simulator.provider import SimConfig
 from store import Store, open_store
-from tests.conftest import SECRET, ReceiverProcess, free_socket
+from tests.conftest import SECRET, ReceiverProcess, Stack, free_socket, sign_headers
 
 # -- store rows (the contract suite and the backends' own tests) ------------------------------
 
@@ -203,3 +204,24 @@ def seed_events(db: Path, count: int) -> None:
 
 # Tasks that end in well under a second, about a third of them failed.
 FAST = SimConfig(secret=SECRET, duration_median=0.2, duration_sigma=0.2, fail_rate=0.3, seed=5)
+
+
+SLOW = SimConfig(secret=SECRET, duration_median=3600)  # the provider's own result never comes
+
+
+async def completed_with(stack: Stack, content: dict[str, str]) -> str:
+    """A task the provider has accepted, then a signed delivery saying it completed with
+    `content` (the result files' URLs)."""
+    video_id = (await stack.submit()).json()["id"]
+    body = json.dumps(
+        {"id": video_id, "object": "video", "status": "completed", "model": "m", "content": content}
+    ).encode()
+    answer = await stack.client.post(
+        f"{stack.url}/webhooks", content=body, headers=sign_headers(body, msg_id=secrets.token_hex(8))
+    )
+    assert answer.status_code == 200, answer.text
+    return video_id
+
+
+async def files_of(stack: Stack, video_id: str) -> dict[str, dict[str, Any]]:
+    return {f["variant"]: f for f in (await stack.video(video_id))["receiver"]["files"]}

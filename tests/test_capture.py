@@ -182,7 +182,8 @@ class _HeldWriter:
 async def test_a_small_file_gives_its_download_slot_to_the_next_while_it_is_stored(
     make_stack: StackFactory,
 ) -> None:
-    from tests.test_outbound_calls import SLOW, completed_with, file_server, files_of
+    from tests.helpers import SLOW, completed_with, files_of
+    from tests.rawserver import file_server
 
     served = {f"/f{i}.mp4": (secrets.token_bytes(20_000), {"content_type": "video/mp4"}) for i in range(6)}
     files = file_server(served)

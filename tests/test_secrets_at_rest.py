@@ -19,8 +19,8 @@ from standardwebhooks.webhooks import Webhook
 from receiver.secrets_at_rest import SecretBox, seal_store
 from receiver.settings import Settings, SettingsError
 from receiver.simulator.provider import SimConfig
+from tests.brokers import AMQP_PORT, Rabbit
 from tests.conftest import SECRET, StackFactory, wait_until
-from tests.test_destinations import AMQP_PORT, Rabbit
 
 pytestmark = pytest.mark.anyio
 
