@@ -146,7 +146,9 @@ class Attempt:
     error: str | None
     outcome: str  # delivered, retry, failed, dead
     next_attempt_at: float | None = None
-    disable_subscription: bool = False
+    # Set when the attempt ends the subscription: why, as its disabled_reason shows it (its
+    # pending sends are cancelled with it).
+    disables_subscription: str | None = None
 
 
 @dataclass(frozen=True)

@@ -275,7 +275,7 @@ class Dispatcher:
                 latency_ms,
                 "410 Gone: subscription disabled",
                 "failed",
-                disable_subscription=True,
+                disables_subscription="the subscriber answered 410 Gone",
             )
         if status is not None and 400 <= status < 500 and status not in (408, 425, 429):
             return Attempt(job.pk, now, status, latency_ms, f"answered {status}: not retried", "failed")

@@ -417,12 +417,12 @@ async def _record(conn: Any, attempts: Sequence[Attempt]) -> None:
     subscriber = {r["pk"]: r["subscription_pk"] for r in updated}
     for a in attempts:
         subscription_pk = subscriber.get(a.outbox_pk)
-        if not a.disable_subscription or subscription_pk is None:
+        if a.disables_subscription is None or subscription_pk is None:
             continue
         await conn.execute(
             "UPDATE subscriptions SET status = 'disabled', disabled_reason = $1, updated_at = $2"
             " WHERE pk = $3",
-            "the subscriber answered 410 Gone",
+            a.disables_subscription,
             a.at,
             subscription_pk,
         )

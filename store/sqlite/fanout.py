@@ -424,12 +424,12 @@ def _record(conn: sqlite3.Connection, attempts: Sequence[Attempt]) -> None:
         settled,
     )
     for a in attempts:
-        if not a.disable_subscription:
+        if a.disables_subscription is None:
             continue
         row = conn.execute("SELECT subscription_pk FROM outbox WHERE pk = ?", (a.outbox_pk,)).fetchone()
         conn.execute(
             "UPDATE subscriptions SET status = 'disabled', disabled_reason = ?, updated_at = ? WHERE pk = ?",
-            ("the subscriber answered 410 Gone", a.at, row["subscription_pk"]),
+            (a.disables_subscription, a.at, row["subscription_pk"]),
         )
         conn.execute(
             "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, leased_until = NULL,"
