@@ -53,6 +53,32 @@ async def test_the_document_needs_no_key(make_stack: StackFactory) -> None:
         assert (await stack.client.get(f"{stack.url}/v1/videos")).status_code == 401
 
 
+async def test_every_v1_operation_in_the_document_needs_a_key(make_stack: StackFactory) -> None:
+    """Each /v1 operation, its path parameters filled with well-shaped ids, answers 401 without a
+    key, before it reads a body or looks anything up."""
+    ids = {
+        "video_id": "video_x",
+        "delivery_id": "dlv_1",
+        "subscription_id": "sub_x",
+        "event_id": "evt_x",
+        "replay_id": "rpl_x",
+    }
+    async with make_stack(api_keys=("k1",)) as stack:
+        document = (await stack.client.get(f"{stack.url}/openapi.json")).json()
+        tried = []
+        for path, operations in document["paths"].items():
+            if not path.startswith("/v1/"):
+                continue
+            for method in operations:
+                if method not in ("get", "post", "delete"):
+                    continue
+                url = stack.url + path.format(**ids)
+                answer = await stack.client.request(method.upper(), url, json={})
+                tried.append((method, path, answer.status_code))
+        assert [t for t in tried if t[2] != 401] == []
+        assert len(tried) >= 20
+
+
 async def test_every_unknown_field_is_named(make_stack: StackFactory) -> None:
     async with make_stack() as stack:
         answer = await stack.submit({"model": "m", "prompt": "p", "size": "1x1", "colour": "red"})

@@ -12,7 +12,7 @@ from receiver.errors import (
     Conflict,
     NotFound,
 )
-from receiver.routes.http import authorize, context, json_response, store_call
+from receiver.routes.http import authorized, json_response, store_call
 from receiver.routes.openapi import Operation, operation
 from receiver.routes.schemas import (
     Delivery,
@@ -41,8 +41,7 @@ log = logging.getLogger("receiver.routes.deliveries")
     )
 )
 async def list_deliveries(request: Request) -> Response:
-    ctx = context(request)
-    authorize(request, ctx.settings.api_keys)
+    ctx = authorized(request)
     query = convert_query(request.query_params, DeliveryListQuery)
     page = await ctx.store.list_deliveries(given(query.video_id) or None, query.limit, given(query.after))
     return json_response(list_body([delivery_view(d) for d in page.rows], page.has_more))
@@ -58,8 +57,7 @@ async def list_deliveries(request: Request) -> Response:
     )
 )
 async def replay_delivery(request: Request) -> Response:
-    ctx = context(request)
-    authorize(request, ctx.settings.api_keys)
+    ctx = authorized(request)
     delivery = await ctx.store.get_delivery(parse_id("delivery", request.path_params["delivery_id"]))
     if delivery is None:
         raise NotFound("no such delivery", param="id")
@@ -86,8 +84,7 @@ async def replay_delivery(request: Request) -> Response:
 )
 async def delivery_health(request: Request) -> Response:
     """Per model: are the provider's deliveries arriving, and the evidence for the judgement."""
-    ctx = context(request)
-    authorize(request, ctx.settings.api_keys)
+    ctx = authorized(request)
     data = [
         {
             "object": "delivery_health",
@@ -118,8 +115,7 @@ async def delivery_health(request: Request) -> Response:
     )
 )
 async def get_delivery(request: Request) -> Response:
-    ctx = context(request)
-    authorize(request, ctx.settings.api_keys)
+    ctx = authorized(request)
     delivery = await ctx.store.get_delivery(parse_id("delivery", request.path_params["delivery_id"]))
     if delivery is None:
         raise NotFound("no such delivery", param="id")

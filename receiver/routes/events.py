@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from receiver.errors import ApiError, InvalidRequest, NotFound, OverLimit
 from receiver.routes.http import (
-    context,
+    authorized,
     json_response,
     read_json_object,
     store_call,
@@ -47,7 +47,7 @@ __all__ = ["routes"]
     )
 )
 async def list_events(request: Request) -> Response:
-    ctx = context(request)
+    ctx = authorized(request)
     query = convert_query(request.query_params, EventListQuery)
     page = await ctx.store.list_events(
         given(query.video_id), given(query.type), query.limit, given(query.after)
@@ -65,7 +65,7 @@ async def list_events(request: Request) -> Response:
     )
 )
 async def get_event(request: Request) -> Response:
-    ctx = context(request)
+    ctx = authorized(request)
     if request.path_params["event_id"] == "replay":
         # GET on POST /v1/events/replay lands here (the id route matches any name): say so.
         raise ApiError("method not allowed", status=405, code="method_not_allowed", headers={"allow": "POST"})
@@ -102,7 +102,7 @@ def _time(value: float | str | None, name: str) -> float | None:
     )
 )
 async def replay_events(request: Request) -> Response:
-    ctx = context(request)
+    ctx = authorized(request)
     body = convert(await read_json_object(request, 1024 * 1024), EventReplayRequest)
     subscription_id = body.subscription_id
     if subscription_id is not None and await ctx.store.get_subscription(subscription_id) is None:
@@ -141,7 +141,7 @@ async def replay_events(request: Request) -> Response:
     Operation("getReplay", "How far a replay has got", tag="events", answer=ReplayStatus, errors=(404,))
 )
 async def replay_status(request: Request) -> Response:
-    ctx = context(request)
+    ctx = authorized(request)
     counts = await ctx.store.replay_progress(parse_id("replay", request.path_params["replay_id"]))
     if not counts:
         raise NotFound("no such replay", param="id")
@@ -171,7 +171,7 @@ async def replay_status(request: Request) -> Response:
     )
 )
 async def dead_letters(request: Request) -> Response:
-    ctx = context(request)
+    ctx = authorized(request)
     query = convert_query(request.query_params, DeadLetterQuery)
     limit, after = query.limit, given(query.after)
     cursor: int | None = None

@@ -24,9 +24,9 @@ from receiver.settings import Settings
 
 __all__ = [
     "authorize",
+    "authorized",
     "check_outbound_name",
     "check_outbound_url",
-    "context",
     "json_response",
     "read_asgi_body",
     "read_body",
@@ -148,7 +148,9 @@ async def store_call(ctx: Context, awaitable: Any) -> Any:
     return result
 
 
-def context(request: Request) -> Context:
-    """What the app shares with its routes (receiver.context)."""
+def authorized(request: Request) -> Context:
+    """What the app shares with its routes (receiver.context), once the request has shown an API
+    key (401 otherwise): every /v1 route's first step."""
     ctx: Context = request.app.state.ctx
+    authorize(request, ctx.settings.api_keys)
     return ctx

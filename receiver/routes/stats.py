@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from receiver.context import Context
 from receiver.outbound.addresses import redact_url
-from receiver.routes.http import authorize, context, json_response
+from receiver.routes.http import authorized, json_response
 from receiver.routes.openapi import Operation, operation
 from receiver.routes.schemas import (
     Stats,
@@ -49,8 +49,7 @@ _DEAD_CAP = 1000
 )
 async def stats(request: Request) -> Response:
     """Tasks by state and by how their result came, the oldest open task, sends by state."""
-    ctx = context(request)
-    authorize(request, ctx.settings.api_keys)
+    ctx = authorized(request)
     tasks = await ctx.store.task_stats()
     sends = await ctx.store.outbox_stats()
     last = await ctx.store.last_prune()
@@ -174,8 +173,7 @@ async def list_subscriber_health(request: Request) -> Response:
     """Per subscriber, over the sends of the newest events: success rate, sends in flight and
     retrying, the latest error and success; and all its dead letters. Pages like the
     subscriptions it describes."""
-    ctx = context(request)
-    authorize(request, ctx.settings.api_keys)
+    ctx = authorized(request)
     query = convert_query(request.query_params, SubscriptionListQuery)
     page = await ctx.store.list_subscriptions(query.limit, given(query.after))
     window, recent = await _recent_sends(ctx, page.rows) if page.rows else (0, {})

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from receiver.context import Context
 from receiver.errors import InvalidRequest, Unavailable, UnknownCursor
 from receiver.routes.http import (
-    context,
+    authorized,
 )
 from receiver.routes.openapi import Header, Operation, operation
 from receiver.routes.schemas import (
@@ -58,7 +58,7 @@ async def stream_events(request: Request) -> Response:
     most RECEIVER_MAX_STREAMS of them and never more than half of RECEIVER_MAX_CONNECTIONS: the
     connections a stream cannot take are the ones deliveries always find.
     """
-    ctx = context(request)
+    ctx = authorized(request)
     query = convert_query(request.query_params, StreamQuery)
     last = request.headers.get("last-event-id") or given(query.last_event_id)
     if last is not None:

@@ -13,9 +13,9 @@ from receiver.context import Context
 from receiver.errors import InvalidRequest, NotFound, OverLimit
 from receiver.outbound.destinations import check_target
 from receiver.routes.http import (
+    authorized,
     check_outbound_name,
     check_outbound_url,
-    context,
     json_response,
     read_json_object,
     store_call,
@@ -53,7 +53,7 @@ __all__ = ["routes"]
     )
 )
 async def create_subscription(request: Request) -> Response:
-    ctx = context(request)
+    ctx = authorized(request)
     body = convert(await read_json_object(request, 64 * 1024), SubscriptionCreate)
     url = check_outbound_url(ctx.settings, body.url, "url", brokers=True)
     try:
@@ -99,7 +99,7 @@ async def create_subscription(request: Request) -> Response:
     )
 )
 async def list_subscriptions(request: Request) -> Response:
-    ctx = context(request)
+    ctx = authorized(request)
     query = convert_query(request.query_params, SubscriptionListQuery)
     page = await ctx.store.list_subscriptions(query.limit, given(query.after))
     return json_response(list_body([subscription_view(s) for s in page.rows], page.has_more))
@@ -122,12 +122,12 @@ async def _subscription(ctx: Context, request: Request) -> SubscriptionRow:
     )
 )
 async def get_subscription(request: Request) -> Response:
-    ctx = context(request)
+    ctx = authorized(request)
     return json_response(subscription_view(await _subscription(ctx, request), secret=ctx.secrets))
 
 
 async def _set_status(request: Request, status: str) -> Response:
-    ctx = context(request)
+    ctx = authorized(request)
     row = await _subscription(ctx, request)
     updated = await store_call(ctx, ctx.store.set_subscription_status(row.id, status, ctx.clock()))
     if updated is None:

@@ -28,9 +28,9 @@ from receiver.routes.content import get_video_content
 from receiver.routes.forms import is_multipart, read_form
 from receiver.routes.http import (
     authorize,
+    authorized,
     check_outbound_name,
     check_outbound_url,
-    context,
     json_response,
     read_json_object,
     store_call,
@@ -106,8 +106,8 @@ async def read_submit(request: Request, settings: Settings) -> VideoCreate:
     )
 )
 async def submit(request: Request) -> Response:
-    ctx = context(request)
-    scope = authorize(request, ctx.settings.api_keys)
+    ctx: Context = request.app.state.ctx
+    scope = authorize(request, ctx.settings.api_keys)  # the key also scopes the Idempotency-Key
     body = to_dict(await read_submit(request, ctx.settings))
     if "callback_url" in body:
         await check_outbound_name(ctx.settings, body["callback_url"], "callback_url")
@@ -227,8 +227,7 @@ async def _unconfirmed(ctx: Context, pk: int, body: dict[str, Any], exc: Provide
     )
 )
 async def get_video(request: Request) -> Response:
-    ctx = context(request)
-    authorize(request, ctx.settings.api_keys)
+    ctx = authorized(request)
     task = await ctx.store.task_by_video(parse_id("video", request.path_params["video_id"]))
     if task is None:
         raise NotFound("no such video", param="id")
@@ -247,8 +246,7 @@ async def get_video(request: Request) -> Response:
     )
 )
 async def list_videos(request: Request) -> Response:
-    ctx = context(request)
-    authorize(request, ctx.settings.api_keys)
+    ctx = authorized(request)
     query = convert_query(request.query_params, VideoListQuery)
     page = await ctx.store.list_tasks(given(query.status), query.limit, given(query.after))
     # One read for the whole page's files, as a single read shows them.
